@@ -1,0 +1,41 @@
+# Two commands for a new user: `make demo` and `make test`.
+# Each bootstraps .venv from pyproject.toml the first time it runs.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit lab clean
+
+demo: $(STAMP)
+	$(BIN)/kvcluster demo
+
+test: $(STAMP)
+	$(BIN)/ruff check kvcluster tests bench
+	$(BIN)/ruff format --check kvcluster tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix kvcluster tests bench
+	$(BIN)/ruff format kvcluster tests bench
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+lab: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,lab]'
+	$(BIN)/jupyter lab notebooks
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || \
+	  { echo "kvcluster needs Python 3.11 or newer as '$(PYTHON)' (try: make PYTHON=python3.12 ...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+	  { rm -rf $(VENV); echo "Could not create a virtual environment. On Debian/Ubuntu: sudo apt install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

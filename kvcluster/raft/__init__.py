@@ -1,0 +1,33 @@
+"""The sans-IO Raft core: feed it time and messages, collect what to do."""
+
+from .core import (
+    ConfigChangeError,
+    HardState,
+    NotLeader,
+    RaftNode,
+    RaftOptions,
+    ReadState,
+    Ready,
+    Role,
+)
+from .log import RaftLog
+from .membership import Member, Membership
+from .messages import Entry, EntryKind, Message, MessageType
+
+__all__ = [
+    "ConfigChangeError",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "Member",
+    "Membership",
+    "Message",
+    "MessageType",
+    "NotLeader",
+    "RaftLog",
+    "RaftNode",
+    "RaftOptions",
+    "ReadState",
+    "Ready",
+    "Role",
+]

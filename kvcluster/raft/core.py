@@ -1,0 +1,747 @@
+"""The Raft consensus core: every rule of the protocol, and no I/O at all.
+
+The caller feeds it events -- `tick(now)`, `step(message)`, `propose(data)`,
+`read_index(ctx)` -- then calls `ready()` and must, in this order:
+  1. persist `ready.hard_state` and `ready.entries`,
+  2. send `ready.messages`,
+  3. apply `ready.committed` to the state machine,
+and call `tick()` again no later than `next_deadline()`. Time is whatever
+monotonic clock the caller passes in (seconds); randomness comes from the
+injected `random.Random`. That is all the core needs, which is why the same
+code runs in a tornado process and in the deterministic simulator.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .log import RaftLog
+from .membership import Member, Membership, is_single_server_change
+from .messages import Entry, EntryKind, Message, MessageType
+from .progress import Progress, ReplicationState
+
+MT = MessageType
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class RaftOptions:
+    election_timeout: tuple[float, float] = (0.5, 1.0)
+    heartbeat_interval: float = 0.1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_append_entries: int = 1024  # entries in one AppendEntries
+    max_inflight: int = 4  # unacknowledged AppendEntries per follower
+    lease_ratio: float = 0.9  # a lease lasts this fraction of the shortest election timeout
+    auto_promote: bool = True  # promote a learner to voter once it has caught up
+
+    def __post_init__(self) -> None:
+        lo, hi = self.election_timeout
+        if not 0 < lo <= hi:
+            raise ValueError(f"election_timeout must be (lo, hi) with 0 < lo <= hi, got {lo, hi}")
+        if not 0 < self.heartbeat_interval < lo:
+            raise ValueError(
+                "heartbeat_interval must be positive and shorter than the election timeout"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    term: int = 0
+    vote: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read with id `ctx` may be served once the state machine has applied `index`."""
+
+    ctx: int
+    index: int
+
+
+@dataclass(slots=True)
+class Ready:
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    committed: list[Entry] = field(default_factory=list)
+    reads: list[ReadState] = field(default_factory=list)
+    failed_reads: list[int] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.hard_state
+            or self.entries
+            or self.messages
+            or self.committed
+            or self.reads
+            or self.failed_reads
+            or self.events
+        )
+
+
+class NotLeader(Exception):
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(f"not the leader (leader: {leader})")
+        self.leader = leader
+
+
+class ConfigChangeError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    ctx: int
+    origin: str  # our own id, or the follower that asked
+    index: int
+    round: int
+
+
+class RaftNode:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        options: RaftOptions | None = None,
+        rng: random.Random,
+        now: float = 0.0,
+        incarnation: str = "",
+        membership: Membership | None = None,
+        hard_state: HardState | None = None,
+        entries: Iterable[Entry] = (),
+        snapshot_index: int = 0,
+        snapshot_term: int = 0,
+    ) -> None:
+        self.id = node_id
+        self.incarnation = incarnation
+        self.options = options or RaftOptions()
+        self.rng = rng
+        self.now = now
+        hs = hard_state or HardState()
+        self.term = hs.term
+        self.vote = hs.vote
+        self._saved_hard_state = hs
+        self.log = RaftLog(entries, snapshot_index, snapshot_term)
+        self.log.unstable_from = self.log.last_index() + 1  # given to us already persisted
+        self.commit = snapshot_index
+        self.applied = snapshot_index  # highest index handed out for applying
+        self.role = Role.FOLLOWER
+        self.leader_id: str | None = None
+        self._base_membership = membership or Membership()
+        self._config_entries: list[tuple[int, Membership]] = []
+        for e in self.log.slice(self.log.first_index(), self.log.last_index() + 1):
+            if e.kind is EntryKind.CONFIG:
+                self._config_entries.append((e.index, Membership.from_dict(e.data)))
+        self.progress: dict[str, Progress] = {}
+        self._votes: dict[str, bool] = {}
+        self._msgs: list[Message] = []
+        self._events: list[dict[str, Any]] = []
+        self._reads: list[ReadState] = []
+        self._failed_reads: list[int] = []
+        self._pending_reads: list[_PendingRead] = []
+        self._forwarded_reads: set[int] = set()
+        self._round = 0  # heartbeat rounds sent in this term (ReadIndex, lease)
+        self._round_sent_at: dict[int, float] = {}
+        self._need_round = False
+        self._lease_until = 0.0
+        self._last_leader_contact = -1e18
+        self._heartbeat_deadline = 0.0
+        self._check_quorum_deadline = 0.0
+        self._election_deadline = 0.0
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def membership(self) -> Membership:
+        return self._config_entries[-1][1] if self._config_entries else self._base_membership
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def is_voter(self) -> bool:
+        return self.membership.is_voter(self.id, self.incarnation)
+
+    def next_deadline(self) -> float:
+        if self.role is Role.LEADER:
+            if self.options.check_quorum:
+                return min(self._heartbeat_deadline, self._check_quorum_deadline)
+            return self._heartbeat_deadline
+        return self._election_deadline
+
+    def lease_valid(self) -> bool:
+        """True while no other node can have been elected (needs check-quorum)."""
+        return (
+            self.role is Role.LEADER
+            and self.options.check_quorum
+            and self._committed_in_term()
+            and (self.now < self._lease_until or self.membership.voters <= {self.id})
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role.value,
+            "term": self.term,
+            "vote": self.vote,
+            "leader": self.leader_id,
+            "commit_index": self.commit,
+            "last_index": self.log.last_index(),
+            "voter": self.is_voter(),
+        }
+
+    # ------------------------------------------------------------------ inputs
+
+    def tick(self, now: float) -> None:
+        """Let time pass; fire whichever timers are due."""
+        self.now = now
+        if self.role is Role.LEADER:
+            if now >= self._heartbeat_deadline:
+                self._broadcast_heartbeat()
+            if self.options.check_quorum and now >= self._check_quorum_deadline:
+                self._check_quorum()
+        elif now >= self._election_deadline:
+            if self.is_voter():
+                self._campaign(pre_vote=self.options.pre_vote)
+            else:
+                self._reset_election_timer()
+
+    def campaign(self) -> None:
+        """Start an election now (tests and leadership experiments)."""
+        if self.role is not Role.LEADER and self.is_voter():
+            self._campaign(pre_vote=self.options.pre_vote)
+
+    def propose(self, data: Any) -> tuple[int, int]:
+        """Append a command; returns its (index, term). Raises NotLeader."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        return self._append(EntryKind.NORMAL, data)
+
+    def propose_membership(self, new: Membership) -> tuple[int, int]:
+        """Append a membership change: one voter added or removed at a time."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self._config_entries and self._config_entries[-1][0] > self.commit:
+            raise ConfigChangeError("another membership change is still in progress")
+        if not is_single_server_change(self.membership, new):
+            raise ConfigChangeError("only one voter may be added or removed at a time")
+        return self._append(EntryKind.CONFIG, new.to_dict())
+
+    def read_index(self, ctx: int, *, lease: bool = False) -> None:
+        """Ask to serve a linearizable read; its ReadState (or failure) comes in a
+        later `ready()`. A follower asks the leader; the leader confirms it is
+        still leader with one heartbeat round shared by every waiting read, or
+        (lease=True) answers at once while its check-quorum lease holds."""
+        if self.role is Role.LEADER:
+            if lease and self.lease_valid():
+                self._reads.append(ReadState(ctx, self.commit))
+            else:
+                self._queue_read(ctx, self.id)
+        elif self.leader_id is not None:
+            self._forwarded_reads.add(ctx)
+            self._send(MT.READ_INDEX, self.leader_id, ctx=ctx)
+        else:
+            self._failed_reads.append(ctx)
+
+    def step(self, m: Message) -> None:
+        """Handle one message from a peer."""
+        if m.term > self.term:
+            if m.type in (MT.VOTE, MT.PRE_VOTE) and self._in_lease():
+                return  # a leader is alive: do not let a stray candidate depose it
+            if m.type is MT.PRE_VOTE or (m.type is MT.PRE_VOTE_RESP and not m.reject):
+                pass  # pre-votes speak of a future term and change nothing
+            elif m.type in (MT.APPEND, MT.HEARTBEAT):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, None)
+        elif m.term < self.term:
+            if m.type in (MT.APPEND, MT.HEARTBEAT):
+                # Tell a stale leader about the newer term so it steps down.
+                self._send(MT.APPEND_RESP, m.src, reject=True)
+            elif m.type is MT.PRE_VOTE:
+                self._send(MT.PRE_VOTE_RESP, m.src, reject=True)
+            elif m.type is MT.VOTE:
+                self._send(MT.VOTE_RESP, m.src, reject=True)
+            return
+        handler = _HANDLERS.get(m.type)
+        if handler is not None:
+            handler(self, m)
+
+    def ready(self) -> Ready:
+        """Collect everything the caller must now persist, send and apply."""
+        if self.role is Role.LEADER:
+            for peer, pr in self.progress.items():
+                self._send_appends(peer, pr)
+            if self._need_round:
+                self._broadcast_heartbeat()
+        rd = Ready()
+        hs = HardState(self.term, self.vote)
+        if hs != self._saved_hard_state:
+            rd.hard_state = self._saved_hard_state = hs
+        rd.entries = self.log.take_unstable()
+        if self.commit > self.applied:
+            rd.committed = self.log.slice(self.applied + 1, self.commit + 1)
+            self.applied = self.commit
+        rd.messages, self._msgs = self._msgs, []
+        rd.reads, self._reads = self._reads, []
+        rd.failed_reads, self._failed_reads = self._failed_reads, []
+        rd.events, self._events = self._events, []
+        return rd
+
+    # ------------------------------------------------------------------ roles
+
+    def _reset_election_timer(self) -> None:
+        lo, hi = self.options.election_timeout
+        self._election_deadline = self.now + self.rng.uniform(lo, hi)
+
+    def _in_lease(self) -> bool:
+        if not self.options.check_quorum or self.leader_id is None:
+            return False
+        if self.role is Role.LEADER:
+            return True
+        return self.now - self._last_leader_contact < self.options.election_timeout[0]
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        was = self.role
+        if term > self.term:
+            self.term, self.vote = term, None
+        if was is Role.LEADER:
+            self._abandon_leadership()
+        self.role = Role.FOLLOWER
+        self._set_leader(leader)
+        self._reset_election_timer()
+        if was is not Role.FOLLOWER:
+            self._event("role", role=self.role.value)
+
+    def _set_leader(self, leader: str | None) -> None:
+        if leader != self.leader_id:
+            self.leader_id = leader
+            # Reads forwarded to the old leader will never be answered.
+            self._failed_reads.extend(self._forwarded_reads)
+            self._forwarded_reads.clear()
+            if leader is not None:
+                self._event("leader", leader=leader)
+
+    def _abandon_leadership(self) -> None:
+        for r in self._pending_reads:
+            if r.origin == self.id:
+                self._failed_reads.append(r.ctx)
+            else:
+                self._send(MT.READ_INDEX_RESP, r.origin, ctx=r.ctx, reject=True)
+        self._pending_reads.clear()
+        self.progress.clear()
+        self._round_sent_at.clear()
+        self._need_round = False
+        self._lease_until = 0.0
+
+    def _campaign(self, *, pre_vote: bool) -> None:
+        self._reset_election_timer()
+        self._set_leader(None)
+        if pre_vote:
+            self.role = Role.PRE_CANDIDATE
+            term = self.term + 1
+        else:
+            self.term += 1
+            self.vote = self.id
+            self.role = Role.CANDIDATE
+            term = self.term
+        self._event("campaign", role=self.role.value, for_term=term)
+        self._votes = {self.id: True}
+        kind = MT.PRE_VOTE if pre_vote else MT.VOTE
+        for v in self.membership.voters:
+            if v != self.id:
+                self._msgs.append(
+                    Message(
+                        kind,
+                        term,
+                        self.id,
+                        v,
+                        index=self.log.last_index(),
+                        log_term=self.log.last_term(),
+                    )
+                )
+        self._tally()
+
+    def _tally(self) -> None:
+        granted = sum(1 for v, ok in self._votes.items() if ok and v in self.membership.voters)
+        rejected = len(self._votes) - granted
+        quorum = self.membership.quorum()
+        if granted >= quorum:
+            if self.role is Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+        elif rejected >= quorum:
+            self._become_follower(self.term, None)
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self._set_leader(self.id)
+        self._event("role", role=self.role.value)
+        last = self.log.last_index()
+        self.progress = {
+            p: Progress(next=last + 1) for p in self.membership.members if p != self.id
+        }
+        self._round = 0
+        self._round_sent_at = {}
+        self._heartbeat_deadline = self.now
+        self._check_quorum_deadline = self.now + self.options.election_timeout[0]
+        self._append(EntryKind.NOOP, None)
+
+    def _check_quorum(self) -> None:
+        voters = self.membership.voters
+        active = sum(
+            1 for p, pr in self.progress.items() if p in voters and pr.recent_active
+        ) + (self.id in voters)
+        for pr in self.progress.values():
+            pr.recent_active = False
+        self._check_quorum_deadline = self.now + self.options.election_timeout[0]
+        if active < self.membership.quorum():
+            self._event("step_down", reason="check_quorum")
+            self._become_follower(self.term, None)
+
+    # ------------------------------------------------------------------ log
+
+    def _append(self, kind: EntryKind, data: Any) -> tuple[int, int]:
+        index = self.log.last_index() + 1
+        self.log.append(Entry(index, self.term, kind, data))
+        if kind is EntryKind.CONFIG:
+            self._config_entries.append((index, Membership.from_dict(data)))
+            self._on_membership_change()
+        self._maybe_commit()  # a single-voter cluster commits on its own
+        return index, self.term
+
+    def _on_membership_change(self) -> None:
+        """Membership takes effect as soon as it is in the log (Raft thesis, 4.1)."""
+        if self.role is not Role.LEADER:
+            return
+        members = self.membership.members
+        for p in list(self.progress):
+            if p not in members:
+                del self.progress[p]
+        for p in members:
+            if p != self.id and p not in self.progress:
+                self.progress[p] = Progress(next=self.log.last_index() + 1)
+
+    def _maybe_commit(self) -> None:
+        voters = self.membership.voters
+        if not voters:
+            return
+        matches = sorted(
+            (self.log.last_index() if v == self.id else self.progress[v].match)
+            for v in voters
+            if v == self.id or v in self.progress
+        )
+        if len(matches) < len(voters):
+            matches = [0] * (len(voters) - len(matches)) + matches
+        n = matches[len(voters) - self.membership.quorum()]
+        # Figure 8: only an entry of our own term is committed by counting replicas.
+        if n > self.commit and self.log.term_at(n) == self.term:
+            self._advance_commit(n)
+
+    def _advance_commit(self, index: int) -> None:
+        self.commit = index
+        self._event("commit", index=index)
+        if self.role is Role.LEADER:
+            self._on_leader_commit()
+
+    def _on_leader_commit(self) -> None:
+        if self._pending_reads and self._committed_in_term():
+            for r in self._pending_reads:
+                if r.index == 0:  # queued before our first commit in this term
+                    r.index = self.commit
+            self._release_reads()
+        m = self.membership
+        config_committed = not self._config_entries or self._config_entries[-1][0] <= self.commit
+        if config_committed and self.id not in m.voters:
+            self._event("step_down", reason="removed")
+            self._become_follower(self.term, None)
+            return
+        if config_committed and self.options.auto_promote:
+            for p in m.learners:
+                pr = self.progress.get(p)
+                if pr is not None and pr.match + self.options.max_append_entries >= self.commit:
+                    self.propose_membership(m.promoted(p))
+                    break
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term_at(self.commit) == self.term
+
+    def _truncated_membership(self, from_index: int) -> None:
+        while self._config_entries and self._config_entries[-1][0] >= from_index:
+            self._config_entries.pop()
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, kind: MessageType, to: str, **fields: Any) -> None:
+        self._msgs.append(Message(kind, self.term, self.id, to, **fields))
+
+    def _send_appends(self, peer: str, pr: Progress) -> None:
+        opts = self.options
+        last = self.log.last_index()
+        while pr.can_send(opts.max_inflight):
+            prev = pr.next - 1
+            prev_term = self.log.term_at(prev)
+            if prev_term is None:
+                raise AssertionError(f"entry {prev} for {peer} was compacted away")
+            has_entries = pr.next <= last
+            if not has_entries and pr.state is ReplicationState.REPLICATE:
+                if pr.sent_commit >= self.commit:
+                    return
+            entries = self.log.slice(pr.next, pr.next + opts.max_append_entries)
+            self._msgs.append(
+                Message(
+                    MT.APPEND,
+                    self.term,
+                    self.id,
+                    peer,
+                    index=prev,
+                    log_term=prev_term,
+                    entries=entries,
+                    commit=self.commit,
+                )
+            )
+            pr.sent_commit = self.commit
+            if entries:
+                pr.sent(entries[-1].index)
+            elif pr.state is ReplicationState.PROBE:
+                pr.probe_sent = True
+            if not entries or pr.state is ReplicationState.PROBE:
+                return
+
+    def _broadcast_heartbeat(self) -> None:
+        self._round += 1
+        self._round_sent_at[self._round] = self.now
+        self._need_round = False
+        self._heartbeat_deadline = self.now + self.options.heartbeat_interval
+        for peer, pr in self.progress.items():
+            self._send(MT.HEARTBEAT, peer, commit=min(pr.match, self.commit), ctx=self._round)
+            pr.heartbeat_round, pr.next_at_heartbeat = self._round, pr.next
+        self._on_round_acked()
+
+    # ------------------------------------------------------------------ reads
+
+    def _queue_read(self, ctx: int, origin: str) -> None:
+        index = self.commit if self._committed_in_term() else 0
+        self._pending_reads.append(_PendingRead(ctx, origin, index, self._round + 1))
+        self._need_round = True
+
+    def _confirmed_round(self) -> int:
+        """The newest heartbeat round a quorum of voters has answered."""
+        voters = self.membership.voters
+        acks = sorted(
+            (self._round if v == self.id else self.progress[v].acked_round)
+            for v in voters
+            if v == self.id or v in self.progress
+        )
+        if len(acks) < len(voters):
+            acks = [0] * (len(voters) - len(acks)) + acks
+        return acks[len(voters) - self.membership.quorum()] if voters else 0
+
+    def _on_round_acked(self) -> None:
+        confirmed = self._confirmed_round()
+        sent_at = self._round_sent_at.get(confirmed)
+        if sent_at is not None:
+            lo = self.options.election_timeout[0]
+            self._lease_until = max(self._lease_until, sent_at + lo * self.options.lease_ratio)
+            for r in [r for r in self._round_sent_at if r < confirmed]:
+                del self._round_sent_at[r]
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        if not self._pending_reads or not self._committed_in_term():
+            return
+        confirmed = self._confirmed_round()
+        waiting: list[_PendingRead] = []
+        for r in self._pending_reads:
+            if r.round > confirmed or r.index == 0:
+                waiting.append(r)
+            elif r.origin == self.id:
+                self._reads.append(ReadState(r.ctx, r.index))
+            else:
+                self._send(MT.READ_INDEX_RESP, r.origin, ctx=r.ctx, index=r.index)
+        self._pending_reads = waiting
+
+    # ------------------------------------------------------------------ handlers
+
+    def _on_vote(self, m: Message) -> None:
+        pre = m.type is MT.PRE_VOTE
+        up_to_date = (m.log_term, m.index) >= (self.log.last_term(), self.log.last_index())
+        if pre:
+            heard_leader = (
+                self.leader_id is not None
+                and self.now - self._last_leader_contact < self.options.election_timeout[0]
+            )
+            can = m.term > self.term and not heard_leader
+        else:
+            can = self.vote == m.src or (self.vote is None and self.leader_id is None)
+        grant = can and up_to_date and self.is_voter()
+        resp = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
+        term = m.term if pre and grant else self.term
+        self._msgs.append(Message(resp, term, self.id, m.src, reject=not grant))
+        if grant and not pre:
+            self.vote = m.src
+            self._reset_election_timer()
+            self._event("vote", to=m.src)
+
+    def _on_vote_resp(self, m: Message) -> None:
+        expected = Role.PRE_CANDIDATE if m.type is MT.PRE_VOTE_RESP else Role.CANDIDATE
+        if self.role is not expected:
+            return
+        self._votes[m.src] = not m.reject
+        self._tally()
+
+    def _heard_from_leader(self, m: Message) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(m.term, m.src)
+        self._set_leader(m.src)
+        self._last_leader_contact = self.now
+        self._reset_election_timer()
+
+    def _on_append(self, m: Message) -> None:
+        self._heard_from_leader(m)
+        prev, prev_term, entries = m.index, m.log_term, m.entries
+        if prev < self.commit:
+            # A duplicate or late message: what we committed matches the leader's
+            # log, so continue from our commit index.
+            entries = [e for e in entries if e.index > self.commit]
+            prev, prev_term = self.commit, self.log.term_at(self.commit) or 0
+        if not self.log.matches(prev, prev_term):
+            last = self.log.last_index()
+            if m.index > last:
+                self._send(MT.APPEND_RESP, m.src, index=m.index, reject=True, hint=last + 1)
+            else:
+                conflict = self.log.term_at(m.index) or 0
+                first = self.log.first_index_of_term(m.index, self.commit)
+                self._send(
+                    MT.APPEND_RESP,
+                    m.src,
+                    index=m.index,
+                    reject=True,
+                    hint=first,
+                    log_term=conflict,
+                )
+            return
+        changed = self.log.merge(prev, entries)
+        if changed:
+            self._truncated_membership(changed)
+            for e in entries:
+                if e.kind is EntryKind.CONFIG and e.index >= changed:
+                    self._config_entries.append((e.index, Membership.from_dict(e.data)))
+        last_new = prev + len(entries)
+        if min(m.commit, last_new) > self.commit:
+            self._advance_commit(min(m.commit, last_new))
+        self._send(MT.APPEND_RESP, m.src, index=last_new)
+
+    def _on_append_resp(self, m: Message) -> None:
+        if self.role is not Role.LEADER:
+            return
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if not m.reject:
+            if pr.acked(m.index):
+                self._maybe_commit()
+                if self.role is Role.LEADER and m.src in self.membership.learners:
+                    self._on_leader_commit()  # maybe the learner caught up
+            return
+        stale = (
+            m.index <= pr.match
+            if pr.state is ReplicationState.REPLICATE
+            else m.index != pr.next - 1
+        )
+        if stale:
+            return
+        if m.log_term > 0:
+            ours = self.log.last_index_of_term(m.log_term)
+            nxt = ours + 1 if ours > 0 else m.hint
+        else:
+            nxt = m.hint
+        nxt = min(nxt, m.index)
+        if not (m.log_term == 0 and m.hint <= pr.match):  # unless the follower lost its log
+            nxt = max(nxt, pr.match + 1)
+        pr.back_off(nxt)
+
+    def _on_heartbeat(self, m: Message) -> None:
+        self._heard_from_leader(m)
+        commit = min(m.commit, self.log.last_index())
+        if commit > self.commit:
+            self._advance_commit(commit)
+        self._send(MT.HEARTBEAT_RESP, m.src, ctx=m.ctx)
+
+    def _on_heartbeat_resp(self, m: Message) -> None:
+        if self.role is not Role.LEADER:
+            return
+        pr = self.progress.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if m.ctx > pr.acked_round:
+            pr.acked_round = m.ctx
+            self._on_round_acked()
+        if pr.state is ReplicationState.PROBE:
+            pr.probe_sent = False  # the follower is reachable: probe again
+        elif m.ctx == pr.heartbeat_round and pr.match < pr.next_at_heartbeat - 1:
+            # Links are FIFO, so everything sent before this heartbeat should
+            # have been acknowledged before its answer: an AppendEntries was lost.
+            pr.back_off(pr.match + 1)
+
+    def _on_read_index(self, m: Message) -> None:
+        if self.role is Role.LEADER:
+            self._queue_read(m.ctx, m.src)
+        else:
+            self._send(MT.READ_INDEX_RESP, m.src, ctx=m.ctx, reject=True)
+
+    def _on_read_index_resp(self, m: Message) -> None:
+        if m.ctx not in self._forwarded_reads:
+            return
+        self._forwarded_reads.discard(m.ctx)
+        if m.reject:
+            self._failed_reads.append(m.ctx)
+        else:
+            self._reads.append(ReadState(m.ctx, m.index))
+
+    # ------------------------------------------------------------------ events
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        self._events.append({"event": kind, "term": self.term, **fields})
+
+
+_HANDLERS = {
+    MT.VOTE: RaftNode._on_vote,
+    MT.PRE_VOTE: RaftNode._on_vote,
+    MT.VOTE_RESP: RaftNode._on_vote_resp,
+    MT.PRE_VOTE_RESP: RaftNode._on_vote_resp,
+    MT.APPEND: RaftNode._on_append,
+    MT.APPEND_RESP: RaftNode._on_append_resp,
+    MT.HEARTBEAT: RaftNode._on_heartbeat,
+    MT.HEARTBEAT_RESP: RaftNode._on_heartbeat_resp,
+    MT.READ_INDEX: RaftNode._on_read_index,
+    MT.READ_INDEX_RESP: RaftNode._on_read_index_resp,
+}
+
+__all__ = [
+    "ConfigChangeError",
+    "HardState",
+    "Member",
+    "NotLeader",
+    "RaftNode",
+    "RaftOptions",
+    "ReadState",
+    "Ready",
+    "Role",
+]
