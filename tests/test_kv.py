@@ -1,0 +1,436 @@
+"""Unit tests of the kv state machine: etcd revision semantics, sessions, snapshots."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from kvcluster.kv import KeyValue, KVStore, delete_command, put_command
+
+
+class Feeder:
+    """Applies commands with consecutive raft indexes, as the node does."""
+
+    def __init__(self, store: KVStore | None = None) -> None:
+        self.store = store if store is not None else KVStore()
+
+    def __call__(self, command: Any) -> dict[str, Any]:
+        return self.store.apply(self.store.applied_index + 1, command)
+
+
+def put(key: str, value: str, **session: Any) -> dict[str, Any]:
+    return {"op": "put", "key": key, "value": value, **session}
+
+
+def delete(key: str, **session: Any) -> dict[str, Any]:
+    return {"op": "delete", "key": key, **session}
+
+
+# ---- revisions and versions ---------------------------------------------------------
+
+
+def test_empty_store() -> None:
+    s = KVStore()
+    assert (s.revision, s.applied_index, len(s)) == (0, 0, 0)
+    assert s.get("a") is None
+    assert s.list() == []
+
+
+def test_put_get_overwrite_delete_recreate_follow_etcd() -> None:
+    f = Feeder()
+    s = f.store
+    assert f(put("a", "1")) == {"key": "a", "revision": 1, "created": True, "prev_value": None}
+    assert s.get("a") == KeyValue("a", "1", create_revision=1, mod_revision=1, version=1)
+
+    assert f(put("b", "x")) == {"key": "b", "revision": 2, "created": True, "prev_value": None}
+    assert f(put("a", "2")) == {"key": "a", "revision": 3, "created": False, "prev_value": "1"}
+    assert s.get("a") == KeyValue("a", "2", 1, 3, 2)
+    assert f(put("a", "2")) == {"key": "a", "revision": 4, "created": False, "prev_value": "2"}
+    assert s.get("a") == KeyValue("a", "2", 1, 4, 3)  # a put always bumps, even same value
+
+    assert f(delete("a")) == {"key": "a", "deleted": 1, "revision": 5, "prev_value": "2"}
+    assert s.get("a") is None
+    assert (s.revision, len(s)) == (5, 1)
+
+    assert f(put("a", "new"))["created"] is True
+    assert s.get("a") == KeyValue("a", "new", 6, 6, 1)  # version and create_revision reset
+    assert s.get("b") == KeyValue("b", "x", 2, 2, 1)  # untouched by the others
+    assert s.applied_index == 6
+
+
+def test_delete_of_missing_key_does_not_bump_revision() -> None:
+    f = Feeder()
+    f(put("a", "1"))
+    result = f(delete("nope"))
+    assert result == {"key": "nope", "deleted": 0, "revision": 1, "prev_value": None}
+    assert f.store.revision == 1
+    assert f.store.applied_index == 2  # the entry is still consumed
+
+
+def test_to_dict() -> None:
+    kv = KeyValue("k", "v", 3, 5, 2)
+    assert kv.to_dict() == {
+        "key": "k",
+        "value": "v",
+        "create_revision": 3,
+        "mod_revision": 5,
+        "version": 2,
+    }
+    json.dumps(kv.to_dict())
+
+
+def test_empty_value_and_odd_keys_are_allowed() -> None:
+    f = Feeder()
+    for key in ["/", "a/b/c", " ", "ключ", "🔑", "a\x00b"]:
+        assert f(put(key, ""))["created"] is True
+        assert f.store.get(key) == KeyValue(key, "", f.store.revision, f.store.revision, 1)
+
+
+# ---- listing ------------------------------------------------------------------------
+
+
+def test_list_prefix_sorted_with_slashes_and_non_ascii() -> None:
+    f = Feeder()
+    keys = ["b", "a/2", "a/10", "a/1", "a", "ab", "a/é", "a/z", "a/日本", "a/😀", "c/a"]
+    for k in keys:
+        f(put(k, k.upper()))
+    s = f.store
+    assert [kv.key for kv in s.list()] == sorted(keys)
+    assert [kv.key for kv in s.list("a/")] == ["a/1", "a/10", "a/2", "a/z", "a/é", "a/日本", "a/😀"]
+    assert [kv.key for kv in s.list("a")] == sorted(k for k in keys if k.startswith("a"))
+    assert [kv.key for kv in s.list("a/日")] == ["a/日本"]
+    assert s.list("zzz") == [] and s.list("a/1/") == []
+    assert s.list("a/1")[0] == KeyValue("a/1", "A/1", 4, 4, 1)
+    # code-point order is UTF-8 byte order (etcd compares bytes)
+    listed = [kv.key.encode() for kv in s.list()]
+    assert listed == sorted(listed)
+
+
+def test_list_limit() -> None:
+    f = Feeder()
+    for i in range(10):
+        f(put(f"k/{i:02d}", str(i)))
+    s = f.store
+    assert [kv.key for kv in s.list("k/", limit=3)] == ["k/00", "k/01", "k/02"]
+    assert len(s.list(limit=100)) == 10
+    assert s.list(limit=0) == []
+    assert len(s.list("k/0", limit=None)) == 10
+    with pytest.raises(ValueError):
+        s.list(limit=-1)
+
+
+def test_list_reflects_deletes_and_recreates() -> None:
+    f = Feeder()
+    for k in "dcba":
+        f(put(k, k))
+    f(delete("b"))
+    f(delete("d"))
+    f(delete("d"))
+    assert [kv.key for kv in f.store.list()] == ["a", "c"]
+    f(put("b", "again"))
+    assert [kv.key for kv in f.store.list()] == ["a", "b", "c"]
+    assert len(f.store) == 3
+
+
+# ---- sessions -----------------------------------------------------------------------
+
+
+def test_same_seq_returns_stored_result_without_reapplying() -> None:
+    f = Feeder()
+    first = f(put("a", "1", client_id="c1", seq=1))
+    assert f.store.revision == 1
+    again = f(put("a", "1", client_id="c1", seq=1))  # retried after a failover
+    assert again == first
+    assert f.store.revision == 1
+    assert f.store.get("a") == KeyValue("a", "1", 1, 1, 1)
+    assert f.store.applied_index == 2
+
+    # a deleted key is not re-deleted either, and the original answer is kept
+    f(delete("a", client_id="c1", seq=2))
+    f(put("a", "x"))
+    assert f(delete("a", client_id="c1", seq=2))["deleted"] == 1
+    assert f.store.get("a") is not None
+
+
+def test_returned_results_are_copies() -> None:
+    f = Feeder()
+    first = f(put("a", "1", client_id="c1", seq=1))
+    first["revision"] = 99
+    assert f(put("a", "1", client_id="c1", seq=1))["revision"] == 1
+
+
+def test_lower_seq_is_rejected() -> None:
+    f = Feeder()
+    f(put("a", "1", client_id="c1", seq=5))
+    before = f.store.snapshot()
+    result = f(put("a", "old", client_id="c1", seq=4))
+    assert result["error"] == "stale_sequence" and result["message"]
+    after = f.store.snapshot()
+    assert after.pop("applied_index") == before.pop("applied_index") + 1
+    assert after == before
+
+
+def test_seq_may_skip_and_start_anywhere() -> None:
+    f = Feeder()
+    assert f(put("a", "1", client_id="c1", seq=0))["revision"] == 1
+    assert f(put("a", "2", client_id="c1", seq=7))["revision"] == 2
+    assert f(put("a", "3", client_id="c1", seq=7))["revision"] == 2
+
+
+def test_clients_are_independent() -> None:
+    f = Feeder()
+    f(put("a", "1", client_id="c1", seq=3))
+    assert f(put("a", "2", client_id="c2", seq=1))["revision"] == 2  # c2's seq 1 is fresh
+    assert f(put("a", "3", client_id="c1", seq=1))["error"] == "stale_sequence"
+    assert f(put("a", "4"))["revision"] == 3  # no session: always applies
+    assert f(put("a", "4"))["revision"] == 4
+
+
+def test_sessions_evict_least_recently_used() -> None:
+    f = Feeder(KVStore(max_sessions=2))
+    f(put("a", "1", client_id="c1", seq=1))
+    f(put("b", "1", client_id="c2", seq=1))
+    f(put("a", "1", client_id="c1", seq=1))  # a duplicate counts as use: c2 is now the oldest
+    f(put("c", "1", client_id="c3", seq=1))  # evicts c2
+    assert [row[0] for row in f.store.snapshot()["sessions"]] == ["c1", "c3"]
+    # c2 forgotten: its old seq is applied again (the cost of a bounded table)
+    assert f(put("b", "1", client_id="c2", seq=1))["revision"] == 4
+    assert [row[0] for row in f.store.snapshot()["sessions"]] == ["c3", "c2"]
+
+
+def test_session_eviction_is_deterministic() -> None:
+    commands = [
+        put(f"k{i % 7}", str(i), client_id=f"c{(i * 5) % 11}", seq=i // 3) for i in range(200)
+    ]
+    a, b = Feeder(KVStore(max_sessions=4)), Feeder(KVStore(max_sessions=4))
+    results_a = [a(c) for c in commands]
+    results_b = [b(json.loads(json.dumps(c))) for c in commands]
+    assert results_a == results_b
+    assert a.store == b.store
+    assert a.store.snapshot() == b.store.snapshot()
+    assert len(a.store.snapshot()["sessions"]) == 4
+
+
+def test_max_sessions_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        KVStore(max_sessions=0)
+
+
+# ---- malformed commands -------------------------------------------------------------
+
+MALFORMED: list[Any] = [
+    None,
+    "put a 1",
+    ["put", "a", "1"],
+    42,
+    {},
+    {"op": "get", "key": "a"},
+    {"op": "PUT", "key": "a", "value": "1"},
+    {"op": None, "key": "a"},
+    {"op": ["put"], "key": "a", "value": "1"},
+    {"op": "put", "value": "1"},
+    {"op": "put", "key": "", "value": "1"},
+    {"op": "put", "key": 1, "value": "1"},
+    {"op": "put", "key": "a"},
+    {"op": "put", "key": "a", "value": None},
+    {"op": "put", "key": "a", "value": 1},
+    {"op": "put", "key": "a", "value": b"1"},
+    {"op": "put", "key": "\ud800", "value": "1"},  # lone surrogate: not UTF-8
+    {"op": "put", "key": "a", "value": "x\udfff"},
+    {"op": "delete", "key": None},
+    {"op": "delete", "key": ""},
+    put("a", "1", client_id="c1"),
+    put("a", "1", seq=1),
+    put("a", "1", client_id=1, seq=1),
+    put("a", "1", client_id="", seq=1),
+    put("a", "1", client_id="c1", seq=-1),
+    put("a", "1", client_id="c1", seq="1"),
+    put("a", "1", client_id="c1", seq=1.0),
+    put("a", "1", client_id="c1", seq=True),
+]
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+JSON_MALFORMED = [c for c in MALFORMED if _is_json(c)]  # what can actually reach the log
+
+
+@pytest.mark.parametrize("command", MALFORMED)
+def test_malformed_commands_return_errors_and_change_nothing(command: Any) -> None:
+    f = Feeder()
+    f(put("a", "0", client_id="c1", seq=0))
+    before = f.store.snapshot()
+    result = f(command)
+    assert result["error"] == "invalid_command"
+    assert isinstance(result["message"], str) and result["message"]
+    json.dumps(result)
+    after = f.store.snapshot()
+    assert after.pop("applied_index") == 2
+    before.pop("applied_index")
+    assert after == before
+
+
+def test_extra_fields_are_ignored_and_null_session_means_none() -> None:
+    f = Feeder()
+    assert f({**put("a", "1"), "future": [1, 2]})["revision"] == 1
+    assert f(put("a", "2", client_id=None, seq=None))["revision"] == 2
+    assert f(delete("a", value=123))["deleted"] == 1  # value is irrelevant to delete
+    assert f.store.snapshot()["sessions"] == []
+
+
+def test_command_builders() -> None:
+    assert put_command("k", "v") == {"op": "put", "key": "k", "value": "v"}
+    assert delete_command("k", "c", 3) == {"op": "delete", "key": "k", "client_id": "c", "seq": 3}
+    f = Feeder()
+    assert f(put_command("k", "v", client_id="c", seq=1))["created"] is True
+
+
+# ---- raft indexes -------------------------------------------------------------------
+
+
+def test_applied_index_tracks_entries_and_replays_are_ignored() -> None:
+    s = KVStore()
+    s.apply(3, put("a", "1"))
+    assert (s.applied_index, s.revision) == (3, 1)
+    replay = s.apply(3, put("a", "1"))
+    assert replay["error"] == "already_applied"
+    assert s.apply(2, put("b", "1"))["error"] == "already_applied"
+    assert (s.applied_index, s.revision, len(s)) == (3, 1, 1)
+    s.mark_applied(5)  # e.g. a leader's no-op entry
+    assert s.applied_index == 5
+    s.mark_applied(4)
+    assert s.applied_index == 5
+
+
+# ---- snapshots ----------------------------------------------------------------------
+
+
+def _busy_feeder(max_sessions: int = 3) -> Feeder:
+    f = Feeder(KVStore(max_sessions=max_sessions))
+    f(put("x/1", "é"))
+    f(put("x/2", "2", client_id="c1", seq=1))
+    f(put("x/1", "again", client_id="c2", seq=4))
+    f(delete("x/2", client_id="c3", seq=0))
+    f(put("日本", "値", client_id="c1", seq=2))
+    f(delete("missing"))
+    f(put("z", "", client_id="c4", seq=9))  # evicts c2
+    return f
+
+
+def test_snapshot_restore_round_trip_including_sessions() -> None:
+    f = _busy_feeder()
+    snap = f.store.snapshot()
+    restored = KVStore.restore(snap)
+    assert restored == f.store
+    assert restored.snapshot() == snap
+    via_json = KVStore.restore(json.loads(json.dumps(snap)))
+    assert via_json == f.store
+    assert via_json.max_sessions == 3
+    assert [kv.key for kv in via_json.list()] == ["x/1", "z", "日本"]
+    assert via_json.get("x/1") == f.store.get("x/1")
+    assert len(via_json) == len(f.store) == 3
+
+
+def test_snapshot_shares_nothing_with_the_store() -> None:
+    f = _busy_feeder()
+    snap = f.store.snapshot()
+    snap["sessions"][0][2]["revision"] = -1
+    snap["data"].clear()
+    assert f.store.snapshot() != snap
+    assert len(f.store) == 3
+
+
+def test_restored_store_continues_identically() -> None:
+    original = _busy_feeder()
+    restored = Feeder(KVStore.restore(json.loads(json.dumps(original.store.snapshot()))))
+    more = [
+        put("x/1", "3", client_id="c1", seq=2),  # duplicate: stored result
+        put("x/1", "3", client_id="c1", seq=1),  # stale
+        put("x/1", "3", client_id="c2", seq=4),  # c2 was evicted: applies
+        put("new", "n", client_id="c5", seq=0),  # evicts the LRU session
+        delete("日本"),
+        put("日本", "again"),
+    ]
+    for cmd in more:
+        assert original(cmd) == restored(cmd)
+    assert original.store == restored.store
+    assert original.store.snapshot() == restored.store.snapshot()
+
+
+def test_equality_notices_session_order() -> None:
+    a, b = Feeder(), Feeder()
+    a(put("k", "1", client_id="c1", seq=1))
+    a(put("k", "2", client_id="c2", seq=1))
+    b(put("k", "1", client_id="c2", seq=1))
+    b(put("k", "2", client_id="c1", seq=1))
+    assert a.store.get("k") == b.store.get("k")
+    assert a.store != b.store  # session results and order differ
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"revision": 1},
+        {**KVStore().snapshot(), "format": 2},
+        {**KVStore().snapshot(), "data": [["k", "v", 1]]},
+        {**KVStore().snapshot(), "sessions": [["c", "x", {}]]},
+        {**KVStore().snapshot(), "max_sessions": 0},
+    ],
+)
+def test_restore_rejects_malformed_snapshots(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        KVStore.restore(bad)
+
+
+# ---- determinism --------------------------------------------------------------------
+
+
+def _random_command(rng: random.Random) -> Any:
+    key = rng.choice(["a", "a/b", "a/c", "b", "é/1", "日本", "k" + str(rng.randrange(40))])
+    session: dict[str, Any] = {}
+    if rng.random() < 0.6:
+        session = {"client_id": f"c{rng.randrange(12)}", "seq": rng.randrange(30)}
+    roll = rng.random()
+    if roll < 0.55:
+        return put(key, str(rng.randrange(1000)), **session)
+    if roll < 0.9:
+        return delete(key, **session)
+    return rng.choice(JSON_MALFORMED)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_same_commands_give_identical_stores(seed: int) -> None:
+    rng = random.Random(seed)
+    commands = [_random_command(rng) for _ in range(3000)]
+    a, b = Feeder(KVStore(max_sessions=5)), Feeder(KVStore(max_sessions=5))
+    mid = len(commands) // 2
+    for i, cmd in enumerate(commands):
+        assert a(cmd) == b(json.loads(json.dumps(cmd)))
+        if i == mid:  # b carries on from a snapshot half way through, as a follower would
+            b = Feeder(KVStore.restore(json.loads(json.dumps(b.store.snapshot()))))
+    assert a.store.snapshot() == b.store.snapshot()
+    assert a.store == b.store
+    # the sorted index agrees with the data
+    assert [kv.key for kv in a.store.list()] == sorted(kv.key for kv in a.store.list())
+    assert len(a.store.list()) == len(a.store)
+
+
+def test_large_store_listing() -> None:
+    s = KVStore()
+    rng = random.Random(7)
+    keys = [f"user/{rng.randrange(10**9):09d}" for _ in range(20_000)]
+    for i, k in enumerate(keys, start=1):
+        s.apply(i, put(k, "v"))
+    assert len(s) == len(set(keys))
+    assert [kv.key for kv in s.list("user/", limit=5)] == sorted(set(keys))[:5]
+    assert [kv.key for kv in s.list("user/1")] == sorted(k for k in set(keys) if k[5] == "1")
