@@ -393,7 +393,9 @@ class RaftNode:
         self._event("role", role=self.role.value)
         last = self.log.last_index()
         self.progress = {
-            p: Progress(next=last + 1) for p in self.membership.members if p != self.id
+            p: Progress(next=last + 1, incarnation=m.incarnation)
+            for p, m in self.membership.members.items()
+            if p != self.id
         }
         self._round = 0
         self._round_sent_at = {}
@@ -403,9 +405,9 @@ class RaftNode:
 
     def _check_quorum(self) -> None:
         voters = self.membership.voters
-        active = sum(
-            1 for p, pr in self.progress.items() if p in voters and pr.recent_active
-        ) + (self.id in voters)
+        active = sum(1 for p, pr in self.progress.items() if p in voters and pr.recent_active) + (
+            self.id in voters
+        )
         for pr in self.progress.values():
             pr.recent_active = False
         self._check_quorum_deadline = self.now + self.options.election_timeout[0]
@@ -432,9 +434,13 @@ class RaftNode:
         for p in list(self.progress):
             if p not in members:
                 del self.progress[p]
-        for p in members:
-            if p != self.id and p not in self.progress:
-                self.progress[p] = Progress(next=self.log.last_index() + 1)
+        for p, member in members.items():
+            pr = self.progress.get(p)
+            if p != self.id and (pr is None or pr.incarnation != member.incarnation):
+                # New, or back with no memory: what we knew of its log is void.
+                self.progress[p] = Progress(
+                    next=self.log.last_index() + 1, incarnation=member.incarnation
+                )
 
     def _maybe_commit(self) -> None:
         voters = self.membership.voters

@@ -24,6 +24,7 @@ class Progress:
     acked_round: int = 0  # highest heartbeat round it answered (ReadIndex, lease)
     heartbeat_round: int = 0  # the last heartbeat round sent to it ...
     next_at_heartbeat: int = 0  # ... and what `next` was when it went out
+    incarnation: str = ""  # which life of the follower this describes
 
     def can_send(self, max_inflight: int) -> bool:
         if self.state is ReplicationState.PROBE:

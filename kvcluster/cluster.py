@@ -1,0 +1,400 @@
+"""A local cluster of node processes that a notebook or a test can start, hurt and watch.
+
+Nodes are forked from a `forkserver`: a clean single-threaded process, so
+forking stays safe even from a Jupyter kernel full of threads, and each node
+starts with tornado already imported. Every node dies with its parent, and the
+Cluster stops them all on exit, on exceptions and at interpreter shutdown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import types
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import multiprocess
+import pandas as pd
+import requests
+
+from .client import Client
+from .raft import RaftOptions
+from .server.config import READ_MODES, NodeConfig
+from .server.main import run_node
+
+_ctx = multiprocess.get_context("forkserver")
+_ctx.set_forkserver_preload(["kvcluster.server.main"])
+
+T = TypeVar("T")
+
+
+@dataclass
+class NodeHandle:
+    index: int
+    name: str
+    port: int = 0
+    process: Any = None
+    incarnation: str = ""
+    paused: bool = False
+    removed: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class Cluster:
+    """`with Cluster(n=5) as c:` starts five nodes on 127.0.0.1 and stops them after.
+
+    Nodes are addressed by index 0..n-1 (`add_node()` appends). Times are seconds.
+    """
+
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        heartbeat_interval: float = 0.1,
+        election_timeout: tuple[float, float] = (0.5, 1.0),
+        read_mode: str = "read_index",
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        request_timeout: float = 5.0,
+        host: str = "127.0.0.1",
+        work_dir: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        seed: int | None = None,
+        start: bool = True,
+        start_timeout: float = 30.0,
+    ) -> None:
+        if n < 1:
+            raise ValueError("a cluster needs at least one node")
+        if read_mode not in READ_MODES:
+            raise ValueError(f"read_mode must be one of {READ_MODES}")
+        self.raft_options = RaftOptions(
+            election_timeout=(float(election_timeout[0]), float(election_timeout[1])),
+            heartbeat_interval=float(heartbeat_interval),
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+        )
+        self.read_mode = read_mode
+        self.request_timeout = request_timeout
+        self.host = host
+        self.token = token or secrets.token_hex(16)
+        self.seed = seed
+        self.start_timeout = start_timeout
+        self._own_dir = work_dir is None
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kvcluster-"))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.nodes = [NodeHandle(i, f"n{i}") for i in range(n)]
+        self._session = requests.Session()
+        self._started = False
+        self._finalizer = weakref.finalize(self, _stop_processes, self.nodes)
+        atexit.register(self._finalizer)
+        if start:
+            self.start()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Cluster:
+        if self._started:
+            return self
+        self._started = True
+        try:
+            pipes = [self._spawn(h, port=0) for h in self.nodes]
+            ports = [
+                self._recv(h, pipe, "bound") for h, pipe in zip(self.nodes, pipes, strict=True)
+            ]
+            members = {h.name: self._url(p) for h, p in zip(self.nodes, ports, strict=True)}
+            for h, pipe, port in zip(self.nodes, pipes, ports, strict=True):
+                h.port = port
+                pipe.send(("start", members))
+            for h, pipe in zip(self.nodes, pipes, strict=True):
+                self._recv(h, pipe, "serving")
+                pipe.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL for stragglers). Idempotent."""
+        _stop_processes(self.nodes)
+        self._session.close()
+        if self._own_dir and os.environ.get("KVCLUSTER_KEEP_WORKDIR") is None:
+            # The events files are still needed by events() after stop, so keep
+            # the directory until the Cluster object itself goes away.
+            weakref.finalize(self, shutil.rmtree, str(self.work_dir), True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _url(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
+
+    def _config(self, h: NodeHandle, port: int, join: list[str]) -> NodeConfig:
+        return NodeConfig(
+            name=h.name,
+            token=self.token,
+            host=self.host,
+            port=port,
+            join=join,
+            incarnation=h.incarnation,
+            raft=self.raft_options,
+            read_mode=self.read_mode,
+            request_timeout=self.request_timeout,
+            events_path=str(self.work_dir / f"{h.name}.events.jsonl"),
+            fault_injection=True,
+            seed=None if self.seed is None else self.seed * 1000 + h.index,
+        )
+
+    def _spawn(self, h: NodeHandle, port: int, join: Sequence[str] = ()) -> Any:
+        parent, child = _ctx.Pipe()
+        config = self._config(h, port, list(join))
+        log_path = str(self.work_dir / f"{h.name}.log")
+        h.process = _ctx.Process(
+            target=run_node, args=(config, child, log_path), name=f"kvcluster-{h.name}", daemon=True
+        )
+        with _main_module_hidden():
+            h.process.start()
+        h.paused = False
+        child.close()
+        return parent
+
+    def _recv(self, h: NodeHandle, pipe: Any, expected: str) -> int:
+        if not pipe.poll(self.start_timeout):
+            raise ClusterError(f"node {h.name} did not start; see {self.work_dir}/{h.name}.log")
+        try:
+            kind, port = pipe.recv()
+        except EOFError as exc:
+            raise ClusterError(
+                f"node {h.name} exited while starting; see {self.work_dir}/{h.name}.log"
+            ) from exc
+        assert kind == expected, (kind, expected)
+        return int(port)
+
+    # ------------------------------------------------------------------ addressing
+
+    @property
+    def endpoints(self) -> list[str]:
+        """One base URL per node, by index (a removed node keeps its slot)."""
+        return [self._url(h.port) for h in self.nodes]
+
+    def _live_endpoints(self) -> list[str]:
+        return [self._url(h.port) for h in self.nodes if h.alive and not h.removed]
+
+    def client(self, **kwargs: Any) -> Client:
+        """A client that knows every node; it finds the leader by itself."""
+        kwargs.setdefault("token", self.token)
+        return Client(self._live_endpoints() or self.endpoints, **kwargs)
+
+    def node_status(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
+        h = self.nodes[i]
+        if not h.alive or h.paused:
+            return None
+        try:
+            r = self._session.get(f"{self._url(h.port)}/v1/status", timeout=timeout)
+            return dict(r.json()) if r.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+
+    def leader(self) -> int | None:
+        """Index of the node that leads in the highest term any node reports, or None."""
+        best: tuple[int, int] | None = None
+        for h in self.nodes:
+            s = self.node_status(h.index)
+            if s and s["role"] == "leader" and (best is None or s["term"] > best[0]):
+                best = (s["term"], h.index)
+        return best[1] if best else None
+
+    def wait_for_leader(self, timeout: float = 30.0, *, exclude: int | Sequence[int] = ()) -> int:
+        """Wait until the live nodes agree on a leader (not in `exclude`); its index."""
+        excluded = {exclude} if isinstance(exclude, int) else set(exclude)
+
+        def agreed() -> int | None:
+            live = {
+                h.index: s
+                for h in self.nodes
+                if not h.removed and (s := self.node_status(h.index)) is not None
+            }
+            leaders = [(s["term"], i) for i, s in live.items() if s["role"] == "leader"]
+            if not leaders:
+                return None
+            term, index = max(leaders)
+            if index in excluded:
+                return None
+            name = self.nodes[index].name
+            supporters = sum(1 for s in live.values() if s["term"] == term and s["leader"] == name)
+            voters = sum(1 for m in live[index]["members"].values() if m["voter"])
+            return index if supporters >= voters // 2 + 1 else None
+
+        return self.wait_until(agreed, timeout, f"no leader was elected within {timeout}s")
+
+    def wait_until(
+        self, condition: Callable[[], T | None], timeout: float = 30.0, message: str = ""
+    ) -> T:
+        """Poll `condition` until it returns something other than None or False."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            value = condition()
+            if value is not None and value is not False:
+                return value
+            if time.monotonic() >= deadline:
+                raise TimeoutError(message or f"condition not met within {timeout}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i: no goodbye, like a crash or a power cut."""
+        h = self.nodes[i]
+        if h.process is not None and h.process.is_alive():
+            os.kill(h.process.pid, signal.SIGKILL)
+            h.process.join(10)
+        h.paused = False
+
+    def restart(self, i: int, timeout: float | None = None) -> None:
+        """Start node i again after a kill (or stop it first).
+
+        With memory storage it remembers nothing, so it rejoins as a new
+        incarnation: it asks the leader to re-add it as a learner, catches up,
+        and only votes again once the log makes it a voter under that new
+        incarnation. That needs a live majority of the other members.
+        """
+        h = self.nodes[i]
+        self.kill(i)
+        h.incarnation = secrets.token_hex(6)
+        others = [self._url(o.port) for o in self.nodes if o is not h and not o.removed]
+        self._start_joining(h, h.port, others)
+
+    def add_node(self) -> int:
+        """Start a new node that joins through `/register`; returns its index."""
+        h = NodeHandle(len(self.nodes), f"n{len(self.nodes)}", incarnation=secrets.token_hex(6))
+        others = [self._url(o.port) for o in self.nodes if not o.removed]
+        self.nodes.append(h)
+        self._start_joining(h, 0, others)
+        return h.index
+
+    def _start_joining(self, h: NodeHandle, port: int, join: list[str]) -> None:
+        pipe = self._spawn(h, port=port, join=join)
+        try:
+            h.port = self._recv(h, pipe, "bound")
+            pipe.send(("start", None))
+            self._recv(h, pipe, "serving")
+        finally:
+            pipe.close()
+
+    def remove_node(self, i: int, timeout: float = 30.0) -> None:
+        """Remove node i from the membership through the log, then stop it."""
+        h = self.nodes[i]
+        with self.client(timeout=timeout) as c:
+            c.remove_member(h.name)
+        h.removed = True
+        self.kill(i)
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP node i: it stops mid-flight, like a long GC pause or a VM freeze."""
+        h = self.nodes[i]
+        if h.alive:
+            os.kill(h.process.pid, signal.SIGSTOP)
+            h.paused = True
+
+    def resume(self, i: int) -> None:
+        h = self.nodes[i]
+        if h.alive and h.paused:
+            os.kill(h.process.pid, signal.SIGCONT)
+            h.paused = False
+
+    # ------------------------------------------------------------------ observation
+
+    def status(self) -> pd.DataFrame:
+        """One row per node: process state and what the node says about itself."""
+        rows = []
+        for h in self.nodes:
+            s = self.node_status(h.index) or {}
+            rows.append(
+                {
+                    "index": h.index,
+                    "name": h.name,
+                    "endpoint": self._url(h.port),
+                    "alive": h.alive,
+                    "paused": h.paused,
+                    "removed": h.removed,
+                    "role": s.get("role"),
+                    "term": s.get("term"),
+                    "leader": s.get("leader"),
+                    "commit_index": s.get("commit_index"),
+                    "applied_index": s.get("applied_index"),
+                    "last_index": s.get("last_index"),
+                    "voter": s.get("voter"),
+                }
+            )
+        return pd.DataFrame(rows).set_index("index")
+
+    def events(self) -> pd.DataFrame:
+        """Every node's events merged into one timeline, `t` in seconds from the first."""
+        records: list[dict[str, Any]] = []
+        for path in sorted(self.work_dir.glob("*.events.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError):
+                        records.append(json.loads(line))
+        df = pd.DataFrame.from_records(records)
+        if df.empty:
+            return df
+        df = df.sort_values("t", kind="stable").reset_index(drop=True)
+        df["time"] = df["t"] - df["t"].iloc[0]
+        return df
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a node without re-running the user's script in it.
+
+    Like spawn, forkserver re-imports the parent's `__main__` in the child so
+    that functions defined there can be unpickled. A node runs only kvcluster
+    code, so a script without an `if __name__ == "__main__":` guard would start
+    a cluster inside every node. Show the child an empty main module instead.
+    """
+    real = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real
+
+
+def _stop_processes(nodes: list[NodeHandle]) -> None:
+    procs = [h.process for h in nodes if h.process is not None and h.process.is_alive()]
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGCONT)  # a paused node cannot handle SIGTERM
+            p.terminate()
+    deadline = time.monotonic() + 3.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            p.join(5)

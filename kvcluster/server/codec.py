@@ -1,0 +1,64 @@
+"""Raft messages on the wire: compact JSON arrays, one POST per batch."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..raft import Entry, EntryKind, Message, MessageType
+
+
+def entry_to_wire(e: Entry) -> list[Any]:
+    return [e.index, e.term, int(e.kind), e.data]
+
+
+def entry_from_wire(w: list[Any]) -> Entry:
+    return Entry(int(w[0]), int(w[1]), EntryKind(w[2]), w[3])
+
+
+def message_to_wire(m: Message) -> list[Any]:
+    return [
+        int(m.type),
+        m.term,
+        m.src,
+        m.dst,
+        m.index,
+        m.log_term,
+        [entry_to_wire(e) for e in m.entries],
+        m.commit,
+        m.reject,
+        m.hint,
+        m.ctx,
+    ]
+
+
+def message_from_wire(w: list[Any]) -> Message:
+    t, term, src, dst, index, log_term, entries, commit, reject, hint, ctx = w
+    return Message(
+        MessageType(t),
+        int(term),
+        str(src),
+        str(dst),
+        index=int(index),
+        log_term=int(log_term),
+        entries=[entry_from_wire(e) for e in entries],
+        commit=int(commit),
+        reject=bool(reject),
+        hint=int(hint),
+        ctx=int(ctx),
+    )
+
+
+def encode_batch(messages: list[Message]) -> bytes:
+    return json.dumps([message_to_wire(m) for m in messages], separators=(",", ":")).encode()
+
+
+def decode_batch(body: bytes) -> list[Message]:
+    """Raises ValueError (or a subclass) on anything malformed."""
+    data = json.loads(body)
+    if not isinstance(data, list):
+        raise ValueError("a message batch must be a JSON array")
+    try:
+        return [message_from_wire(w) for w in data]
+    except (TypeError, KeyError, IndexError) as exc:
+        raise ValueError(f"malformed raft message: {exc}") from exc

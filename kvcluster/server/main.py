@@ -1,0 +1,93 @@
+"""The node process: bind, (optionally) shake hands with a Cluster, serve until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from .api import make_app
+from .config import NodeConfig
+from .node import NodeServer
+
+
+def bind(config: NodeConfig) -> list[socket.socket]:
+    """Bind the client/peer port; 0 lets the OS choose a free one."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    try:
+        return bind_sockets(config.port, config.host, family=family)
+    except OSError:
+        if config.port == 0:
+            raise
+        return bind_sockets(0, config.host, family=family)  # the old port is taken
+
+
+def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = None) -> None:
+    """Entry point of a node process started by `Cluster` (with a handshake pipe)
+    or by `kvcluster serve` (without)."""
+    if handshake is not None:
+        _die_with_parent()
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    sockets = bind(config)
+    config.port = sockets[0].getsockname()[1]
+    if handshake is not None:
+        handshake.send(("bound", config.port))
+        kind, members = handshake.recv()
+        if kind != "start":
+            return
+        if members is not None:
+            config.initial_members = members
+    asyncio.run(serve(config, sockets, handshake))
+
+
+async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any = None) -> None:
+    node = NodeServer(config)
+    server = HTTPServer(
+        make_app(node),
+        max_body_size=8 * config.max_value_bytes + (1 << 20),
+        idle_connection_timeout=3600,
+    )
+    server.add_sockets(sockets)
+    node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if handshake is not None:
+        handshake.send(("serving", config.port))
+        handshake.close()
+    else:
+        print(f"kvcluster node {config.name} serving at {node.address}", file=sys.stderr)
+    await stop.wait()
+    server.stop()
+    node.stop()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.close_all_connections(), 1.0)
+
+
+def _die_with_parent() -> None:
+    """A node started by a Cluster must not outlive it, even if it is SIGKILLed."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+# Quiet tornado's per-request access log: it would dominate the node's CPU.
+logging.getLogger("tornado.access").setLevel(logging.ERROR)

@@ -1,0 +1,377 @@
+"""The node: drives the Raft core with tornado's clock, storage, peers and the kv store.
+
+Every input (a peer batch, a proposal, a read, a timer) only feeds the core and
+schedules one `_process_ready` for the end of this IOLoop iteration, so all the
+work that arrived together is persisted, sent and applied together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import random
+import time
+import uuid
+from typing import Any
+
+from tornado.ioloop import IOLoop
+
+from ..kv import KVStore
+from ..raft import (
+    ConfigChangeError,
+    Entry,
+    EntryKind,
+    Member,
+    Membership,
+    Message,
+    NotLeader,
+    RaftNode,
+    Ready,
+)
+from ..storage import MemoryStorage, Storage
+from .config import NodeConfig
+from .events import EventLog
+from .http_conn import ConnectionFailed, ConnectionPool, KeepAliveConnection
+from .transport import PeerTransport
+
+
+class NotApplied(Exception):
+    """The command certainly did not take effect (e.g. its entry was overwritten)."""
+
+
+class ReadFailed(Exception):
+    """Leadership could not be confirmed for a linearizable read."""
+
+
+class NodeServer:
+    def __init__(self, config: NodeConfig, storage: Storage | None = None) -> None:
+        self.config = config
+        self.storage: Storage = storage or MemoryStorage()
+        self.kv = KVStore()
+        self.events = EventLog(config.events_path, config.name)
+        self.incarnation = config.incarnation or (uuid.uuid4().hex[:12] if config.join else "")
+        persisted = self.storage.load()
+        membership = Membership(
+            {name: Member(url, True, "") for name, url in config.initial_members.items()}
+        )
+        self.core = RaftNode(
+            config.name,
+            options=config.raft,
+            rng=random.Random(config.seed),
+            now=time.monotonic(),
+            incarnation=self.incarnation,
+            membership=membership,
+            hard_state=persisted.hard_state,
+            entries=persisted.entries,
+            snapshot_index=persisted.snapshot_index,
+            snapshot_term=persisted.snapshot_term,
+        )
+        self.applied_index = persisted.snapshot_index
+        self.transport = PeerTransport(config.name, self.address, config.token, config.peer_timeout)
+        self._pools: dict[str, ConnectionPool] = {}
+        self._proposals: dict[int, tuple[int, asyncio.Future[dict[str, Any] | None]]] = {}
+        self._reads: dict[int, asyncio.Future[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+        self._ready_scheduled = False
+        self._timer: object | None = None
+        self._timer_deadline = 0.0
+        self._membership_seen: Membership | None = None
+        self._leader_seen: str | None = None
+        self._leader_changed = asyncio.Event()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._join_task: asyncio.Task[None] | None = None
+        self.joined = asyncio.Event()
+        self.stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> str:
+        return self.config.advertise_url or f"http://{self.config.host}:{self.config.port}"
+
+    def start(self) -> None:
+        self.events.emit("start", incarnation=self.incarnation, address=self.address)
+        self._sync_membership()
+        self._flush_task = asyncio.ensure_future(self._flush_events())
+        if self.config.join:
+            self._join_task = asyncio.ensure_future(self._join())
+        else:
+            self.joined.set()
+        self._schedule_ready()
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.events.emit("stop")
+        self.events.close()
+        self.transport.close()
+        for pool in self._pools.values():
+            pool.close()
+        for task in (self._flush_task, self._join_task):
+            if task is not None:
+                task.cancel()
+        self.storage.close()
+
+    async def _flush_events(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            self.events.flush()
+
+    # ------------------------------------------------------------------ the ready loop
+
+    def _schedule_ready(self) -> None:
+        if not self._ready_scheduled and not self.stopped:
+            self._ready_scheduled = True
+            IOLoop.current().add_callback(self._process_ready)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule_ready()
+
+    def _process_ready(self) -> None:
+        self._ready_scheduled = False
+        if self.stopped:
+            return
+        core = self.core
+        core.tick(time.monotonic())
+        rd = core.ready()
+        if rd:
+            self._handle_ready(rd)
+        self._arm_timer(core.next_deadline())
+
+    def _handle_ready(self, rd: Ready) -> None:
+        # The Raft contract: persist, then send, then apply.
+        if rd.hard_state is not None or rd.entries:
+            self.storage.save(rd.hard_state, rd.entries)
+        for m in rd.messages:
+            self.transport.send(m)
+        if rd.committed:
+            self._apply(rd.committed)
+        for r in rd.reads:
+            fut = self._reads.pop(r.ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_result(r.index)
+        for ctx in rd.failed_reads:
+            fut = self._reads.pop(ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ReadFailed("leadership could not be confirmed"))
+        if rd.events:
+            self.events.emit_raft(rd.events)
+        self._sync_membership()
+        if self.core.leader_id != self._leader_seen:
+            self._leader_seen = self.core.leader_id
+            self._leader_changed.set()
+            self._leader_changed = asyncio.Event()
+
+    def _arm_timer(self, deadline: float) -> None:
+        loop = IOLoop.current()
+        if self._timer is not None:
+            if deadline >= self._timer_deadline:
+                return  # the armed timer fires first; it will re-arm
+            loop.remove_timeout(self._timer)
+        self._timer_deadline = deadline
+        self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        for e in entries:
+            result: dict[str, Any] | None = None
+            if e.kind is EntryKind.NORMAL:
+                result = self.kv.apply(e.index, e.data)
+            else:
+                self.kv.mark_applied(e.index)
+            self.applied_index = e.index
+            waiting = self._proposals.pop(e.index, None)
+            if waiting is not None:
+                term, fut = waiting
+                if fut.done():
+                    continue
+                if term == e.term:
+                    fut.set_result(result)
+                else:
+                    fut.set_exception(NotApplied("the entry was replaced by a new leader"))
+        waiters = self._apply_waiters
+        while waiters and waiters[0][0] <= self.applied_index:
+            fut_done = heapq.heappop(waiters)[2]
+            if not fut_done.done():
+                fut_done.set_result(None)
+
+    def _sync_membership(self) -> None:
+        m = self.core.membership
+        if m is not self._membership_seen:
+            self._membership_seen = m
+            self.transport.set_peers({i: mem.address for i, mem in m.members.items()})
+            self.events.emit("membership", members=m.to_dict())
+
+    # ------------------------------------------------------------------ inputs
+
+    def step(self, messages: list[Message], sender_address: str | None = None) -> None:
+        core = self.core
+        core.tick(time.monotonic())
+        blocked = self.transport.blocked
+        if messages and sender_address:
+            self.transport.learn(messages[0].src, sender_address)
+        for m in messages:
+            if m.dst == core.id and m.src not in blocked:
+                core.step(m)
+        self._schedule_ready()
+
+    async def propose(self, command: Any, timeout: float) -> dict[str, Any] | None:
+        """Replicate a command and return the state machine's result.
+
+        Raises NotLeader (not applied), NotApplied, or TimeoutError (outcome unknown).
+        """
+        index, term = self.core.propose(command)
+        return await self._wait_entry(index, term, timeout)
+
+    async def _wait_entry(self, index: int, term: int, timeout: float) -> dict[str, Any] | None:
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (term, fut)
+        self._schedule_ready()
+        return await asyncio.wait_for(fut, timeout)
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        if self.applied_index >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._apply_waiters, (index, next(self._waiter_ids), fut))
+        await asyncio.wait_for(fut, timeout)
+
+    async def wait_for_leader(self, timeout: float) -> str | None:
+        """The leader's id, waiting up to `timeout` for an election to finish."""
+        deadline = time.monotonic() + timeout
+        while self.core.leader_id is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._leader_changed.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.core.leader_id
+
+    async def read_barrier(self, *, lease: bool, timeout: float) -> None:
+        """Return once a linearizable read may be served from the local kv store.
+
+        Raises ReadFailed or TimeoutError if no leader could confirm in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            ctx = next(self._read_ids)
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._reads[ctx] = fut
+            self.core.read_index(ctx, lease=lease)
+            self._schedule_ready()
+            try:
+                index = await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+            except ReadFailed:
+                # The leader changed under us; wait for the next one and retry.
+                if await self.wait_for_leader(deadline - time.monotonic()) is None:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.005)
+                continue
+            finally:
+                self._reads.pop(ctx, None)
+            await self.wait_applied(index, max(0.0, deadline - time.monotonic()))
+            return
+
+    # ------------------------------------------------------------------ membership
+
+    async def change_membership(
+        self, change: str, node_id: str, timeout: float, member: Member | None = None
+    ) -> Membership:
+        """Add (as a learner) or remove one member through the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.core.membership
+            if change == "add":
+                assert member is not None
+                old = current.members.get(node_id)
+                if old and (old.address, old.incarnation) == (member.address, member.incarnation):
+                    return current  # already added (a retried /register)
+                new = current.with_member(node_id, member)
+            else:
+                if node_id not in current.members:
+                    return current
+                new = current.without(node_id)
+            try:
+                index, term = self.core.propose_membership(new)
+            except ConfigChangeError:
+                # Another change (often a learner's promotion) must commit first.
+                await self.wait_applied(
+                    self.applied_index + 1, max(0.0, deadline - time.monotonic())
+                )
+                continue
+            await self._wait_entry(index, term, max(0.0, deadline - time.monotonic()))
+            return new
+
+    async def _join(self) -> None:
+        """Ask an existing member to add us; a follower redirects us to the leader."""
+        body = json.dumps(
+            {"id": self.config.name, "address": self.address, "incarnation": self.incarnation}
+        ).encode()
+        headers = {"Authorization": f"Bearer {self.config.token}"}
+        attempt = 0
+        while not self.joined.is_set():
+            target = self.config.join[attempt % len(self.config.join)] + "/register"
+            attempt += 1
+            for _hop in range(5):
+                base, _, path = target.partition("/register")
+                conn = KeepAliveConnection(base)
+                try:
+                    resp = await conn.request("POST", "/register" + path, body, headers, 10.0)
+                except (ConnectionFailed, ValueError):
+                    break
+                finally:
+                    conn.close()
+                if resp.status == 307 and "location" in resp.headers:
+                    target = resp.headers["location"]
+                    continue
+                if resp.status == 200:
+                    self.events.emit("joined", via=base)
+                    self.joined.set()
+                break
+            if not self.joined.is_set():
+                await asyncio.sleep(min(0.05 * attempt, 1.0))
+
+    # ------------------------------------------------------------------ helpers
+
+    def leader_address(self) -> str | None:
+        leader = self.core.leader_id
+        return self.core.membership.address(leader) if leader else None
+
+    def pool(self, address: str) -> ConnectionPool:
+        pool = self._pools.get(address)
+        if pool is None:
+            pool = self._pools[address] = ConnectionPool(address)
+        return pool
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        return {
+            **core.status(),
+            "name": self.config.name,
+            "address": self.address,
+            "incarnation": self.incarnation,
+            "leader_address": self.leader_address(),
+            "applied_index": self.applied_index,
+            "revision": self.kv.revision,
+            "keys": len(self.kv),
+            "read_mode": self.config.read_mode,
+            "members": core.membership.to_dict(),
+            "raft": {
+                "election_timeout": list(core.options.election_timeout),
+                "heartbeat_interval": core.options.heartbeat_interval,
+                "pre_vote": core.options.pre_vote,
+                "check_quorum": core.options.check_quorum,
+            },
+        }
+
+
+__all__ = ["NodeServer", "NotApplied", "NotLeader", "ReadFailed"]
