@@ -23,16 +23,18 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import multiprocess
 import pandas as pd
 import requests
 
-from .client import Client
 from .raft import RaftOptions
 from .server.config import READ_MODES, NodeConfig
 from .server.main import run_node
+
+if TYPE_CHECKING:
+    from .client import Client
 
 _ctx = multiprocess.get_context("forkserver")
 _ctx.set_forkserver_preload(["kvcluster.server.main"])
@@ -204,6 +206,8 @@ class Cluster:
 
     def client(self, **kwargs: Any) -> Client:
         """A client that knows every node; it finds the leader by itself."""
+        from .client import Client
+
         kwargs.setdefault("token", self.token)
         return Client(self._live_endpoints() or self.endpoints, **kwargs)
 
