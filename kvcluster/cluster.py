@@ -292,10 +292,15 @@ class Cluster:
         others = [self._url(o.port) for o in self.nodes if o is not h and not o.removed]
         self._start_joining(h, h.port, others)
 
-    def add_node(self) -> int:
-        """Start a new node that joins through `/register`; returns its index."""
+    def add_node(self, via: int | None = None) -> int:
+        """Start a new node that joins through `/register` on node `via` (or on
+        any member); returns its index. It joins as a learner and becomes a
+        voter once it has caught up."""
         h = NodeHandle(len(self.nodes), f"n{len(self.nodes)}", incarnation=secrets.token_hex(6))
-        others = [self._url(o.port) for o in self.nodes if not o.removed]
+        if via is not None:
+            others = [self._url(self.nodes[via].port)]
+        else:
+            others = [self._url(o.port) for o in self.nodes if not o.removed]
         self.nodes.append(h)
         self._start_joining(h, 0, others)
         return h.index
@@ -329,6 +334,38 @@ class Cluster:
         if h.alive and h.paused:
             os.kill(h.process.pid, signal.SIGCONT)
             h.paused = False
+
+    def partition(self, *groups: Sequence[int]) -> None:
+        """Cut the network so that nodes talk only within their group.
+
+        Nodes not named in any group end up alone. `heal()` undoes it.
+        """
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        for h in self.nodes:
+            mine = group_of.get(h.index, -1 - h.index)
+            block = [o.name for o in self.nodes if group_of.get(o.index, -1 - o.index) != mine]
+            self._set_block(h.index, block)
+
+    def isolate(self, i: int) -> None:
+        """Cut node i off from every other node."""
+        self.partition([j for j in range(len(self.nodes)) if j != i], [i])
+
+    def heal(self) -> None:
+        """Undo every partition."""
+        for h in self.nodes:
+            self._set_block(h.index, [])
+
+    def _set_block(self, i: int, block: list[str]) -> None:
+        h = self.nodes[i]
+        if not h.alive or h.paused:
+            return
+        r = self._session.post(
+            f"{self._url(h.port)}/admin/fault",
+            json={"block": block},
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=5,
+        )
+        r.raise_for_status()
 
     # ------------------------------------------------------------------ observation
 

@@ -112,6 +112,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if leader is None or address is None:
             raise ApiError(503, "no_leader", "no leader is elected right now; retry shortly")
         headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
+        auth = self.request.headers.get("Authorization")
+        if auth:
+            headers["Authorization"] = auth
         try:
             resp = await node.pool(address).request(
                 self.request.method or "GET",
@@ -357,6 +360,8 @@ class NotFoundHandler(BaseHandler):
 
 
 def make_app(node: NodeServer) -> tornado.web.Application:
+    from .admin import FaultHandler
+
     args = {"node": node}
     return tornado.web.Application(
         [
@@ -367,6 +372,7 @@ def make_app(node: NodeServer) -> tornado.web.Application:
             (r"/v1/members/([^/]+)", MemberHandler, args),
             (r"/register", RegisterHandler, args),
             (r"/raft/messages", RaftHandler, args),
+            (r"/admin/fault", FaultHandler, args),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=args,

@@ -340,6 +340,11 @@ class NodeServer:
             if not self.joined.is_set():
                 await asyncio.sleep(min(0.05 * attempt, 1.0))
 
+    def set_blocked(self, peers: set[str]) -> None:
+        """Fault injection: drop all Raft traffic to and from these peers."""
+        self.transport.blocked = peers
+        self.events.emit("fault", block=sorted(peers))
+
     # ------------------------------------------------------------------ helpers
 
     def leader_address(self) -> str | None:

@@ -1,0 +1,232 @@
+"""Integration tests: real node processes started through `Cluster`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from kvcluster.client import Client
+from kvcluster.cluster import Cluster
+from kvcluster.errors import KvClusterError
+
+pytestmark = pytest.mark.integration
+
+# Generous for a busy 2-core CI machine; tests wait for conditions, never sleep.
+DEADLINE = 60.0
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    with Cluster(request.param) as c:
+        c.wait_for_leader(DEADLINE)
+        yield c
+
+
+def only(c: Cluster, i: int, **kwargs: float) -> Client:
+    """A client that talks to node i and nowhere else."""
+    kwargs.setdefault("timeout", DEADLINE)
+    return Client([c.endpoints[i]], **kwargs)  # type: ignore[arg-type]
+
+
+def wait_for_value(c: Cluster, i: int, key: str, value: str | None) -> None:
+    """Wait until node i's local (serializable) state shows key=value."""
+    with only(c, i) as client:
+        c.wait_until(
+            lambda: client.get(key, consistency="serializable") == value,
+            DEADLINE,
+            f"node {i} never showed {key}={value!r}",
+        )
+
+
+@pytest.mark.parametrize("cluster", [1, 3, 5], indirect=True)
+def test_a_leader_is_elected_and_everyone_agrees(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader(DEADLINE)
+    status = cluster.status()
+    assert (status["role"] == "leader").sum() == 1
+    assert status.loc[leader, "role"] == "leader"
+    assert set(status["leader"]) == {cluster.nodes[leader].name}
+    assert status["term"].nunique() == 1
+
+
+@pytest.mark.parametrize("cluster", [1, 3, 5], indirect=True)
+def test_a_write_through_any_node_is_readable_through_every_node(cluster: Cluster) -> None:
+    n = len(cluster.nodes)
+    for i in range(n):
+        with only(cluster, i) as c:
+            c.put(f"from/{i}", f"written via node {i} ✓")
+    for j in range(n):
+        with only(cluster, j) as c:
+            got = c.list("from/")
+        assert got == {f"from/{i}": f"written via node {i} ✓" for i in range(n)}
+    with only(cluster, n - 1) as c:
+        assert c.delete("from/0") is True
+        assert c.get("from/0") is None
+        assert c.delete("from/0") is False
+
+
+class Writer(threading.Thread):
+    """Writes sequential keys and remembers exactly which were acknowledged."""
+
+    def __init__(self, cluster: Cluster, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.client = cluster.client(timeout=5.0)
+        self.prefix = prefix
+        self.acknowledged: dict[str, str] = {}
+        self.failures = 0
+        self.stop = threading.Event()
+        self.progress = threading.Condition()
+
+    def run(self) -> None:
+        k = 0
+        while not self.stop.is_set():
+            key, value = f"{self.prefix}/{k:06d}", f"v{k}"
+            try:
+                self.client.put(key, value)
+                with self.progress:
+                    self.acknowledged[key] = value
+                    self.progress.notify_all()
+            except KvClusterError:
+                self.failures += 1
+            k += 1
+        self.client.close()
+
+    def wait_for(self, count: int) -> None:
+        with self.progress:
+            ok = self.progress.wait_for(lambda: len(self.acknowledged) >= count, DEADLINE)
+        assert ok, f"only {len(self.acknowledged)} writes were acknowledged"
+
+    def finish(self) -> dict[str, str]:
+        self.stop.set()
+        self.join(DEADLINE)
+        return dict(self.acknowledged)
+
+
+def assert_all_present(c: Cluster, acknowledged: dict[str, str], prefix: str) -> None:
+    with c.client(timeout=DEADLINE) as client:
+        stored = client.list(prefix + "/")
+    missing = {k: v for k, v in acknowledged.items() if stored.get(k) != v}
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+
+
+@pytest.mark.parametrize("cluster", [3, 5], indirect=True)
+def test_killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(
+    cluster: Cluster,
+) -> None:
+    old = cluster.wait_for_leader(DEADLINE)
+    old_term = cluster.status().loc[old, "term"]
+    writer = Writer(cluster, "kill")
+    writer.start()
+    writer.wait_for(20)
+    cluster.kill(old)
+    before_kill = len(writer.acknowledged)
+    new = cluster.wait_for_leader(DEADLINE, exclude=old)
+    writer.wait_for(before_kill + 20)  # writes flow again through the new leader
+    acknowledged = writer.finish()
+    assert new != old
+    assert cluster.status().loc[new, "term"] > old_term
+    assert_all_present(cluster, acknowledged, "kill")
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_a_paused_leader_is_replaced_then_steps_down_and_catches_up(cluster: Cluster) -> None:
+    old = cluster.wait_for_leader(DEADLINE)
+    cluster.pause(old)
+    new = cluster.wait_for_leader(DEADLINE, exclude=old)
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("after-pause", "new leader")
+    cluster.resume(old)
+    new_name = cluster.nodes[new].name
+
+    def stepped_down() -> bool:
+        s = cluster.node_status(old)
+        return s is not None and s["role"] == "follower" and s["leader"] == new_name
+
+    cluster.wait_until(stepped_down, DEADLINE, "the resumed leader did not step down")
+    wait_for_value(cluster, old, "after-pause", "new leader")
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_a_follower_that_was_down_catches_up(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader(DEADLINE)
+    follower = (leader + 1) % 3
+    cluster.kill(follower)
+    with cluster.client(timeout=DEADLINE) as c:
+        for k in range(50):
+            c.put(f"missed/{k}", str(k))
+    cluster.restart(follower)
+    wait_for_value(cluster, follower, "missed/49", "49")
+    cluster.wait_until(
+        lambda: (cluster.node_status(follower) or {}).get("voter") is True,
+        DEADLINE,
+        "the restarted follower was never promoted back to voter",
+    )
+    with only(cluster, follower) as c:
+        assert c.list("missed/", consistency="serializable") == {
+            f"missed/{k}": str(k) for k in range(50)
+        }
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_a_new_node_joins_through_a_follower(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader(DEADLINE)
+    follower = (leader + 1) % 3
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("before-join", "yes")
+    new = cluster.add_node(via=follower)
+    cluster.wait_until(
+        lambda: (cluster.node_status(new) or {}).get("voter") is True,
+        DEADLINE,
+        "the new node never became a voter",
+    )
+    wait_for_value(cluster, new, "before-join", "yes")
+    joined = cluster.events().query("event == 'joined' and node == @cluster.nodes[@new].name")
+    # It asked a follower, which redirected it (307) to the leader.
+    assert list(joined["via"]) == [cluster.endpoints[leader]]
+    members = cluster.node_status(leader)["members"]  # type: ignore[index]
+    assert len(members) == 4 and all(m["voter"] for m in members.values())
+    with only(cluster, new) as c:
+        c.put("via-new-node", "works")
+        assert c.get("via-new-node") == "works"
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_members_are_removed_including_the_leader(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader(DEADLINE)
+    follower = (leader + 1) % 3
+    cluster.remove_node(follower)
+    status = cluster.node_status(leader)
+    assert status is not None and cluster.nodes[follower].name not in status["members"]
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("after-removal", "2 nodes")
+    cluster.remove_node(leader)
+    last = 3 - leader - follower
+    assert cluster.wait_for_leader(DEADLINE) == last
+    with only(cluster, last) as c:
+        c.put("alone", "1 node")
+        assert c.get("after-removal") == "2 nodes"
+
+
+@pytest.mark.parametrize("cluster", [3, 5], indirect=True)
+def test_a_minority_cannot_commit_and_does_not_serve_stale_reads(cluster: Cluster) -> None:
+    old = cluster.wait_for_leader(DEADLINE)
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("x", "before partition")
+    wait_for_value(cluster, old, "x", "before partition")
+    cluster.isolate(old)
+    new = cluster.wait_for_leader(DEADLINE, exclude=old)
+    with only(cluster, new) as c:
+        c.put("x", "after partition")
+    with only(cluster, old, timeout=3.0) as c:
+        with pytest.raises(KvClusterError):
+            c.put("minority-write", "must not commit")
+        with pytest.raises(KvClusterError):
+            c.get("x")  # linearizable: no leader can confirm it, so no answer
+        # Only when asked for a possibly stale read does the minority answer.
+        assert c.get("x", consistency="serializable") == "before partition"
+    cluster.heal()
+    wait_for_value(cluster, old, "x", "after partition")
+    with cluster.client(timeout=DEADLINE) as c:
+        assert c.get("minority-write") is None
+        assert c.get("x") == "after partition"
