@@ -361,7 +361,7 @@ class RaftNode:
         self._event("campaign", role=self.role.value, for_term=term)
         self._votes = {self.id: True}
         kind = MT.PRE_VOTE if pre_vote else MT.VOTE
-        for v in self.membership.voters:
+        for v in sorted(self.membership.voters):  # sets iterate in hash order: replay
             if v != self.id:
                 self._msgs.append(
                     Message(
@@ -477,7 +477,7 @@ class RaftNode:
             self._become_follower(self.term, None)
             return
         if config_committed and self.options.auto_promote:
-            for p in m.learners:
+            for p in sorted(m.learners):
                 pr = self.progress.get(p)
                 if pr is not None and pr.match + self.options.max_append_entries >= self.commit:
                     self.propose_membership(m.promoted(p))
