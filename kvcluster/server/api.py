@@ -195,8 +195,8 @@ class WriteMixin(BaseHandler):
 
 class KeyHandler(WriteMixin):
     async def get(self, key: str) -> None:
-        key = _check_key(self.node, key)
         try:
+            key = _check_key(self.node, key)
             if not await self.read_barrier():
                 return await self.forward_to_leader()
         except ApiError as exc:
