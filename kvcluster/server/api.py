@@ -77,7 +77,9 @@ class BaseHandler(tornado.web.RequestHandler):
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ApiError(400, "bad_request", f"the body is not valid UTF-8: {exc}") from exc
-        except json.JSONDecodeError as exc:
+        except RecursionError as exc:
+            raise ApiError(400, "bad_request", "the body is JSON nested too deeply") from exc
+        except ValueError as exc:  # JSONDecodeError, and e.g. an integer of 5000 digits
             raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ApiError(400, "bad_request", "the body must be a JSON object")
