@@ -250,9 +250,13 @@ class ListHandler(WriteMixin):
             limit_arg = self.arg("limit")
             limit = None
             if limit_arg is not None:
-                if not limit_arg.isdigit() or int(limit_arg) < 1:
+                # isdigit() alone also accepts digits that int() refuses ("²"), and
+                # int() refuses more than 4300 digits: any limit over 18 digits is
+                # larger than any store, so it means no limit.
+                digits = limit_arg.lstrip("0")
+                if not (limit_arg.isascii() and limit_arg.isdigit()) or not digits:
                     raise ApiError(400, "bad_request", "limit must be a positive integer")
-                limit = int(limit_arg)
+                limit = int(digits) if len(digits) <= 18 else None
             if not await self.read_barrier():
                 return await self.forward_to_leader()
         except ApiError as exc:
