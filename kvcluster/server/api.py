@@ -351,7 +351,9 @@ class RaftHandler(BaseHandler):
             self.require_token()
             try:
                 messages = decode_batch(self.request.body)
-            except ValueError as exc:
+            # Beyond ValueError: int(1e400) raises OverflowError, and arrays nested
+            # ~100k deep make json.loads raise RecursionError.
+            except (ValueError, OverflowError, RecursionError) as exc:
                 raise ApiError(400, "bad_request", f"bad message batch: {exc}") from exc
         except ApiError as exc:
             return self.fail(exc.status, exc.code, exc.message)
