@@ -11,6 +11,7 @@ import hmac
 import json
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.web
 
@@ -147,6 +148,29 @@ def _check_key(node: NodeServer, key: str) -> str:
             f"the key is {size} bytes; the limit is {node.config.max_key_bytes}",
         )
     return key
+
+
+def _is_base_url(address: Any) -> bool:
+    """http://host:port and nothing else: what the peer transport can connect to.
+
+    A member's address goes into the log and every node opens a link to it, so
+    one it cannot parse would break every node's ready loop.
+    """
+    if not isinstance(address, str) or not address.isascii() or not address.isprintable():
+        return False
+    try:
+        parts = urlsplit(address)
+        port = parts.port  # raises ValueError if not a number in 0-65535
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "http"
+        and bool(parts.hostname)
+        and bool(port)
+        and parts.username is None
+        and not (parts.path or parts.query or parts.fragment)
+        and not any(c in address for c in " ?#")
+    )
 
 
 def _session(body: dict[str, Any], command: dict[str, Any]) -> dict[str, Any]:
@@ -313,8 +337,10 @@ class RegisterHandler(BaseHandler):
             incarnation = body.get("incarnation", "")
             if not isinstance(node_id, str) or not node_id or len(node_id) > 64:
                 raise ApiError(400, "bad_request", '"id" must be a non-empty string')
-            if not isinstance(address, str) or not address.startswith("http://"):
-                raise ApiError(400, "bad_request", '"address" must be an http:// URL')
+            if not _is_base_url(address):
+                raise ApiError(
+                    400, "bad_request", '"address" must be a base URL like http://host:port'
+                )
             if not isinstance(incarnation, str):
                 raise ApiError(400, "bad_request", '"incarnation" must be a string')
             if not node.core.is_leader:
