@@ -84,6 +84,13 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ApiError(400, "bad_request", "the body must be a JSON object")
+        surrogate = _lone_surrogate(data)
+        if surrogate is not None:
+            raise ApiError(
+                400,
+                "bad_request",
+                f"the body is not valid Unicode: a string holds the lone surrogate {surrogate}",
+            )
         return data
 
     def require_token(self) -> None:
@@ -135,6 +142,30 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header(LEADER_HEADER, address)
         self.set_status(resp.status)
         self.finish(resp.body)
+
+
+def _lone_surrogate(data: Any) -> str | None:
+    """The first lone UTF-16 surrogate in any string of a parsed JSON document.
+
+    JSON's \\ud800 escapes decode to Python strings that cannot be encoded as
+    UTF-8. Stored (a member's id, say), one would make every later response
+    that includes it fail to encode: a 500 on every node, for good.
+    """
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return f"\\u{ord(item[exc.start]):04x}"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _check_key(node: NodeServer, key: str) -> str:
