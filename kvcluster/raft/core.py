@@ -236,6 +236,10 @@ class RaftNode:
             raise NotLeader(self.leader_id)
         if self._config_entries and self._config_entries[-1][0] > self.commit:
             raise ConfigChangeError("another membership change is still in progress")
+        if not self._committed_in_term():
+            # An earlier leader may have committed a change we never saw; ours now
+            # could let two disjoint majorities form (Ongaro, raft-dev, 2015).
+            raise ConfigChangeError("no entry of this term committed yet")
         if not is_single_server_change(self.membership, new):
             raise ConfigChangeError("only one voter may be added or removed at a time")
         return self._append(EntryKind.CONFIG, new.to_dict())
@@ -476,7 +480,7 @@ class RaftNode:
             self._event("step_down", reason="removed")
             self._become_follower(self.term, None)
             return
-        if config_committed and self.options.auto_promote:
+        if config_committed and self.options.auto_promote and self._committed_in_term():
             for p in sorted(m.learners):
                 pr = self.progress.get(p)
                 if pr is not None and pr.match + self.options.max_append_entries >= self.commit:
