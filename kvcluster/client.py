@@ -1,0 +1,617 @@
+"""The synchronous kvcluster client: any endpoint, leader discovery, retries, sessions.
+
+    with Client(["http://127.0.0.1:7001", "http://127.0.0.1:7002"]) as c:
+        rev = c.put("greeting", "hello")
+        c.get("greeting")            # 'hello'
+        c.list("gr")                 # {'greeting': 'hello'}
+        c.delete("greeting")         # True
+
+Any node serves any request, so the client may start anywhere. Every answer
+names the leader (header `X-Kvcluster-Leader`); the client remembers it in
+`Client.leader` and sends the next request there, saving the follower's hop.
+Serializable reads are the exception: they go to the endpoints in order (the
+first one that answers, stickily), because such a read is served from the state
+of the node asked. `Client([url])` thus reads one node's state with
+`consistency="serializable"`; `prefer_leader=False` also keeps writes and
+linearizable reads on the endpoints.
+
+Retries. An operation is retried across nodes (the leader first if known, then
+the endpoints round-robin, with a small capped exponential backoff once every
+node has been tried) until `timeout` seconds have passed; each attempt waits at
+most `request_timeout`. Reads have no side effects and are simply retried.
+Writes carry a session, `client_id` plus a `seq` that grows by one per write; a
+retry of a write reuses its seq, so however many attempts reach the cluster, the
+servers apply it once (Raft thesis, section 6.3). When the client gives up it
+says whether the write may have taken effect: see `kvcluster.errors`.
+
+Threads. A Client is not thread-safe: use one per thread. (Its session is also a
+promise to the servers that writes come one at a time, in seq order; two
+threads writing through one Client could have a write refused as stale.) Two
+live Clients must never share a `client_id`.
+
+Proxies. The client talks to the nodes directly: it ignores the HTTP(S)_PROXY
+environment variables and ~/.netrc (`requests.Session.trust_env` is off).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+import requests
+from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import MaxRetryError
+
+from . import __version__
+from .errors import KvClusterError, OutcomeUnknown, RequestError, Unavailable
+
+__all__ = ["Client", "KeyValue"]
+
+LEADER_HEADER = "X-Kvcluster-Leader"
+CONSISTENCY = ("linearizable", "serializable")
+MAX_REDIRECTS = 5
+# 503 error codes that promise the request was not applied.
+NOT_APPLIED_CODES = frozenset({"no_leader", "not_leader", "unavailable", "shutting_down"})
+BACKOFF_FIRST = 0.05  # seconds; doubled after every full round of endpoints
+BACKOFF_MAX = 0.5
+
+# Exceptions raised before a single byte of the request could reach a server.
+_NOT_SENT = (
+    requests.exceptions.ConnectTimeout,
+    requests.exceptions.SSLError,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidHeader,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """A key's value and revisions, as read; `revision` is the store revision of the read."""
+
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    revision: int
+
+
+class _AttemptFailed(Exception):
+    """One attempt failed; `maybe_applied` if it may have taken effect anyway."""
+
+    def __init__(self, description: str, maybe_applied: bool, refused: bool = False) -> None:
+        super().__init__(description)
+        self.description = description
+        self.maybe_applied = maybe_applied
+        self.refused = refused  # no connection could be made at all
+
+
+def _normalize(url: str) -> str:
+    """'127.0.0.1:7001/' -> 'http://127.0.0.1:7001'."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) endpoint URL: {url!r}")
+    return url
+
+
+def _quote_key(key: str) -> str:
+    """Percent-encode a key as one path segment (keys may hold '/', spaces, any UTF-8)."""
+    if not isinstance(key, str):
+        raise TypeError(f"a key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("a key must not be empty")
+    segment = quote(key, safe="")
+    if segment in (".", ".."):
+        # A path segment '.' or '..' would be resolved away by URL normalization.
+        segment = segment.replace(".", "%2E")
+    return segment
+
+
+def _check_consistency(consistency: str) -> str:
+    if consistency not in CONSISTENCY:
+        raise ValueError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
+    return consistency
+
+
+def _describe_exception(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "no answer in time (timed out after sending the request)"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    reason: BaseException | None = exc
+    seen = 0
+    while reason is not None and seen < 8:  # look for the socket error under the wrappers
+        if isinstance(reason, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(reason, MaxRetryError) and reason.reason is not None:
+            reason = reason.reason
+        elif reason.args and isinstance(reason.args[0], BaseException):
+            reason = reason.args[0]
+        else:
+            reason = reason.__cause__ or reason.__context__
+        seen += 1
+    text = str(exc.args[0] if exc.args else exc)
+    if "refused" in text.lower():
+        return "connection refused"
+    return f"{type(exc).__name__}: {text}"
+
+
+class Client:
+    """A kvcluster client (one per thread; see the module docstring).
+
+    `endpoints`: node base URLs ("http://host:port"; "host:port" and a
+    comma-separated string are accepted too). `timeout`: how long one operation
+    may take in all, retries included. `request_timeout`: how long one attempt
+    may wait for an answer. `client_id`: the session id of this client's
+    writes (a fresh uuid4 by default; never share one between live clients).
+    `token`: sent as `Authorization: Bearer <token>`, needed by membership
+    changes. `prefer_leader`: send requests to the remembered leader (default);
+    False keeps using the endpoints in order, e.g. to measure follower reads.
+
+    Every operation raises `RequestError` if the cluster rejects it (not
+    retried), `Unavailable` if it gave up and nothing took effect, and
+    `OutcomeUnknown` if it gave up on a write that may have taken effect.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 10.0,
+        request_timeout: float = 2.0,
+        client_id: str | None = None,
+        token: str | None = None,
+        prefer_leader: bool = True,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = endpoints.split(",")
+        normalized: list[str] = []
+        for endpoint in endpoints:
+            if endpoint.strip():
+                url = _normalize(endpoint)
+                if url not in normalized:
+                    normalized.append(url)
+        if not normalized:
+            raise ValueError("a Client needs at least one endpoint, e.g. 'http://127.0.0.1:7001'")
+        if timeout <= 0 or request_timeout <= 0:
+            raise ValueError("timeout and request_timeout must be positive")
+        self.endpoints: list[str] = normalized
+        self.timeout = float(timeout)
+        self.request_timeout = float(request_timeout)
+        # A retry is only started with at least this much time left before the deadline.
+        self._min_attempt = min(self.request_timeout, max(0.1, self.request_timeout / 4))
+        self.client_id: str = client_id if client_id is not None else uuid.uuid4().hex
+        self.prefer_leader = prefer_leader
+        self.leader: str | None = None  # the remembered leader's base URL
+        self._leader_hint: str | None = None  # the raw header value `leader` came from
+        self._seq = 0
+        self._next = 0  # index of the endpoint to use when the leader is unknown
+        self._random = random.Random()
+        self._session = requests.Session()
+        self._session.trust_env = False
+        headers = {"User-Agent": f"kvcluster-client/{__version__}", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._headers = headers
+        self._json_headers = {**headers, "Content-Type": "application/json"}
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def seq(self) -> int:
+        """The seq of this client's last write (0 before the first)."""
+        return self._seq
+
+    def put(self, key: str, value: str) -> int:
+        """Set `key` to `value`; return the store revision of the write."""
+        if not isinstance(value, str):
+            raise TypeError(f"a value must be a str, got {type(value).__name__}")
+        path = "/v1/kv/" + _quote_key(key)
+        self._seq += 1
+        body = {"value": value, "client_id": self.client_id, "seq": self._seq}
+        data = self._call("PUT", path, body, f"put {key!r}", write=True)
+        return self._field(data, "revision", int)
+
+    def get(self, key: str, *, consistency: str = "linearizable") -> str | None:
+        """The value of `key`, or None if it does not exist."""
+        kv = self.get_kv(key, consistency=consistency)
+        return None if kv is None else kv.value
+
+    def get_kv(self, key: str, *, consistency: str = "linearizable") -> KeyValue | None:
+        """`key`'s value with its revisions, or None if it does not exist."""
+        path = f"/v1/kv/{_quote_key(key)}?consistency={_check_consistency(consistency)}"
+        local = consistency == "serializable"
+        data = self._call("GET", path, None, f"get {key!r}", not_found_ok=True, local=local)
+        if data.get("error") == "not_found":
+            return None
+        try:
+            return KeyValue(
+                data["key"],
+                data["value"],
+                data["create_revision"],
+                data["mod_revision"],
+                data["version"],
+                data["revision"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise self._malformed(data, exc) from None
+
+    def delete(self, key: str) -> bool:
+        """Delete `key`; True if it existed."""
+        path = "/v1/kv/" + _quote_key(key)
+        self._seq += 1
+        body = {"client_id": self.client_id, "seq": self._seq}
+        data = self._call("DELETE", path, body, f"delete {key!r}", write=True)
+        return bool(self._field(data, "deleted", int))
+
+    def list(
+        self, prefix: str = "", *, limit: int | None = None, consistency: str = "linearizable"
+    ) -> dict[str, str]:
+        """The keys starting with `prefix` (at most `limit`) and their values, ordered by key."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"a prefix must be a str, got {type(prefix).__name__}")
+        query: dict[str, str] = {"consistency": _check_consistency(consistency)}
+        if prefix:
+            query["prefix"] = prefix
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+            query["limit"] = str(limit)
+        path = "/v1/kv?" + urlencode(query, quote_via=quote)
+        data = self._call(
+            "GET", path, None, f"list {prefix!r}", local=consistency == "serializable"
+        )
+        try:
+            items = sorted((kv["key"], kv["value"]) for kv in data["kvs"])
+        except (KeyError, TypeError) as exc:
+            raise self._malformed(data, exc) from None
+        return dict(items)
+
+    def status(self, endpoint: str | None = None) -> dict[str, Any]:
+        """A node's status: `endpoint`'s (one attempt), or any node's (with retries)."""
+        if endpoint is None:
+            return self._call("GET", "/v1/status", None, "status")
+        base = _normalize(endpoint)
+        deadline = time.monotonic() + min(self.timeout, self.request_timeout)
+        try:
+            status, data = self._attempt(base, "GET", "/v1/status", None, deadline)
+        except _AttemptFailed as failed:
+            hint = " is that node running?" if failed.refused else ""
+            raise Unavailable(
+                f"could not get the status of {base}: {failed.description};{hint}",
+                op="status",
+                attempts=1,
+                failures={base: failed.description},
+            ) from None
+        if status >= 300:
+            if 400 <= status < 500:
+                raise self._request_error(base, status, data, "status", known_outcome=True)
+            description = self._describe_status(status, data)
+            raise Unavailable(
+                f"could not get the status of {base}: {description}",
+                op="status",
+                attempts=1,
+                failures={base: description},
+            )
+        return data
+
+    def remove_member(self, node_id: str) -> dict[str, Any]:
+        """Remove node `node_id` from the cluster (needs the token); return the new members.
+
+        Removal is retried like a write, but without a session: if an earlier
+        attempt timed out and a retry then finds `node_id` is no longer a member,
+        the RequestError (404) has `known_outcome` False — the earlier attempt
+        most likely removed it.
+        """
+        path = "/v1/members/" + quote(node_id, safe="")
+        return self._call("DELETE", path, None, f"remove member {node_id!r}", write=True)
+
+    def close(self) -> None:
+        """Close the keep-alive connections. The client may not be used afterwards."""
+        self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Client(endpoints={self.endpoints!r}, leader={self.leader!r}, "
+            f"client_id={self.client_id!r}, seq={self._seq})"
+        )
+
+    # ------------------------------------------------------------------ retries
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        op: str,
+        *,
+        write: bool = False,
+        not_found_ok: bool = False,
+        local: bool = False,
+    ) -> dict[str, Any]:
+        """Run one operation with retries; return the JSON body of its answer.
+
+        The same `body` (so the same client_id and seq) goes with every attempt.
+        `local` (serializable reads): ask the endpoints, never the leader — such a
+        read is served from the state of the node asked, which is the point of it.
+        """
+        leader_first = self.prefer_leader and not local
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        start = time.monotonic()
+        deadline = start + self.timeout
+        target = self._first_target(leader_first)
+        attempts = 0
+        since_backoff = 0
+        backoff = BACKOFF_FIRST
+        maybe_applied = False
+        all_refused = True
+        failures: dict[str, str] = {}
+        while True:
+            attempts += 1
+            since_backoff += 1
+            leader_before = self.leader
+            try:
+                status, data = self._attempt(target, method, path, payload, deadline)
+            except _AttemptFailed as failed:
+                description = failed.description
+                maybe_applied = maybe_applied or failed.maybe_applied
+                all_refused = all_refused and failed.refused
+            else:
+                if status < 300:
+                    return data
+                if (
+                    status == 404
+                    and not_found_ok
+                    and data.get("error") == "not_found"
+                    and "revision" in data  # the key is absent (not: there is no such route)
+                ):
+                    return data
+                code = data.get("error")
+                all_refused = False
+                if status in (408, 429) or (status == 503 and code in NOT_APPLIED_CODES):
+                    pass  # not applied: retry
+                elif 300 <= status < 500:
+                    raise self._request_error(
+                        target, status, data, op, known_outcome=not maybe_applied
+                    )
+                else:  # a 504 timeout, a 503 that promises nothing...: it may have happened
+                    maybe_applied = True
+                description = self._describe_status(status, data)
+                if status not in (502, 503, 504):  # 500 & co: a bug in the node
+                    self._internal_error(op, target, description, write)
+
+            failures.pop(target, None)
+            failures[target] = description  # the latest failure last
+            if target == self.leader and self.leader == leader_before:
+                self.leader = self._leader_hint = None  # it failed, naming no other: forget it
+            chase = leader_first and self.leader is not None and self.leader != target
+            target = self._next_target(target, leader_first)
+            now = time.monotonic()
+            if not chase and since_backoff >= len(self.endpoints):
+                # Every node had its chance: wait a little before the next round.
+                delay = backoff * (0.5 + 0.5 * self._random.random())
+                if now + delay + self._min_attempt > deadline:
+                    now = deadline
+                else:
+                    time.sleep(delay)
+                    now = time.monotonic()
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                since_backoff = 0
+            # An attempt cut short by the deadline would likely time out, and turn a write
+            # known not to be applied into one that may be: after a first try of every
+            # endpoint, do not start one with little time left.
+            first_round = attempts < len(self.endpoints)
+            if now >= deadline or (not first_round and deadline - now < self._min_attempt):
+                self._give_up(
+                    op, write and maybe_applied, all_refused, attempts, now - start, failures
+                )
+
+    def _first_target(self, leader_first: bool) -> str:
+        if leader_first and self.leader is not None:
+            return self.leader
+        return self.endpoints[self._next % len(self.endpoints)]
+
+    def _next_target(self, failed: str, leader_first: bool) -> str:
+        """Where to go after `failed` failed: the leader if it is another node, else round-robin."""
+        n = len(self.endpoints)
+        if self.endpoints[self._next % n] == failed:
+            self._next += 1
+        if leader_first and self.leader is not None and self.leader != failed:
+            return self.leader
+        return self.endpoints[self._next % n]
+
+    def _internal_error(self, op: str, target: str, description: str, write: bool) -> NoReturn:
+        """A node failed with an internal error: a bug that a retry would hit again."""
+        message = (
+            f"{op} failed: {target} answered {description}; that is a bug in the node, see its log."
+        )
+        failures = {target: description}
+        if write:
+            raise OutcomeUnknown(
+                message + " The write MAY HAVE TAKEN EFFECT: read it back before trying again.",
+                op=op,
+                attempts=1,
+                failures=failures,
+            )
+        raise Unavailable(message, op=op, attempts=1, failures=failures)
+
+    def _give_up(
+        self,
+        op: str,
+        maybe_applied: bool,
+        all_refused: bool,
+        attempts: int,
+        elapsed: float,
+        failures: dict[str, str],
+    ) -> NoReturn:
+        answers = "; ".join(f"{url}: {what}" for url, what in failures.items())
+        summary = f"{attempts} attempt(s) in {elapsed:.1f}s; last answer per node: {answers}"
+        if maybe_applied:
+            raise OutcomeUnknown(
+                f"{op} gave up after {self.timeout:g}s and MAY HAVE TAKEN EFFECT (an attempt "
+                f"timed out or was cut off after it was sent). Read it back (or check the "
+                f"members) before trying again. ({summary})",
+                op=op,
+                attempts=attempts,
+                failures=failures,
+            )
+        if all_refused:
+            message = (
+                f"{op} failed: no node answered at {self.endpoints}: is the cluster running? "
+                f"({summary})"
+            )
+        else:
+            message = (
+                f"{op} failed: no node could serve it within {self.timeout:g}s; it did not take "
+                f"effect and is safe to retry. Is a majority of the nodes up and able to elect "
+                f"a leader? (Client.status(endpoint) shows each node's view.) ({summary})"
+            )
+        raise Unavailable(message, op=op, attempts=attempts, failures=failures)
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _attempt(
+        self, base: str, method: str, path: str, payload: bytes | None, deadline: float
+    ) -> tuple[int, dict[str, Any]]:
+        """Send one request to `base`, following up to MAX_REDIRECTS 307/308 redirects.
+
+        Returns (status, JSON body) for any answer that is not a redirect;
+        raises _AttemptFailed if no answer came.
+        """
+        url = base + path
+        headers = self._headers if payload is None else self._json_headers
+        for _hop in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # Only reachable between redirect hops: the redirecting node did not apply it.
+                raise _AttemptFailed("out of time while following redirects", False)
+            wait = min(self.request_timeout, remaining)
+            # Built by hand, not with requests' prepare(): that costs a tenth of a
+            # request, and its URL normalization would resolve a '.' or '..' key away.
+            prepared = requests.PreparedRequest()
+            prepared.method = method
+            prepared.url = url
+            prepared.headers = CaseInsensitiveDict(headers)
+            prepared.headers["Content-Length"] = str(len(payload)) if payload else "0"
+            prepared.body = payload
+            try:
+                # The session's adapter (its keep-alive pool) directly: Session.send adds
+                # only hooks and cookies, which the nodes do not use.
+                adapter = self._session.get_adapter(url)
+                resp = adapter.send(prepared, timeout=wait)
+                content = resp.content
+            except requests.RequestException as exc:
+                raise self._classify(exc) from None
+            hint = resp.headers.get(LEADER_HEADER)
+            if hint and hint != self._leader_hint:
+                try:
+                    self.leader = _normalize(hint)
+                    self._leader_hint = hint
+                except ValueError:
+                    pass
+            status = resp.status_code
+            if status in (307, 308):
+                location = resp.headers.get("Location")
+                if not location:
+                    raise _AttemptFailed(f"{status} redirect without a Location header", False)
+                url = urljoin(url, location)
+                if not hint:
+                    parts = urlsplit(url)
+                    self.leader = f"{parts.scheme}://{parts.netloc}"
+                continue
+            try:
+                data = json.loads(content) if content else {}
+                if not isinstance(data, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                if status < 300:
+                    raise _AttemptFailed(
+                        f"{status} with a body that is not a JSON object: {content[:100]!r}",
+                        True,
+                    ) from None
+                text = content[:200].decode("utf-8", "replace")
+                data = {"error": None, "message": text}
+            return status, data
+        raise _AttemptFailed(f"more than {MAX_REDIRECTS} redirects (last to {url})", False)
+
+    @staticmethod
+    def _classify(exc: requests.RequestException) -> _AttemptFailed:
+        description = _describe_exception(exc)
+        not_sent = isinstance(exc, _NOT_SENT) or (
+            isinstance(exc, requests.exceptions.ConnectionError)
+            and bool(exc.args)
+            and isinstance(exc.args[0], MaxRetryError)  # the connection was never made
+        )
+        refused = not_sent and description == "connection refused"
+        return _AttemptFailed(description, maybe_applied=not not_sent, refused=refused)
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _describe_status(status: int, data: dict[str, Any]) -> str:
+        code = data.get("error")
+        message = data.get("message")
+        text = f"HTTP {status}"
+        if code:
+            text += f" {code}"
+        if message:
+            text += f" ({message})"
+        return text
+
+    @staticmethod
+    def _request_error(
+        endpoint: str, status: int, data: dict[str, Any], op: str, *, known_outcome: bool
+    ) -> RequestError:
+        code = str(data.get("error") or f"http_{status}")
+        server_message = str(data.get("message") or "")
+        message = f"{op} was rejected by {endpoint}: HTTP {status} {code}"
+        if server_message:
+            message += f": {server_message}"
+        if not known_outcome:
+            message += " (an earlier attempt may have taken effect)"
+        return RequestError(
+            message,
+            status=status,
+            error=code,
+            server_message=server_message,
+            endpoint=endpoint,
+            known_outcome=known_outcome,
+        )
+
+    @staticmethod
+    def _malformed(data: dict[str, Any], exc: Exception) -> KvClusterError:
+        return KvClusterError(
+            f"unexpected answer from the cluster ({exc!r} in {str(data)[:200]}); "
+            "is every node running the same kvcluster version?",
+            known_outcome=False,
+        )
+
+    def _field(self, data: dict[str, Any], name: str, kind: type[int]) -> int:
+        value = data.get(name)
+        if not isinstance(value, kind):
+            raise self._malformed(data, KeyError(name))
+        return value
