@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import tornado.web
@@ -181,7 +181,7 @@ def _check_key(node: NodeServer, key: str) -> str:
     return key
 
 
-def _is_base_url(address: Any) -> bool:
+def _is_base_url(address: Any) -> TypeGuard[str]:
     """http://host:port and nothing else: what the peer transport can connect to.
 
     A member's address goes into the log and every node opens a link to it, so
