@@ -483,7 +483,11 @@ class RaftNode:
         if config_committed and self.options.auto_promote and self._committed_in_term():
             for p in sorted(m.learners):
                 pr = self.progress.get(p)
-                if pr is not None and pr.match + self.options.max_append_entries >= self.commit:
+                if (
+                    pr is not None
+                    and pr.state is ReplicationState.REPLICATE  # it has answered us
+                    and pr.match + self.options.max_append_entries >= self.commit
+                ):
                     self.propose_membership(m.promoted(p))
                     break
 
