@@ -14,6 +14,7 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from ..raft import Member, NotLeader
 from .codec import decode_batch
@@ -168,6 +169,17 @@ def _lone_surrogate(data: Any) -> str | None:
     return None
 
 
+# How much more than the body limit a key route reads (and discards) in order
+# to answer a JSON 413, rather than closing the connection on the client.
+_DRAIN_FACTOR = 8
+
+
+def _body_limit(node: NodeServer) -> int:
+    """The largest body a key route accepts, as main.serve sets max_body_size:
+    a value at the limit takes at most 6 bytes of JSON per byte (\\u00XX)."""
+    return 8 * node.config.max_value_bytes + (1 << 20)
+
+
 def _check_key(node: NodeServer, key: str) -> str:
     if not key:
         raise ApiError(400, "bad_request", "the key must not be empty: use /v1/kv/<key>")
@@ -250,7 +262,52 @@ class WriteMixin(BaseHandler):
         return True
 
 
+@tornado.web.stream_request_body
 class KeyHandler(WriteMixin):
+    """GET/PUT/DELETE /v1/kv/{key}.
+
+    The body is streamed in so that one over the server's max_body_size still
+    gets a JSON 413: left to itself, tornado answers a bare, body-less 400 and
+    closes the connection. Up to _DRAIN_FACTOR times the limit is read and
+    thrown away, so the client can finish sending and read the answer.
+    """
+
+    _chunks: list[bytes]
+    _received: int
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._chunks, self._received = [], 0
+        limit = _body_limit(self.node)
+        connection = self.request.connection
+        declared = self.request.headers.get("Content-Length", "")
+        if isinstance(connection, HTTP1Connection):
+            size = int(declared) if declared.isascii() and declared.isdigit() else 0
+            connection.set_max_body_size(max(_DRAIN_FACTOR * limit, size))
+            if size > _DRAIN_FACTOR * limit:
+                # Not worth reading: answer now; tornado then closes the connection.
+                self.fail(413, "value_too_large", self._too_large_message(size))
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= _body_limit(self.node):
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()  # too large: keep nothing, answer 413 at the end
+
+    def _take_body(self) -> None:
+        """Put the streamed body where json_body and forwarding expect it."""
+        if self._received > _body_limit(self.node):
+            raise ApiError(413, "value_too_large", self._too_large_message(self._received))
+        self.request.body = b"".join(self._chunks)
+        self._chunks.clear()
+
+    def _too_large_message(self, size: int) -> str:
+        return (
+            f"the request body is {size} bytes, more than any value within the limit "
+            f"of {self.node.config.max_value_bytes} bytes can take"
+        )
+
     async def get(self, key: str) -> None:
         try:
             key = _check_key(self.node, key)
@@ -266,6 +323,7 @@ class KeyHandler(WriteMixin):
 
     async def put(self, key: str) -> None:
         try:
+            self._take_body()
             key = _check_key(self.node, key)
             body = self.json_body(required=True)
             value = body.get("value")
@@ -285,6 +343,7 @@ class KeyHandler(WriteMixin):
 
     async def delete(self, key: str) -> None:
         try:
+            self._take_body()
             key = _check_key(self.node, key)
             command = _session(self.json_body(required=False), {"op": "delete", "key": key})
             await self._write(command)
