@@ -542,7 +542,9 @@ class RaftNode:
         self._need_round = False
         self._heartbeat_deadline = self.now + self.options.heartbeat_interval
         for peer, pr in self.progress.items():
-            self._send(MT.HEARTBEAT, peer, commit=min(pr.match, self.commit), ctx=self._round)
+            commit = min(pr.match, self.commit)
+            term = self.log.term_at(commit) or 0
+            self._send(MT.HEARTBEAT, peer, commit=commit, log_term=term, ctx=self._round)
             pr.heartbeat_round, pr.next_at_heartbeat = self._round, pr.next
         self._on_round_acked()
 
@@ -692,9 +694,11 @@ class RaftNode:
 
     def _on_heartbeat(self, m: Message) -> None:
         self._heard_from_leader(m)
-        commit = min(m.commit, self.log.last_index())
-        if commit > self.commit:
-            self._advance_commit(commit)
+        # Only if our entry there is the leader's (then, by log matching, so is
+        # all before it): a node that lost its disk may hold another leader's
+        # entries up to the index this leader believes it acknowledged.
+        if m.commit > self.commit and self.log.matches(m.commit, m.log_term):
+            self._advance_commit(m.commit)
         self._send(MT.HEARTBEAT_RESP, m.src, ctx=m.ctx)
 
     def _on_heartbeat_resp(self, m: Message) -> None:

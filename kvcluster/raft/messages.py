@@ -48,7 +48,8 @@ class Message:
       APPEND:             index, log_term = previous entry; entries; commit
       APPEND_RESP:        index = last matching index (accept) or the rejected
                           previous index (reject); hint, log_term = conflict hint
-      HEARTBEAT:          commit (capped at the follower's match); ctx = round
+      HEARTBEAT:          commit (capped at the follower's match), log_term = the
+                          term of the entry there; ctx = round
       HEARTBEAT_RESP:     ctx echoed
       READ_INDEX:         ctx = the requester's read id
       READ_INDEX_RESP:    ctx echoed; index = the read index; reject if the
