@@ -24,10 +24,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         yield c
 
 
-def only(c: Cluster, i: int, **kwargs: float) -> Client:
-    """A client that talks to node i and nowhere else."""
-    kwargs.setdefault("timeout", DEADLINE)
-    return Client([c.endpoints[i]], **kwargs)  # type: ignore[arg-type]
+def only(c: Cluster, i: int, timeout: float = DEADLINE) -> Client:
+    """A client that talks to node i and nowhere else (it ignores leader hints)."""
+    return Client([c.endpoints[i]], timeout=timeout, prefer_leader=False)
 
 
 def wait_for_value(c: Cluster, i: int, key: str, value: str | None) -> None:
