@@ -597,7 +597,7 @@ class RaftNode:
         pre = m.type is MT.PRE_VOTE
         up_to_date = (m.log_term, m.index) >= (self.log.last_term(), self.log.last_index())
         if pre:
-            heard_leader = (
+            heard_leader = self.role is Role.LEADER or (
                 self.leader_id is not None
                 and self.now - self._last_leader_contact < self.options.election_timeout[0]
             )
