@@ -512,9 +512,12 @@ class RaftNode:
             if prev_term is None:
                 raise AssertionError(f"entry {prev} for {peer} was compacted away")
             has_entries = pr.next <= last
-            if not has_entries and pr.state is ReplicationState.REPLICATE:
-                if pr.sent_commit >= self.commit:
-                    return
+            if (
+                not has_entries
+                and pr.state is ReplicationState.REPLICATE
+                and pr.sent_commit >= self.commit
+            ):
+                return
             entries = self.log.slice(pr.next, pr.next + opts.max_append_entries)
             self._msgs.append(
                 Message(
