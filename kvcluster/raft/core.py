@@ -491,6 +491,15 @@ class RaftNode:
                     self.propose_membership(m.promoted(p))
                     break
 
+    def _may_vote(self) -> bool:
+        """Raft servers vote whatever their latest configuration says (thesis 4.1):
+        one left out by an uncommitted change may be needed for another's quorum.
+        Only a node that no configuration it knows names a voter under its
+        incarnation -- one that lost its state -- must not vote."""
+        return self._base_membership.is_voter(self.id, self.incarnation) or any(
+            m.is_voter(self.id, self.incarnation) for _, m in self._config_entries
+        )
+
     def _committed_in_term(self) -> bool:
         return self.log.term_at(self.commit) == self.term
 
@@ -607,7 +616,7 @@ class RaftNode:
             can = m.term > self.term and not heard_leader
         else:
             can = self.vote == m.src or (self.vote is None and self.leader_id is None)
-        grant = can and up_to_date and self.is_voter()
+        grant = can and up_to_date and self._may_vote()
         resp = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
         term = m.term if pre and grant else self.term
         self._msgs.append(Message(resp, term, self.id, m.src, reject=not grant))
