@@ -370,6 +370,8 @@ class NodeServer:
             "keys": len(self.kv),
             "read_mode": self.config.read_mode,
             "members": core.membership.to_dict(),
+            "peer_batches_sent": self.transport.sent_batches,
+            "peer_messages_sent": self.transport.sent_messages,
             "raft": {
                 "election_timeout": list(core.options.election_timeout),
                 "heartbeat_interval": core.options.heartbeat_interval,
