@@ -10,7 +10,8 @@ network), apply (into a per-node list of applied entries).
 Time only moves when asked (`advance`, `run_until`); the loop is event driven:
 it jumps to the next node deadline or message delivery, so simulated seconds
 cost little. With the default latency of 0 every message is delivered at the
-instant it is sent, in FIFO order per link.
+instant it is sent, in FIFO order per link. A message is lost if its link is
+blocked when it is sent or when it would arrive.
 
 Faults: `crash`/`restart` (optionally amnesiac: storage lost, new incarnation),
 `partition`/`isolate`/`block`/`heal`, a random drop/duplicate rate, and
@@ -22,16 +23,20 @@ Safety is checked on every `ready()` batch and raises `InvariantViolation`:
   * leader completeness: a new leader holds every entry committed in an
     earlier term;
   * one vote per term: a persisted vote never changes within a term, terms
-    never go back;
+    never go back; a node that lost its state does not vote before the log
+    names it a voter under its new incarnation;
   * log matching: two logs holding an entry with the same index and term hold
     the same entry and agree on the term of the entry before it (so, by
     induction, on the whole prefix);
   * committed entries are never truncated from the storage of the node that
-    committed them, and commit indexes never pass the end of the log;
+    committed them; a node's commit index never goes back (while it runs) nor
+    passes the end of its log;
   * state machine safety: every node applies the same entry at each index, in
     order, without gaps;
   * reads: a ReadState's index is at least every index committed anywhere when
-    the read was requested (ReadIndex is linearizable).
+    the read was requested (ReadIndex, and lease reads, are linearizable).
+
+Storage keeps whole logs: snapshots and compaction are not simulated yet.
 
 The class is meant to grow into `kvcluster.sim`.
 """
@@ -156,6 +161,8 @@ class RaftNet:
         # what the checker knows
         self.leaders: dict[int, str] = {}  # term -> the node that led it
         self._leader_checked: set[tuple[str, int]] = set()
+        self._commit_seen: dict[RaftNode, int] = {}  # per node object, i.e. per life
+        self._amnesiac: set[str] = set()  # nodes whose current life began with no state
         self.committed: dict[int, Entry] = {}  # index -> the entry committed there
         self._commit_term: dict[int, int] = {}  # index -> term in which it was committed
         self._entry_at: dict[tuple[int, int], tuple[Entry, int]] = {}  # (i, t) -> (e, prev term)
@@ -209,6 +216,7 @@ class RaftNet:
         if amnesia:
             self.storage[nid] = Storage()
             self._durable_commit[nid] = 0
+            self._amnesiac.add(nid)
             inc = incarnation if incarnation is not None else f"{nid}-{self._lives[nid] + 1}"
             self._start(nid, incarnation=inc, membership=Membership())
         else:
@@ -319,6 +327,11 @@ class RaftNet:
         if flush:
             self.flush(nid)
 
+    def inject(self, m: Message) -> None:
+        """Hand `m` to its destination now, as if the network delivered it."""
+        self._sync(m.dst).step(m)
+        self.flush(m.dst)
+
     def flush(self, nid: str) -> None:
         """Do what the node's ready() says: persist, send, apply."""
         node = self.nodes[nid]
@@ -328,6 +341,8 @@ class RaftNet:
                 break
             self._persist(nid, rd)
             for m in rd.messages:
+                if m.type in (MT.VOTE_RESP, MT.PRE_VOTE_RESP) and not m.reject:
+                    self._check_vote_grant(nid)
                 self._send(m)
             self._apply(nid, rd.committed)
             for rs in rd.reads:
@@ -346,8 +361,10 @@ class RaftNet:
         self.sent_counts[m.type] += 1
         if self.record:
             self.sent.append(m)
-        if self.drop_rate and self.rng.random() < self.drop_rate:
-            self.dropped += 1
+        if (m.src, m.dst) in self.blocked or (
+            self.drop_rate and self.rng.random() < self.drop_rate
+        ):
+            self.dropped += 1  # sent into a partition, or lost
             return
         copies = 2 if self.dup_rate and self.rng.random() < self.dup_rate else 1
         for _ in range(copies):
@@ -375,8 +392,7 @@ class RaftNet:
             self.dropped += 1
             return
         self.delivered += 1
-        self._sync(m.dst).step(m)
-        self.flush(m.dst)
+        self.inject(m)
 
     def _pop_due(self, pred: MessagePredicate | None) -> Message | None:
         if pred is None:
@@ -558,10 +574,28 @@ class RaftNet:
         if entries:
             self._durable_commit[nid] = max(self._durable_commit[nid], entries[-1].index)
 
+    def _check_vote_grant(self, nid: str) -> None:
+        """A node that lost its state votes only once its log names it a voter
+        under its new incarnation (it may have voted in this term already, or
+        helped commit entries it no longer has)."""
+        if nid not in self._amnesiac:
+            return
+        node = self.nodes[nid]
+        named = any(
+            Membership.from_dict(e.data).is_voter(nid, node.incarnation)
+            for e in self.storage[nid].entries
+            if e.kind is EntryKind.CONFIG
+        )
+        if not named:
+            self._fail(f"{nid} lost its state, and votes before the log names it a voter again")
+
     def _check_node(self, nid: str) -> None:
         node = self.nodes[nid]
         if node.commit > node.log.last_index():
             self._fail(f"{nid}: commit {node.commit} beyond its last index {node.log.last_index()}")
+        if node.commit < self._commit_seen.get(node, 0):
+            self._fail(f"{nid}: commit index went back to {node.commit}")
+        self._commit_seen[node] = node.commit
         if node.role is Role.LEADER:
             known = self.leaders.setdefault(node.term, nid)
             if known != nid:

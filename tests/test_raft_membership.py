@@ -298,3 +298,30 @@ def test_stale_leader_cannot_commit_with_an_amnesiac_members_ack() -> None:
     net.propose("n1", "stale")
     net.advance(0.5)
     assert "stale" not in net.applied_data("n1")
+
+
+def test_node_left_out_of_its_latest_configuration_still_votes() -> None:
+    """Raft servers vote whatever their latest configuration says (thesis
+    4.1): one that an uncommitted change left out may be needed by another
+    server's configuration. Found by a randomized seed: three nodes, three
+    different configurations, and no node could ever win."""
+    opts = RaftOptions(pre_vote=False, check_quorum=False, auto_promote=False)
+    net = RaftNet(3, seed=9, options=opts)
+    net.elect("n1")
+    net.elect("n2")  # term 2; everyone has both no-ops
+    net.isolate("n2")
+    net.propose_membership("n2", net.nodes["n2"].membership.without("n2"))  # only n2 has it
+    net.crash("n2")
+    net.heal()
+    n1 = net.elect("n1")  # term 3, with n3
+    net.isolate("n1")
+    net.propose_membership("n1", n1.membership.without("n3"))  # only n1 has it
+    net.restart("n1")
+    net.restart("n2")
+    net.heal()
+    # n1 needs n2 ({n1, n2}); n2's own latest configuration leaves it out
+    # ({n1, n3}); n3 ({n1, n2, n3}) is less up to date than n1.
+    assert sorted(net.nodes["n1"].membership.voters) == ["n1", "n2"]
+    assert sorted(net.nodes["n2"].membership.voters) == ["n1", "n3"]
+    assert sorted(net.nodes["n3"].membership.voters) == ["n1", "n2", "n3"]
+    assert net.run_until(lambda: net.stable_leader() is not None, 10.0)

@@ -232,3 +232,20 @@ def test_follower_commits_no_further_than_the_entries_it_was_sent() -> None:
     f.step(Message(MT.APPEND, 3, "l", "f", index=1, log_term=1, entries=[leader_entry], commit=4))
     assert f.commit == 2
     assert [(m.type, m.index, m.reject) for m in f.ready().messages] == [(MT.APPEND_RESP, 2, False)]
+
+
+def test_late_rejection_does_not_reset_a_replicating_follower() -> None:
+    # A rejection that arrives after the follower was repaired (duplicated or
+    # reordered by the network) says nothing new: the leader keeps streaming.
+    net = RaftNet(3, seed=4, options=RaftOptions(max_inflight=8))
+    net.elect("n1")
+    n1 = net.nodes["n1"]
+    for i in range(5):
+        net.propose("n1", i)
+    net.deliver_all()
+    pr = n1.progress["n2"]
+    assert pr.state.value == "replicate" and pr.match == n1.log.last_index()
+    stale = Message(MT.APPEND_RESP, n1.term, "n2", "n1", index=1, reject=True, hint=1)
+    net.inject(stale)
+    assert pr.state.value == "replicate" and pr.next == n1.log.last_index() + 1
+    assert net.pending(lambda m: m.type is MT.APPEND and m.dst == "n2") == []
