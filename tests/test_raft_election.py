@@ -229,3 +229,16 @@ def test_check_quorum(check_quorum: bool) -> None:
     # Either way the majority side elected a leader of its own.
     other = net.leader()
     assert other in ("n2", "n3") and net.nodes[other].term > term
+
+
+def test_single_node_cluster_leads_commits_and_reads_alone() -> None:
+    net = RaftNet(1)
+    assert net.run_until(lambda: net.stable_leader() == "n1", 2.0)
+    net.propose("n1", "x")
+    assert net.applied_data("n1") == ["x"]
+    net.read_index("n1", 1)
+    net.read_index("n1", 2, lease=True)
+    assert net.reads[("n1", 1)].index == net.reads[("n1", 2)].index == 2
+    net.restart("n1")  # comes back, re-elects itself, re-applies its log
+    assert net.run_until(lambda: net.applied_data("n1") == ["x"], 2.0)
+    assert sum(net.sent_counts.values()) == 0

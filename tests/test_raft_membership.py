@@ -285,7 +285,10 @@ def test_amnesiac_does_not_commit_a_stale_leaders_entries_from_heartbeats() -> N
 @pytest.mark.xfail(
     strict=True,
     raises=InvariantViolation,
-    reason="design issue: a leader counts an amnesiac member's acks; see the report",
+    reason=(
+        "design issue: messages carry no incarnation, so a leader counts the acks of a "
+        "member that came back amnesiac as those of its previous life"
+    ),
 )
 def test_stale_leader_cannot_commit_with_an_amnesiac_members_ack() -> None:
     # Three nodes: n1 (stale, term 1) plus the amnesiac (back at term 0, so

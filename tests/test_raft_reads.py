@@ -156,7 +156,10 @@ def test_no_lease_without_check_quorum() -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=InvariantViolation,
-    reason="design issue: a restarted follower forgets it is bound by a leader's lease",
+    reason=(
+        "design issue: a restarted follower forgets it answered the leader a moment ago "
+        "and votes at once, while the leader's lease still runs"
+    ),
 )
 def test_lease_holds_across_a_follower_restart() -> None:
     # n1's lease rests on n3's acks alone (n2 cannot hear n1). n3 restarts
