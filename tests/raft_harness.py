@@ -181,6 +181,11 @@ class RaftNet:
             self.storage[i] = st
             self._durable_commit[i] = 0
             self._start(i, incarnation="", membership=self.bootstrap)
+        if initial:
+            # Nodes restarted from persisted state refuse votes for the shortest
+            # election timeout (a leader's lease may rest on them); let that pass,
+            # as it has in the earlier run this state comes from.
+            self.advance(self.options.election_timeout[0])
 
     # ------------------------------------------------------------------ nodes
 

@@ -4,7 +4,7 @@ at a time, and amnesiac nodes rejoining under a new incarnation."""
 from __future__ import annotations
 
 import pytest
-from raft_harness import InvariantViolation, RaftNet
+from raft_harness import RaftNet
 
 from kvcluster.raft import ConfigChangeError, Member, MessageType, RaftOptions, Role
 
@@ -274,7 +274,8 @@ def test_amnesiac_does_not_commit_a_stale_leaders_entries_from_heartbeats() -> N
     for k in range(3):
         net.propose("n1", f"stale{k}")
     net.deliver_all()
-    assert net.log_terms(amnesiac) == [1, 1, 1, 1]
+    # n1 ignores answers from the amnesiac's new life, so it may not even
+    # repair its log; either way nothing of n1's may be applied there.
     net.block("n1", amnesiac)
     net.unblock(new, amnesiac)
     net.advance(0.3)  # heartbeats must not make it apply the stale entries
@@ -282,14 +283,6 @@ def test_amnesiac_does_not_commit_a_stale_leaders_entries_from_heartbeats() -> N
     assert "stale0" not in net.applied_data(amnesiac)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason=(
-        "design issue: messages carry no incarnation, so a leader counts the acks of a "
-        "member that came back amnesiac as those of its previous life"
-    ),
-)
 def test_stale_leader_cannot_commit_with_an_amnesiac_members_ack() -> None:
     # Three nodes: n1 (stale, term 1) plus the amnesiac (back at term 0, so
     # it accepts term 1) make a majority of n1's configuration, which still

@@ -157,6 +157,9 @@ class RaftNode:
         self._need_round = False
         self._lease_until = 0.0
         self._last_leader_contact = -1e18
+        # Restarted from persisted state, we may have answered a leader just
+        # before: honour its lease as if we had just heard from it.
+        self._started_at = now if hs.term > 0 else -1e18
         self._heartbeat_deadline = 0.0
         self._check_quorum_deadline = 0.0
         self._election_deadline = 0.0
@@ -312,11 +315,18 @@ class RaftNode:
         self._election_deadline = self.now + self.rng.uniform(lo, hi)
 
     def _in_lease(self) -> bool:
-        if not self.options.check_quorum or self.leader_id is None:
+        """With check-quorum, refuse to help depose a leader we heard from within
+        the shortest election timeout: the leader's lease rests on that."""
+        if not self.options.check_quorum:
+            return False
+        lo = self.options.election_timeout[0]
+        if self.now - self._started_at < lo:
+            return True  # we may have acknowledged a leader just before restarting
+        if self.leader_id is None:
             return False
         if self.role is Role.LEADER:
             return True
-        return self.now - self._last_leader_contact < self.options.election_timeout[0]
+        return self.now - self._last_leader_contact < lo
 
     def _become_follower(self, term: int, leader: str | None) -> None:
         was = self.role
@@ -367,15 +377,8 @@ class RaftNode:
         kind = MT.PRE_VOTE if pre_vote else MT.VOTE
         for v in sorted(self.membership.voters):  # sets iterate in hash order: replay
             if v != self.id:
-                self._msgs.append(
-                    Message(
-                        kind,
-                        term,
-                        self.id,
-                        v,
-                        index=self.log.last_index(),
-                        log_term=self.log.last_term(),
-                    )
+                self._send(
+                    kind, v, term=term, index=self.log.last_index(), log_term=self.log.last_term()
                 )
         self._tally()
 
@@ -509,8 +512,17 @@ class RaftNode:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, kind: MessageType, to: str, **fields: Any) -> None:
-        self._msgs.append(Message(kind, self.term, self.id, to, **fields))
+    def _send(self, kind: MessageType, to: str, *, term: int | None = None, **fields: Any) -> None:
+        self._msgs.append(
+            Message(
+                kind,
+                self.term if term is None else term,
+                self.id,
+                to,
+                incarnation=self.incarnation,
+                **fields,
+            )
+        )
 
     def _send_appends(self, peer: str, pr: Progress) -> None:
         opts = self.options
@@ -528,17 +540,8 @@ class RaftNode:
             ):
                 return
             entries = self.log.slice(pr.next, pr.next + opts.max_append_entries)
-            self._msgs.append(
-                Message(
-                    MT.APPEND,
-                    self.term,
-                    self.id,
-                    peer,
-                    index=prev,
-                    log_term=prev_term,
-                    entries=entries,
-                    commit=self.commit,
-                )
+            self._send(
+                MT.APPEND, peer, index=prev, log_term=prev_term, entries=entries, commit=self.commit
             )
             pr.sent_commit = self.commit
             if entries:
@@ -619,7 +622,7 @@ class RaftNode:
         grant = can and up_to_date and self._may_vote()
         resp = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
         term = m.term if pre and grant else self.term
-        self._msgs.append(Message(resp, term, self.id, m.src, reject=not grant))
+        self._send(resp, m.src, term=term, reject=not grant)
         if grant and not pre:
             self.vote = m.src
             self._reset_election_timer()
@@ -678,8 +681,8 @@ class RaftNode:
         if self.role is not Role.LEADER:
             return
         pr = self.progress.get(m.src)
-        if pr is None:
-            return
+        if pr is None or m.incarnation != pr.incarnation:
+            return  # unknown, or another life of that node: its log is not the one we track
         pr.recent_active = True
         if not m.reject:
             if pr.acked(m.index):
@@ -717,8 +720,8 @@ class RaftNode:
         if self.role is not Role.LEADER:
             return
         pr = self.progress.get(m.src)
-        if pr is None:
-            return
+        if pr is None or m.incarnation != pr.incarnation:
+            return  # another life of that node cannot vouch for our leadership
         pr.recent_active = True
         if m.ctx > pr.acked_round:
             pr.acked_round = m.ctx

@@ -67,3 +67,4 @@ class Message:
     reject: bool = False
     hint: int = 0
     ctx: int = 0
+    incarnation: str = ""  # the sender's: a node restarted without its state is another

@@ -29,11 +29,12 @@ def message_to_wire(m: Message) -> list[Any]:
         m.reject,
         m.hint,
         m.ctx,
+        m.incarnation,
     ]
 
 
 def message_from_wire(w: list[Any]) -> Message:
-    t, term, src, dst, index, log_term, entries, commit, reject, hint, ctx = w
+    t, term, src, dst, index, log_term, entries, commit, reject, hint, ctx, incarnation = w
     return Message(
         MessageType(t),
         int(term),
@@ -46,6 +47,7 @@ def message_from_wire(w: list[Any]) -> Message:
         reject=bool(reject),
         hint=int(hint),
         ctx=int(ctx),
+        incarnation=str(incarnation),
     )
 
 
@@ -60,5 +62,5 @@ def decode_batch(body: bytes) -> list[Message]:
         raise ValueError("a message batch must be a JSON array")
     try:
         return [message_from_wire(w) for w in data]
-    except (TypeError, KeyError, IndexError) as exc:
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
         raise ValueError(f"malformed raft message: {exc}") from exc

@@ -264,6 +264,7 @@ class NodeServer:
             ctx = next(self._read_ids)
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._reads[ctx] = fut
+            self.core.tick(time.monotonic())  # a lease is judged against the current time
             self.core.read_index(ctx, lease=lease)
             self._schedule_ready()
             try:
