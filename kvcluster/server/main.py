@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import urllib.request
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -42,6 +44,8 @@ def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = N
         os.dup2(fd, 2)
         os.close(fd)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if handshake is None:
+        _refuse_unsafe_bootstrap(config)
     sockets = bind(config)
     config.port = sockets[0].getsockname()[1]
     if handshake is not None:
@@ -77,6 +81,29 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
     node.stop()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), 1.0)
+
+
+def _refuse_unsafe_bootstrap(config: NodeConfig) -> None:
+    """A node that lost its state must not bootstrap again as its old self.
+
+    It would vote with a forgotten term and log, which can elect two leaders
+    in one term or drop a committed entry. If any peer already has a term,
+    the cluster exists, and the node must come back through --join.
+    """
+    for name, url in config.initial_members.items():
+        if name == config.name:
+            continue
+        try:
+            with urllib.request.urlopen(f"{url}/v1/status", timeout=1.0) as r:
+                term = int(json.load(r).get("term", 0))
+        except (OSError, ValueError):
+            continue
+        if term > 0:
+            raise SystemExit(
+                f"{name} at {url} already runs a cluster (term {term}), and this node has "
+                f"no state. Rejoin instead: kvcluster serve --name {config.name} "
+                f"--listen {config.host}:{config.port} --join {url}"
+            )
 
 
 def _die_with_parent() -> None:
