@@ -664,12 +664,6 @@ def test_a_huge_list_limit_means_no_limit(cluster: Cluster, target: str) -> None
     assert {kv["key"] for kv in resp.json()["kvs"]} == set(SEED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=requests.ConnectionError,
-    reason="tornado's max_header_size (64 KiB, set in server/main.py) closes the connection "
-    "without an answer before any handler sees the request",
-)
 def test_a_key_too_long_even_for_the_request_line_gets_a_json_414(cluster: Cluster) -> None:
     base = endpoint(cluster, "leader")
     resp = send("GET", base + kv_path("k" * (70 * 1024)))

@@ -229,3 +229,19 @@ def test_a_minority_cannot_commit_and_does_not_serve_stale_reads(cluster: Cluste
     with cluster.client(timeout=DEADLINE) as c:
         assert c.get("minority-write") is None
         assert c.get("x") == "after partition"
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_a_follower_catches_up_on_many_large_values(cluster: Cluster) -> None:
+    # More than one peer request can carry: batches must be split by size.
+    leader = cluster.wait_for_leader(DEADLINE)
+    follower = (leader + 1) % 3
+    cluster.kill(follower)
+    big = {f"big/{k}": chr(0x41 + k) * 900_000 + "\u00e9" * 1000 for k in range(12)}
+    with cluster.client(timeout=DEADLINE) as c:
+        for key, value in big.items():
+            c.put(key, value)
+    cluster.restart(follower)
+    wait_for_value(cluster, follower, "big/11", big["big/11"])
+    with only(cluster, follower) as c:
+        assert c.list("big/", consistency="serializable") == big

@@ -41,6 +41,7 @@ class RaftOptions:
     pre_vote: bool = True
     check_quorum: bool = True
     max_append_entries: int = 1024  # entries in one AppendEntries
+    max_append_bytes: int = 1 << 20  # and roughly this much payload (at least one entry)
     max_inflight: int = 4  # unacknowledged AppendEntries per follower
     lease_ratio: float = 0.9  # a lease lasts this fraction of the shortest election timeout
     auto_promote: bool = True  # promote a learner to voter once it has caught up
@@ -539,7 +540,9 @@ class RaftNode:
                 and pr.sent_commit >= self.commit
             ):
                 return
-            entries = self.log.slice(pr.next, pr.next + opts.max_append_entries)
+            entries = _within_bytes(
+                self.log.slice(pr.next, pr.next + opts.max_append_entries), opts.max_append_bytes
+            )
             self._send(
                 MT.APPEND, peer, index=prev, log_term=prev_term, entries=entries, commit=self.commit
             )
@@ -752,6 +755,26 @@ class RaftNode:
 
     def _event(self, kind: str, **fields: Any) -> None:
         self._events.append({"event": kind, "term": self.term, **fields})
+
+
+def _payload_size(data: Any) -> int:
+    """A cheap estimate of an entry's encoded size: strings dominate kv commands."""
+    if isinstance(data, dict):
+        return 16 + sum(len(v) if isinstance(v, str) else 8 for v in data.values())
+    if isinstance(data, str):
+        return len(data)
+    return 16
+
+
+def _within_bytes(entries: list[Entry], budget: int) -> list[Entry]:
+    """The longest prefix of `entries` (at least one) whose payload fits `budget`,
+    so a batch of large values never exceeds what a peer will accept in one body."""
+    total = 0
+    for i, e in enumerate(entries):
+        total += _payload_size(e.data)
+        if total > budget and i > 0:
+            return entries[:i]
+    return entries
 
 
 _HANDLERS = {

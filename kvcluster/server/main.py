@@ -63,6 +63,7 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
     server = HTTPServer(
         make_app(node),
         max_body_size=8 * config.max_value_bytes + (1 << 20),
+        max_header_size=1 << 20,  # so an over-long key gets a JSON 414, not a closed socket
         idle_connection_timeout=3600,
     )
     server.add_sockets(sockets)

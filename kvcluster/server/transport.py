@@ -81,11 +81,12 @@ class PeerTransport:
                 n = min(len(link.outbox), self._max_batch)
                 batch = [link.outbox.popleft() for _ in range(n)]
                 try:
-                    await link.conn.request(
-                        "POST", RAFT_PATH, encode_batch(batch), self._headers, self._timeout
-                    )
+                    for body in _bodies(batch):
+                        await link.conn.request(
+                            "POST", RAFT_PATH, body, self._headers, self._timeout
+                        )
+                        self.sent_batches += 1
                     link.failures = 0
-                    self.sent_batches += 1
                     self.sent_messages += n
                 except ConnectionFailed:
                     # The peer is down or slow. Drop what is queued (the core will
@@ -103,3 +104,15 @@ class PeerTransport:
     def close(self) -> None:
         for peer in list(self._links):
             self._close_link(peer)
+
+
+MAX_BODY = 4 << 20  # well under what a node accepts in one request
+
+
+def _bodies(batch: list[Message]) -> list[bytes]:
+    """Encode a batch as one body, or split it so that no body is too large."""
+    body = encode_batch(batch)
+    if len(body) <= MAX_BODY or len(batch) == 1:
+        return [body]
+    half = len(batch) // 2
+    return _bodies(batch[:half]) + _bodies(batch[half:])
