@@ -6,20 +6,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit lab clean
+LINTED := kvcluster tests $(wildcard bench)
+
+.PHONY: demo test lint unit lab clean
 
 demo: $(STAMP)
 	$(BIN)/kvcluster demo
 
 test: $(STAMP)
-	$(BIN)/ruff check kvcluster tests bench
-	$(BIN)/ruff format --check kvcluster tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix kvcluster tests bench
-	$(BIN)/ruff format kvcluster tests bench
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
