@@ -1,6 +1,23 @@
-"""Where a node keeps its Raft hard state and log."""
+"""Where a node keeps its Raft hard state, log and snapshots.
 
-from .base import PersistedState, Storage
+`MemoryStorage` forgets everything with the process (experiments); `DiskStorage`
+is a write-ahead log with snapshots and compaction (durability). Both implement
+`Storage`, so the node and the core never know which one they have.
+"""
+
+from .base import CorruptLogError, PersistedState, Snapshot, Storage, StorageIdentityError
+from .disk import DiskStorage
 from .memory import MemoryStorage
+from .wal import FSYNC_POLICIES, FsyncPolicy
 
-__all__ = ["MemoryStorage", "PersistedState", "Storage"]
+__all__ = [
+    "FSYNC_POLICIES",
+    "CorruptLogError",
+    "DiskStorage",
+    "FsyncPolicy",
+    "MemoryStorage",
+    "PersistedState",
+    "Snapshot",
+    "Storage",
+    "StorageIdentityError",
+]
