@@ -16,6 +16,19 @@ from .errors import KvClusterError
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 
+# Subcommands with parsers of their own: `kvcluster check --help` shows theirs.
+DELEGATED = {
+    "check": "check a recorded history (JSON lines) for linearizability",
+}
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    if name == "check":
+        from .check.cli import main as check_main
+
+        return check_main(argv)
+    raise AssertionError(name)
+
 
 def _timeout_range(text: str) -> tuple[float, float]:
     try:
@@ -93,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the quick-start experiment on a local 5-node cluster")
     demo.add_argument("-n", type=int, default=5)
+
+    for name, help_text in DELEGATED.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
@@ -211,6 +228,9 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
