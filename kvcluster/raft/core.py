@@ -79,6 +79,10 @@ class Ready:
     reads: list[ReadState] = field(default_factory=list)
     failed_reads: list[int] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # A leader's snapshot to install (persist it, then restore the state
+    # machine from it) before anything else in this batch; its Message carries
+    # index, log_term and the payload.
+    snapshot: Message | None = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -89,6 +93,7 @@ class Ready:
             or self.reads
             or self.failed_reads
             or self.events
+            or self.snapshot
         )
 
 
@@ -157,6 +162,7 @@ class RaftNode:
         self._round_sent_at: dict[int, float] = {}
         self._need_round = False
         self._lease_until = 0.0
+        self._snapshot_to_install: Message | None = None
         self._last_leader_contact = -1e18
         # Restarted from persisted state, we may have answered a leader just
         # before: honour its lease as if we had just heard from it.
@@ -171,6 +177,13 @@ class RaftNode:
     @property
     def membership(self) -> Membership:
         return self._config_entries[-1][1] if self._config_entries else self._base_membership
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership in effect once the log up to `index` applies."""
+        for i, m in reversed(self._config_entries):
+            if i <= index:
+                return m
+        return self._base_membership
 
     @property
     def is_leader(self) -> bool:
@@ -264,6 +277,16 @@ class RaftNode:
         else:
             self._failed_reads.append(ctx)
 
+    def compact(self, index: int) -> None:
+        """The caller has saved a snapshot covering `index`: forget the log up to
+        there. Followers that need those entries will be sent the snapshot."""
+        index = min(index, self.applied)
+        if index <= self.log.snapshot_index:
+            return
+        self._base_membership = self.membership_at(index)
+        self._config_entries = [(i, m) for i, m in self._config_entries if i > index]
+        self.log.compact(index)
+
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
         if m.term > self.term:
@@ -271,12 +294,12 @@ class RaftNode:
                 return  # a leader is alive: do not let a stray candidate depose it
             if m.type is MT.PRE_VOTE or (m.type is MT.PRE_VOTE_RESP and not m.reject):
                 pass  # pre-votes speak of a future term and change nothing
-            elif m.type in (MT.APPEND, MT.HEARTBEAT):
+            elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 self._become_follower(m.term, m.src)
             else:
                 self._become_follower(m.term, None)
         elif m.term < self.term:
-            if m.type in (MT.APPEND, MT.HEARTBEAT):
+            if m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 # Tell a stale leader about the newer term so it steps down.
                 self._send(MT.APPEND_RESP, m.src, reject=True)
             elif m.type is MT.PRE_VOTE:
@@ -307,6 +330,7 @@ class RaftNode:
         rd.reads, self._reads = self._reads, []
         rd.failed_reads, self._failed_reads = self._failed_reads, []
         rd.events, self._events = self._events, []
+        rd.snapshot, self._snapshot_to_install = self._snapshot_to_install, None
         return rd
 
     # ------------------------------------------------------------------ roles
@@ -531,8 +555,16 @@ class RaftNode:
         while pr.can_send(opts.max_inflight):
             prev = pr.next - 1
             prev_term = self.log.term_at(prev)
-            if prev_term is None:
-                raise AssertionError(f"entry {prev} for {peer} was compacted away")
+            if prev_term is None:  # compacted away: only a snapshot can help
+                self._send(
+                    MT.SNAPSHOT,
+                    peer,
+                    index=self.log.snapshot_index,
+                    log_term=self.log.snapshot_term,
+                    commit=self.commit,
+                )
+                pr.snapshot_sent(self.now)
+                return
             has_entries = pr.next <= last
             if (
                 not has_entries
@@ -693,6 +725,8 @@ class RaftNode:
                 if self.role is Role.LEADER and m.src in self.membership.learners:
                     self._on_leader_commit()  # maybe the learner caught up
             return
+        if pr.state is ReplicationState.SNAPSHOT:
+            return  # an answer to what we sent before the snapshot
         stale = (
             m.index <= pr.match
             if pr.state is ReplicationState.REPLICATE
@@ -709,6 +743,25 @@ class RaftNode:
         if not (m.log_term == 0 and m.hint <= pr.match):  # unless the follower lost its log
             nxt = max(nxt, pr.match + 1)
         pr.back_off(nxt)
+
+    def _on_snapshot(self, m: Message) -> None:
+        self._heard_from_leader(m)
+        if m.index <= self.commit:
+            self._send(MT.APPEND_RESP, m.src, index=self.commit)
+            return
+        if self.log.matches(m.index, m.log_term):
+            # We hold that entry already: keep what follows (Raft's rule) and
+            # let the entries apply as usual.
+            self._advance_commit(m.index)
+            self._send(MT.APPEND_RESP, m.src, index=m.index)
+            return
+        self.log = RaftLog((), m.index, m.log_term)
+        self._base_membership = Membership.from_dict(m.snapshot["membership"])
+        self._config_entries = []
+        self.commit = self.applied = m.index
+        self._snapshot_to_install = m
+        self._event("snapshot", index=m.index, snapshot_term=m.log_term)
+        self._send(MT.APPEND_RESP, m.src, index=m.index)
 
     def _on_heartbeat(self, m: Message) -> None:
         self._heard_from_leader(m)
@@ -731,6 +784,9 @@ class RaftNode:
             self._on_round_acked()
         if pr.state is ReplicationState.PROBE:
             pr.probe_sent = False  # the follower is reachable: probe again
+        elif pr.state is ReplicationState.SNAPSHOT:
+            if self.now - pr.snapshot_sent_at > 2 * self.options.election_timeout[1]:
+                pr.back_off(pr.next)  # the snapshot was lost: send it again
         elif m.ctx == pr.heartbeat_round and pr.match < pr.next_at_heartbeat - 1:
             # Links are FIFO, so everything sent before this heartbeat should
             # have been acknowledged before its answer: an AppendEntries was lost.
@@ -788,6 +844,7 @@ _HANDLERS = {
     MT.HEARTBEAT_RESP: RaftNode._on_heartbeat_resp,
     MT.READ_INDEX: RaftNode._on_read_index,
     MT.READ_INDEX_RESP: RaftNode._on_read_index_resp,
+    MT.SNAPSHOT: RaftNode._on_snapshot,
 }
 
 __all__ = [

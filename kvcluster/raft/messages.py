@@ -36,6 +36,7 @@ class MessageType(enum.IntEnum):
     HEARTBEAT_RESP = 8
     READ_INDEX = 9
     READ_INDEX_RESP = 10
+    SNAPSHOT = 11
 
 
 @dataclass(slots=True)
@@ -54,6 +55,10 @@ class Message:
       READ_INDEX:         ctx = the requester's read id
       READ_INDEX_RESP:    ctx echoed; index = the read index; reject if the
                           receiver could not serve it (not leader)
+      SNAPSHOT:           index, log_term = the last entry the snapshot covers;
+                          snapshot = {"membership": ..., "data": ...}, filled in
+                          by the node from its latest snapshot (the core only
+                          asks for one); answered with APPEND_RESP
     """
 
     type: MessageType
@@ -68,3 +73,4 @@ class Message:
     hint: int = 0
     ctx: int = 0
     incarnation: str = ""  # the sender's: a node restarted without its state is another
+    snapshot: Any = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 class ReplicationState(enum.Enum):
     PROBE = "probe"  # one AppendEntries at a time until we find where logs match
     REPLICATE = "replicate"  # logs match: send optimistically, several in flight
+    SNAPSHOT = "snapshot"  # what it needs was compacted: a snapshot is on its way
 
 
 @dataclass(slots=True)
@@ -25,10 +26,13 @@ class Progress:
     heartbeat_round: int = 0  # the last heartbeat round sent to it ...
     next_at_heartbeat: int = 0  # ... and what `next` was when it went out
     incarnation: str = ""  # which life of the follower this describes
+    snapshot_sent_at: float = 0.0
 
     def can_send(self, max_inflight: int) -> bool:
         if self.state is ReplicationState.PROBE:
             return not self.probe_sent
+        if self.state is ReplicationState.SNAPSHOT:
+            return False
         return len(self.inflight) < max_inflight
 
     def sent(self, last_index: int) -> None:
@@ -46,10 +50,15 @@ class Progress:
             return False
         self.match = index
         self.next = max(self.next, index + 1)
-        if self.state is ReplicationState.PROBE:
+        if self.state is not ReplicationState.REPLICATE:
             self.state = ReplicationState.REPLICATE
             self.probe_sent = False
         return True
+
+    def snapshot_sent(self, now: float) -> None:
+        self.state = ReplicationState.SNAPSHOT
+        self.snapshot_sent_at = now
+        self.inflight.clear()
 
     def back_off(self, next_index: int) -> None:
         """The follower's log diverges before `next`: probe again from `next_index`."""
