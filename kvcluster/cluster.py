@@ -81,6 +81,11 @@ class Cluster:
         work_dir: str | os.PathLike[str] | None = None,
         token: str | None = None,
         seed: int | None = None,
+        storage: str = "memory",
+        data_dir: str | os.PathLike[str] | None = None,
+        fsync: str = "always",
+        snapshot_every: int = 10_000,
+        snapshot_keep: int = 1_000,
         start: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
@@ -88,6 +93,8 @@ class Cluster:
             raise ValueError("a cluster needs at least one node")
         if read_mode not in READ_MODES:
             raise ValueError(f"read_mode must be one of {READ_MODES}")
+        if storage not in ("memory", "disk"):
+            raise ValueError("storage must be 'memory' or 'disk'")
         self.raft_options = RaftOptions(
             election_timeout=(float(election_timeout[0]), float(election_timeout[1])),
             heartbeat_interval=float(heartbeat_interval),
@@ -103,6 +110,13 @@ class Cluster:
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kvcluster-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = storage
+        self.fsync = fsync
+        self.snapshot_every = snapshot_every
+        self.snapshot_keep = snapshot_keep
+        # Disk data lives in data_dir (or the work directory) and survives restarts.
+        self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
+        self._bootstrap: dict[str, str] = {}
         self.nodes = [NodeHandle(i, f"n{i}") for i in range(n)]
         self._session = requests.Session()
         self._started = False
@@ -123,6 +137,7 @@ class Cluster:
                 self._recv(h, pipe, "bound") for h, pipe in zip(self.nodes, pipes, strict=True)
             ]
             members = {h.name: self._url(p) for h, p in zip(self.nodes, ports, strict=True)}
+            self._bootstrap = members
             for h, pipe, port in zip(self.nodes, pipes, ports, strict=True):
                 h.port = port
                 pipe.send(("start", members))
@@ -166,6 +181,11 @@ class Cluster:
             request_timeout=self.request_timeout,
             events_path=str(self.work_dir / f"{h.name}.events.jsonl"),
             fault_injection=True,
+            storage=self.storage,
+            data_dir=str(self.data_dir / h.name) if self.storage == "disk" else None,
+            fsync=self.fsync,  # type: ignore[arg-type]
+            snapshot_every=self.snapshot_every,
+            snapshot_keep=self.snapshot_keep,
             seed=None if self.seed is None else self.seed * 1000 + h.index,
         )
 
@@ -278,9 +298,10 @@ class Cluster:
             h.process.join(10)
         h.paused = False
 
-    def restart(self, i: int, timeout: float | None = None) -> None:
-        """Start node i again after a kill (or stop it first).
+    def restart(self, i: int) -> None:
+        """Start node i again after a kill (or kill it first).
 
+        With disk storage it recovers its snapshot and log and is itself again.
         With memory storage it remembers nothing, so it rejoins as a new
         incarnation: it asks the leader to re-add it as a learner, catches up,
         and only votes again once the log makes it a voter under that new
@@ -288,9 +309,13 @@ class Cluster:
         """
         h = self.nodes[i]
         self.kill(i)
-        h.incarnation = secrets.token_hex(6)
+        if self.storage == "memory":
+            h.incarnation = secrets.token_hex(6)
         others = [self._url(o.port) for o in self.nodes if o is not h and not o.removed]
-        self._start_joining(h, h.port, others)
+        # With disk storage the node recovers its log and comes back as itself
+        # (it asks to join only if it had never joined, or its address changed).
+        bootstrap = self._bootstrap if h.name in self._bootstrap else None
+        self._start_joining(h, h.port, others, bootstrap)
 
     def add_node(self, via: int | None = None) -> int:
         """Start a new node that joins through `/register` on node `via` (or on
@@ -305,11 +330,13 @@ class Cluster:
         self._start_joining(h, 0, others)
         return h.index
 
-    def _start_joining(self, h: NodeHandle, port: int, join: list[str]) -> None:
+    def _start_joining(
+        self, h: NodeHandle, port: int, join: list[str], bootstrap: dict[str, str] | None = None
+    ) -> None:
         pipe = self._spawn(h, port=port, join=join)
         try:
             h.port = self._recv(h, pipe, "bound")
-            pipe.send(("start", None))
+            pipe.send(("start", bootstrap if self.storage == "disk" else None))
             self._recv(h, pipe, "serving")
         finally:
             pipe.close()

@@ -23,6 +23,7 @@ from .node import NodeServer, NotApplied, ReadFailed
 from .transport import SENDER_HEADER
 
 LEADER_HEADER = "X-Kvcluster-Leader"
+PEER_MAX_BODY = 1 << 30  # a snapshot travels in one (streamed) request
 FORWARDED_HEADER = "X-Kvcluster-Forwarded"
 CONSISTENCY = ("linearizable", "serializable")
 
@@ -94,10 +95,13 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         return data
 
-    def require_token(self) -> None:
+    def has_token(self) -> bool:
         auth = self.request.headers.get("Authorization", "")
         expected = f"Bearer {self.node.config.token}"
-        if not hmac.compare_digest(auth.encode(), expected.encode()):
+        return hmac.compare_digest(auth.encode(), expected.encode())
+
+    def require_token(self) -> None:
+        if not self.has_token():
             raise ApiError(401, "unauthorized", "this route needs the cluster token")
 
     def arg(self, name: str, choices: tuple[str, ...] | None = None) -> str | None:
@@ -459,14 +463,28 @@ class RegisterHandler(BaseHandler):
             self.fail(exc.status, exc.code, exc.message)
 
 
+@tornado.web.stream_request_body
 class RaftHandler(BaseHandler):
-    """POST /raft/messages: a batch of Raft messages from a peer."""
+    """POST /raft/messages: a batch of Raft messages from a peer.
+
+    Streamed, so that a snapshot may be larger than a client request; only a
+    peer with the token gets the larger limit."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._chunks: list[bytes] = []
+        connection = self.request.connection
+        if connection is not None and self.has_token():
+            connection.set_max_body_size(PEER_MAX_BODY)  # type: ignore[attr-defined]
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
 
     def post(self) -> None:
         try:
             self.require_token()
             try:
-                messages = decode_batch(self.request.body)
+                messages = decode_batch(b"".join(self._chunks))
             # Beyond ValueError: int(1e400) raises OverflowError, and arrays nested
             # ~100k deep make json.loads raise RecursionError.
             except (ValueError, OverflowError, RecursionError) as exc:

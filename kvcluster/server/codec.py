@@ -30,11 +30,14 @@ def message_to_wire(m: Message) -> list[Any]:
         m.hint,
         m.ctx,
         m.incarnation,
+        m.snapshot,
     ]
 
 
 def message_from_wire(w: list[Any]) -> Message:
-    t, term, src, dst, index, log_term, entries, commit, reject, hint, ctx, incarnation = w
+    t, term, src, dst, index, log_term, entries, commit, reject, hint, ctx, incarnation, snap = w
+    if snap is not None and not _is_snapshot_payload(snap):
+        raise ValueError("a snapshot must be an object with a membership and data")
     return Message(
         MessageType(t),
         int(term),
@@ -48,6 +51,15 @@ def message_from_wire(w: list[Any]) -> Message:
         hint=int(hint),
         ctx=int(ctx),
         incarnation=str(incarnation),
+        snapshot=snap,
+    )
+
+
+def _is_snapshot_payload(snap: Any) -> bool:
+    return (
+        isinstance(snap, dict)
+        and isinstance(snap.get("membership"), dict)
+        and isinstance(snap.get("data"), dict)
     )
 
 

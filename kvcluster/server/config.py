@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..raft import RaftOptions
+from ..storage.wal import FsyncPolicy
 
 READ_MODES = ("proxy", "read_index", "lease", "serializable")
 
@@ -28,6 +29,11 @@ class NodeConfig:
     max_value_bytes: int = 1 << 20
     events_path: str | None = None
     fault_injection: bool = False  # the /admin/fault endpoints (always token-protected)
+    storage: str = "memory"  # or "disk": a write-ahead log and snapshots in data_dir
+    data_dir: str | None = None
+    fsync: FsyncPolicy = "always"  # disk only: always | batch | never
+    snapshot_every: int = 10_000  # entries applied between snapshots (0: never)
+    snapshot_keep: int = 1_000  # entries kept behind a snapshot for slow followers
     seed: int | None = None  # the core's randomness, for reproducible experiments
 
     def __post_init__(self) -> None:
@@ -35,5 +41,11 @@ class NodeConfig:
             raise ValueError(f"read_mode must be one of {READ_MODES}, got {self.read_mode!r}")
         if not self.token:
             raise ValueError("a cluster token is required")
+        if self.storage not in ("memory", "disk"):
+            raise ValueError(f"storage must be 'memory' or 'disk', got {self.storage!r}")
+        if self.fsync not in ("always", "batch", "never"):
+            raise ValueError(f"fsync must be always, batch or never, got {self.fsync!r}")
+        if self.storage == "disk" and not self.data_dir:
+            raise ValueError("disk storage needs a data_dir")
         if self.initial_members and self.name not in self.initial_members:
             raise ValueError(f"initial_members must include this node ({self.name})")

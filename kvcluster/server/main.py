@@ -44,7 +44,10 @@ def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = N
         os.dup2(fd, 2)
         os.close(fd)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    if handshake is None:
+    has_disk_state = bool(config.data_dir and os.path.isdir(config.data_dir)) and bool(
+        os.listdir(config.data_dir or ".")
+    )
+    if handshake is None and not has_disk_state:
         _refuse_unsafe_bootstrap(config)
     sockets = bind(config)
     config.port = sockets[0].getsockname()[1]

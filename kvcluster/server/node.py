@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 from ..kv import KVStore
 from ..raft import (
@@ -26,11 +26,12 @@ from ..raft import (
     Member,
     Membership,
     Message,
+    MessageType,
     NotLeader,
     RaftNode,
     Ready,
 )
-from ..storage import MemoryStorage, Storage
+from ..storage import DiskStorage, MemoryStorage, Snapshot, Storage
 from .config import NodeConfig
 from .events import EventLog
 from .http_conn import ConnectionFailed, ConnectionPool, KeepAliveConnection
@@ -45,17 +46,37 @@ class ReadFailed(Exception):
     """Leadership could not be confirmed for a linearizable read."""
 
 
+def open_storage(config: NodeConfig, incarnation: str) -> Storage:
+    if config.storage == "disk":
+        assert config.data_dir is not None
+        return DiskStorage(
+            config.data_dir, name=config.name, incarnation=incarnation, fsync=config.fsync
+        )
+    return MemoryStorage()
+
+
 class NodeServer:
     def __init__(self, config: NodeConfig, storage: Storage | None = None) -> None:
         self.config = config
-        self.storage: Storage = storage or MemoryStorage()
-        self.kv = KVStore()
         self.events = EventLog(config.events_path, config.name)
-        self.incarnation = config.incarnation or (uuid.uuid4().hex[:12] if config.join else "")
+        # A node that joins has no place in anyone's memory yet: a fresh
+        # incarnation. Disk storage remembers the first one it was given.
+        incarnation = config.incarnation or (uuid.uuid4().hex[:12] if config.join else "")
+        self.storage: Storage = storage or open_storage(config, incarnation)
         persisted = self.storage.load()
-        membership = Membership(
-            {name: Member(url, True, "") for name, url in config.initial_members.items()}
+        self.incarnation = (
+            persisted.incarnation if persisted.incarnation is not None else incarnation
         )
+        self.recovered = not persisted.empty  # back from our own disk, as our old self
+        self._snapshot: Snapshot | None = persisted.snapshot
+        if persisted.snapshot is not None:
+            self.kv = KVStore.restore(persisted.snapshot.data)
+            membership = Membership.from_dict(persisted.snapshot.membership)
+        else:
+            self.kv = KVStore()
+            membership = Membership(
+                {name: Member(url, True, "") for name, url in config.initial_members.items()}
+            )
         self.core = RaftNode(
             config.name,
             options=config.raft,
@@ -84,6 +105,7 @@ class NodeServer:
         self._leader_changed = asyncio.Event()
         self._flush_task: asyncio.Task[None] | None = None
         self._join_task: asyncio.Task[None] | None = None
+        self._sync_timer: PeriodicCallback | None = None
         self.joined = asyncio.Event()
         self.stopped = False
 
@@ -97,10 +119,15 @@ class NodeServer:
         self.events.emit("start", incarnation=self.incarnation, address=self.address)
         self._sync_membership()
         self._flush_task = asyncio.ensure_future(self._flush_events())
-        if self.config.join:
+        known_address = self.core.membership.address(self.config.name)
+        if self.config.join and (not self.recovered or known_address != self.address):
             self._join_task = asyncio.ensure_future(self._join())
         else:
             self.joined.set()
+        interval = self.storage.sync_interval
+        if interval:
+            self._sync_timer = PeriodicCallback(self.storage.sync, interval * 1000)
+            self._sync_timer.start()
         self._schedule_ready()
 
     def stop(self) -> None:
@@ -115,6 +142,8 @@ class NodeServer:
         for task in (self._flush_task, self._join_task):
             if task is not None:
                 task.cancel()
+        if self._sync_timer is not None:
+            self._sync_timer.stop()
         self.storage.close()
 
     async def _flush_events(self) -> None:
@@ -146,12 +175,20 @@ class NodeServer:
 
     def _handle_ready(self, rd: Ready) -> None:
         # The Raft contract: persist, then send, then apply.
+        if rd.snapshot is not None:
+            self._install_snapshot(rd.snapshot)
         if rd.hard_state is not None or rd.entries:
             self.storage.save(rd.hard_state, rd.entries)
         for m in rd.messages:
+            if m.type is MessageType.SNAPSHOT:
+                self._fill_snapshot(m)
             self.transport.send(m)
         if rd.committed:
             self._apply(rd.committed)
+            every = self.config.snapshot_every
+            last = self._snapshot.index if self._snapshot is not None else 0
+            if every and self.applied_index - last >= every:
+                self._take_snapshot()
         for r in rd.reads:
             fut = self._reads.pop(r.ctx, None)
             if fut is not None and not fut.done():
@@ -167,6 +204,33 @@ class NodeServer:
             self._leader_seen = self.core.leader_id
             self._leader_changed.set()
             self._leader_changed = asyncio.Event()
+
+    def _take_snapshot(self) -> None:
+        """Capture the state machine, save it, and let the core forget the log
+        behind it (but for a margin that slightly slow followers still need)."""
+        index = self.applied_index
+        term = self.core.log.term_at(index)
+        assert term is not None
+        membership = self.core.membership_at(index).to_dict()
+        self._snapshot = Snapshot(index, term, membership, self.kv.snapshot())
+        self.storage.save_snapshot(self._snapshot)
+        self.core.compact(index - self.config.snapshot_keep)
+        self.events.emit("snapshot_taken", index=index, keys=len(self.kv))
+
+    def _install_snapshot(self, m: Message) -> None:
+        """A leader sent its state: it replaces ours before anything else."""
+        snap = Snapshot(m.index, m.log_term, m.snapshot["membership"], m.snapshot["data"])
+        self.storage.save_snapshot(snap)
+        self.kv = KVStore.restore(snap.data)
+        self._snapshot = snap
+        self.applied_index = snap.index
+        self._wake_apply_waiters()
+
+    def _fill_snapshot(self, m: Message) -> None:
+        snap = self._snapshot
+        assert snap is not None, "the core compacted a log no snapshot covers"
+        m.index, m.log_term = snap.index, snap.term
+        m.snapshot = {"membership": snap.membership, "data": snap.data}
 
     def _arm_timer(self, deadline: float) -> None:
         loop = IOLoop.current()
@@ -194,6 +258,9 @@ class NodeServer:
                     fut.set_result(result)
                 else:
                     fut.set_exception(NotApplied("the entry was replaced by a new leader"))
+        self._wake_apply_waiters()
+
+    def _wake_apply_waiters(self) -> None:
         waiters = self._apply_waiters
         while waiters and waiters[0][0] <= self.applied_index:
             fut_done = heapq.heappop(waiters)[2]
