@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KVCLUSTER_TOKEN"),
         help="cluster token for peer and admin routes (or $KVCLUSTER_TOKEN)",
     )
+    serve.add_argument("--data-dir", help="keep the log and snapshots here (default: memory only)")
+    serve.add_argument(
+        "--fsync",
+        default="always",
+        choices=["always", "batch", "never"],
+        help="with --data-dir: when the log is fsynced",
+    )
+    serve.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=10_000,
+        help="entries applied between snapshots (0: never)",
+    )
     serve.add_argument("--events", help="append structured events (JSON lines) to this file")
     serve.add_argument(
         "--enable-fault-injection",
@@ -173,6 +186,10 @@ def _serve(args: argparse.Namespace) -> int:
         read_mode=args.read_mode,
         events_path=args.events,
         fault_injection=args.enable_fault_injection,
+        storage="disk" if args.data_dir else "memory",
+        data_dir=args.data_dir,
+        fsync=args.fsync,
+        snapshot_every=args.snapshot_every,
     )
     run_node(config)
     return 0
