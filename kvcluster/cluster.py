@@ -20,6 +20,7 @@ import tempfile
 import time
 import types
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,9 @@ class Cluster:
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
         self._bootstrap: dict[str, str] = {}
+        self._faults: defaultdict[int, dict[str, Any]] = defaultdict(
+            lambda: {"block": set(), "block_out": set(), "drop": {}, "delay": {}}
+        )
         self.nodes = [NodeHandle(i, f"n{i}") for i in range(n)]
         self._session = requests.Session()
         self._started = False
@@ -316,6 +320,7 @@ class Cluster:
         # (it asks to join only if it had never joined, or its address changed).
         bootstrap = self._bootstrap if h.name in self._bootstrap else None
         self._start_joining(h, h.port, others, bootstrap)
+        self._push_faults()  # a partition it was in still holds
 
     def add_node(self, via: int | None = None) -> int:
         """Start a new node that joins through `/register` on node `via` (or on
@@ -361,6 +366,7 @@ class Cluster:
         if h.alive and h.paused:
             os.kill(h.process.pid, signal.SIGCONT)
             h.paused = False
+            self._push_faults()
 
     def partition(self, *groups: Sequence[int]) -> None:
         """Cut the network so that nodes talk only within their group.
@@ -370,29 +376,52 @@ class Cluster:
         group_of = {i: g for g, members in enumerate(groups) for i in members}
         for h in self.nodes:
             mine = group_of.get(h.index, -1 - h.index)
-            block = [o.name for o in self.nodes if group_of.get(o.index, -1 - o.index) != mine]
-            self._set_block(h.index, block)
+            others = {o.name for o in self.nodes if group_of.get(o.index, -1 - o.index) != mine}
+            self._faults[h.index]["block"] = others
+        self._push_faults()
 
     def isolate(self, i: int) -> None:
         """Cut node i off from every other node."""
         self.partition([j for j in range(len(self.nodes)) if j != i], [i])
 
-    def heal(self) -> None:
-        """Undo every partition."""
-        for h in self.nodes:
-            self._set_block(h.index, [])
+    def cut(self, src: int, dst: int) -> None:
+        """A one-way partition: messages from node src to node dst are lost."""
+        self._faults[src]["block_out"].add(self.nodes[dst].name)
+        self._push_faults()
 
-    def _set_block(self, i: int, block: list[str]) -> None:
-        h = self.nodes[i]
-        if not h.alive or h.paused:
-            return
-        r = self._session.post(
-            f"{self._url(h.port)}/admin/fault",
-            json={"block": block},
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=5,
-        )
-        r.raise_for_status()
+    def drop(self, src: int, dst: int, probability: float) -> None:
+        """Lose this fraction of the messages from node src to node dst."""
+        self._faults[src]["drop"][self.nodes[dst].name] = probability
+        self._push_faults()
+
+    def delay(self, src: int, dst: int, seconds: float) -> None:
+        """Deliver the messages from node src to node dst this much later."""
+        self._faults[src]["delay"][self.nodes[dst].name] = seconds
+        self._push_faults()
+
+    def heal(self) -> None:
+        """Undo every partition, cut, drop and delay."""
+        self._faults.clear()
+        self._push_faults()
+
+    def _push_faults(self) -> None:
+        for h in self.nodes:
+            if not h.alive or h.paused:
+                continue
+            f = self._faults[h.index]
+            body = {
+                "block": sorted(f["block"]),
+                "block_out": sorted(f["block_out"]),
+                "drop": f["drop"],
+                "delay": f["delay"],
+            }
+            r = self._session.post(
+                f"{self._url(h.port)}/admin/fault",
+                json=body,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=5,
+            )
+            r.raise_for_status()
 
     # ------------------------------------------------------------------ observation
 

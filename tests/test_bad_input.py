@@ -688,7 +688,7 @@ def test_data_written_before_the_bad_requests_is_intact_on_every_node(cluster: C
         assert all(m["voter"] for m in members.values()), f"node {i}: {members}"
         resp = send("GET", f"{base}/admin/fault", headers=token(cluster))
         assert resp.status_code == 200, resp.text[:300]
-        assert resp.json() == {"block": []}, f"node {i}"
+        assert resp.json() == {"block_in": [], "block_out": [], "drop": {}, "delay": {}}, i
 
 
 def test_no_node_logged_an_internal_error(cluster: Cluster) -> None:

@@ -245,3 +245,42 @@ def test_a_follower_catches_up_on_many_large_values(cluster: Cluster) -> None:
     wait_for_value(cluster, follower, "big/11", big["big/11"])
     with only(cluster, follower) as c:
         assert c.list("big/", consistency="serializable") == big
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_a_one_way_cut_does_not_depose_the_leader(cluster: Cluster) -> None:
+    # The follower stops hearing the leader, times out, and asks for pre-votes;
+    # the others still hear the leader and refuse, so nothing changes.
+    leader = cluster.wait_for_leader(DEADLINE)
+    follower = (leader + 1) % 3
+    term = cluster.status().loc[leader, "term"]
+    cluster.cut(leader, follower)
+    name = cluster.nodes[follower].name
+
+    def campaigned() -> bool:
+        events = cluster.events()
+        return bool(((events["node"] == name) & (events["event"] == "campaign")).any())
+
+    cluster.wait_until(campaigned, DEADLINE, "the cut-off follower never campaigned")
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("during-cut", "yes")
+    assert cluster.leader() == leader
+    assert cluster.status().loc[leader, "term"] == term
+    cluster.heal()
+    wait_for_value(cluster, follower, "during-cut", "yes")
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_writes_commit_over_lossy_slow_links(cluster: Cluster) -> None:
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                cluster.drop(i, j, 0.2)
+                cluster.delay(i, j, 0.01)
+    with cluster.client(timeout=DEADLINE) as c:
+        for k in range(30):
+            c.put(f"lossy/{k}", str(k))
+        assert c.list("lossy/") == {f"lossy/{k}": str(k) for k in range(30)}
+    cluster.heal()
+    for i in range(3):
+        wait_for_value(cluster, i, "lossy/29", "29")

@@ -35,7 +35,7 @@ from ..storage import DiskStorage, MemoryStorage, Snapshot, Storage
 from .config import NodeConfig
 from .events import EventLog
 from .http_conn import ConnectionFailed, ConnectionPool, KeepAliveConnection
-from .transport import PeerTransport
+from .transport import LinkFaults, PeerTransport
 
 
 class NotApplied(Exception):
@@ -279,7 +279,7 @@ class NodeServer:
     def step(self, messages: list[Message], sender_address: str | None = None) -> None:
         core = self.core
         core.tick(time.monotonic())
-        blocked = self.transport.blocked
+        blocked = self.transport.faults.block_in
         if messages and sender_address:
             self.transport.learn(messages[0].src, sender_address)
         for m in messages:
@@ -408,10 +408,10 @@ class NodeServer:
             if not self.joined.is_set():
                 await asyncio.sleep(min(0.05 * attempt, 1.0))
 
-    def set_blocked(self, peers: set[str]) -> None:
-        """Fault injection: drop all Raft traffic to and from these peers."""
-        self.transport.blocked = peers
-        self.events.emit("fault", block=sorted(peers))
+    def set_faults(self, faults: LinkFaults) -> None:
+        """Fault injection: what this node drops or delays on its links."""
+        self.transport.faults = faults
+        self.events.emit("fault", **faults.to_dict())
 
     # ------------------------------------------------------------------ helpers
 

@@ -9,7 +9,9 @@ and a link that stays FIFO is all the core assumes.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
+from dataclasses import dataclass, field
 
 from ..raft import Message
 from .codec import encode_batch
@@ -17,6 +19,24 @@ from .http_conn import ConnectionFailed, KeepAliveConnection
 
 RAFT_PATH = "/raft/messages"
 SENDER_HEADER = "X-Kvcluster-Sender"  # the sending node's base URL
+
+
+@dataclass
+class LinkFaults:
+    """Injected network faults, as this node applies them to its own links."""
+
+    block_in: set[str] = field(default_factory=set)  # drop everything from these peers
+    block_out: set[str] = field(default_factory=set)  # drop everything to these peers
+    drop: dict[str, float] = field(default_factory=dict)  # peer -> loss probability (outgoing)
+    delay: dict[str, float] = field(default_factory=dict)  # peer -> seconds (outgoing)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "block_in": sorted(self.block_in),
+            "block_out": sorted(self.block_out),
+            "drop": dict(sorted(self.drop.items())),
+            "delay": dict(sorted(self.delay.items())),
+        }
 
 
 class _Link:
@@ -42,7 +62,8 @@ class PeerTransport:
         self._timeout = timeout
         self._max_batch = max_batch
         self._links: dict[str, _Link] = {}
-        self.blocked: set[str] = set()  # fault injection: peers we cannot reach
+        self.faults = LinkFaults()
+        self._rng = random.Random()
         self.sent_batches = 0
         self.sent_messages = 0
 
@@ -68,8 +89,19 @@ class PeerTransport:
 
     def send(self, m: Message) -> None:
         link = self._links.get(m.dst)
-        if link is None or m.dst in self.blocked:
+        if link is None:
             return
+        faults = self.faults
+        if faults.block_out or faults.drop or faults.delay:
+            if m.dst in faults.block_out or self._rng.random() < faults.drop.get(m.dst, 0.0):
+                return
+            delay = faults.delay.get(m.dst)
+            if delay:  # the same delay for every message keeps the link FIFO
+                asyncio.get_running_loop().call_later(delay, self._enqueue, link, m)
+                return
+        self._enqueue(link, m)
+
+    def _enqueue(self, link: _Link, m: Message) -> None:
         link.outbox.append(m)
         link.wake.set()
 
