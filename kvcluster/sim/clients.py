@@ -1,0 +1,233 @@
+"""Simulated clients: they behave like `kvcluster.client.Client` and record a history.
+
+Each client runs one operation at a time. An operation is retried, with the
+same (client_id, seq) for a write, until it succeeds or its deadline passes;
+each attempt goes to the leader the client last heard of (or, for clients that
+pin no leader, to any node, which forwards). The history records what the
+client can know: `ok` with what a get saw; `fail` when no attempt can have
+taken effect; `unknown` when one may have (it timed out, or was still on its
+way when the client gave up).
+
+Serializable reads may be stale by design: they are kept out of the history
+the linearizability checker judges, in `stale_reads`, and only checked to have
+seen some value that was written.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..check import HistoryRecorder
+from .cluster import Reply, Request, SimCluster
+
+OpName = Literal["put", "get", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    keys: int = 3
+    op_timeout: float = 2.0  # one operation, retries included
+    attempt_timeout: float = 0.5  # one attempt
+    retry_backoff: float = 0.05  # after an answer that promises nothing happened
+    think_time: tuple[float, float] = (0.0, 0.2)
+    put_ratio: float = 0.4
+    delete_ratio: float = 0.1  # the rest are gets
+    serializable_ratio: float = 0.0  # of gets
+
+
+@dataclass(slots=True)
+class StaleRead:
+    """A serializable read: allowed to be stale, so not in the checked history."""
+
+    client: str
+    key: str
+    value: str | None
+    call: float
+    ret: float
+
+
+@dataclass(slots=True)
+class _Op:
+    token: int  # the recorder's
+    kind: OpName
+    key: str
+    value: str | None
+    seq: int
+    call: float
+    deadline: float
+    serializable: bool
+    maybe_applied: bool = False  # some attempt may have taken effect
+    in_flight: bool = False  # an attempt is out, not answered or timed out
+
+
+class SimClient:
+    """One simulated client (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        cluster: SimCluster,
+        recorder: HistoryRecorder,
+        rng: random.Random,
+        options: ClientOptions,
+        *,
+        sticky: bool = True,
+        log: Callable[[str], None] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.recorder = recorder
+        self.rng = rng
+        self.options = options
+        self.sticky = sticky  # remember the leader, like Client(prefer_leader=True)
+        self.log = log
+        self.verbose = verbose and log is not None  # log every attempt and answer
+        self.running = False
+        self.op: _Op | None = None
+        self.attempt = 0
+        self.seq = 0
+        self.leader: str | None = None
+        self.target: str | None = None
+        self.writes = 0
+        self.stale_reads: list[StaleRead] = []
+        self.completed = 0
+
+    # ------------------------------------------------------------------ driving
+
+    def start(self, at: float) -> None:
+        self.running = True
+        self.cluster.schedule(at, self._next_op)
+
+    def stop(self) -> None:
+        """Issue no new operation once the current one is done."""
+        self.running = False
+
+    @property
+    def idle(self) -> bool:
+        return self.op is None
+
+    def _next_op(self) -> None:
+        if not self.running or self.op is not None:
+            return
+        o, rng, now = self.options, self.rng, self.cluster.now
+        key = f"k{rng.randrange(o.keys)}"
+        r = rng.random()
+        kind: OpName
+        value: str | None = None
+        serializable = False
+        if r < o.put_ratio:
+            kind = "put"
+            self.writes += 1
+            value = f"{self.name}.{self.writes}"
+        elif r < o.put_ratio + o.delete_ratio:
+            kind = "delete"
+        else:
+            kind = "get"
+            serializable = rng.random() < o.serializable_ratio
+        seq = 0
+        if kind != "get":
+            self.seq += 1
+            seq = self.seq
+        token = -1 if serializable else self.recorder.invoke(self.name, kind, key, value)
+        self.op = _Op(token, kind, key, value, seq, now, now + o.op_timeout, serializable)
+        if self.log:
+            what = (
+                f"{kind} {key}" + (f" {value}" if value else "") + (" (s)" if serializable else "")
+            )
+            self.log(f"{self.name}: {what}")
+        self.target = self.leader if self.sticky and self.leader else None
+        self._send()
+
+    def _pick_node(self) -> str:
+        if self.target is not None and self.target in self.cluster.nodes:
+            return self.target
+        return self.rng.choice(sorted(self.cluster.nodes))
+
+    def _send(self) -> None:
+        op = self.op
+        assert op is not None
+        now = self.cluster.now
+        if now >= op.deadline:
+            self._give_up()
+            return
+        self.attempt += 1
+        attempt = self.attempt
+        node = self._pick_node()
+        req = Request(self.name, attempt, op.kind, op.key, op.value, op.seq, op.serializable)
+        op.in_flight = True
+        if self.verbose and self.log:
+            self.log(f"{self.name}: attempt {attempt} -> {node}")
+        self.cluster.submit(node, req)
+        timeout = min(self.options.attempt_timeout, op.deadline - now)
+        self.cluster.schedule(now + timeout, lambda: self._timed_out(attempt))
+
+    def _timed_out(self, attempt: int) -> None:
+        op = self.op
+        if op is None or attempt != self.attempt:
+            return
+        op.in_flight = False
+        if op.kind != "get":
+            op.maybe_applied = True
+        if self.verbose and self.log:
+            self.log(f"{self.name}: attempt {attempt} timed out")
+        self.target = None  # try another node
+        self._send()
+
+    def on_reply(self, req: Request, reply: Reply) -> None:
+        op = self.op
+        if op is None or req.attempt != self.attempt:
+            return  # an answer to an attempt given up on
+        op.in_flight = False
+        if self.verbose and self.log:
+            what = "ok" if reply.ok else reply.error
+            self.log(f"{self.name}: attempt {req.attempt} <- {what} (leader {reply.leader})")
+        if reply.leader is not None:
+            self.leader = reply.leader
+        if reply.ok:
+            self._finish("ok", reply.value)
+            return
+        if reply.applied is not False and op.kind != "get":
+            op.maybe_applied = True
+        self.attempt += 1  # no answer is pending any more
+        self.target = reply.leader
+        retry_at = self.cluster.now + self.options.retry_backoff * (0.5 + self.rng.random())
+        if retry_at >= op.deadline:
+            self._give_up()
+        else:
+            pending = self.attempt
+            self.cluster.schedule(retry_at, lambda: self._retry(pending))
+
+    def _retry(self, attempt: int) -> None:
+        if self.op is not None and attempt == self.attempt:
+            self._send()
+
+    def _give_up(self) -> None:
+        op = self.op
+        assert op is not None
+        if op.kind != "get" and (op.maybe_applied or op.in_flight):
+            self._finish("unknown", None)
+        else:
+            self._finish("fail", None)
+
+    def _finish(self, status: Literal["ok", "fail", "unknown"], value: str | None) -> None:
+        op = self.op
+        assert op is not None
+        now = self.cluster.now
+        self.attempt += 1  # late answers are for an attempt given up on
+        if op.serializable:
+            if status == "ok":
+                self.stale_reads.append(StaleRead(self.name, op.key, value, op.call, now))
+        else:
+            self.recorder.complete(op.token, status, value)
+        if self.log:
+            shown = f" -> {value}" if op.kind == "get" and status == "ok" else ""
+            self.log(f"{self.name}: {op.kind} {op.key} {status}{shown}")
+        self.op = None
+        self.completed += 1
+        if self.running:
+            lo, hi = self.options.think_time
+            self.cluster.schedule(now + self.rng.uniform(lo, hi), self._next_op)
