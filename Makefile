@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 LINTED := kvcluster tests $(wildcard bench)
 
-.PHONY: demo test lint unit lab clean
+.PHONY: demo test lint unit lab torture clean
 
 demo: $(STAMP)
 	$(BIN)/kvcluster demo
@@ -25,6 +25,12 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
+
+# Long nemesis runs: random faults against a real 5-node cluster, histories checked.
+torture: $(STAMP)
+	$(BIN)/kvcluster nemesis --duration 600 --nodes 5
+	$(BIN)/kvcluster nemesis --duration 300 --nodes 5 --storage disk
+	$(BIN)/kvcluster nemesis --duration 300 --nodes 3 --read-mode lease
 
 lab: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,lab]'

@@ -19,6 +19,7 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 # Subcommands with parsers of their own: `kvcluster check --help` shows theirs.
 DELEGATED = {
     "check": "check a recorded history (JSON lines) for linearizability",
+    "nemesis": "random faults against a real cluster; the history is checked",
 }
 
 
@@ -27,6 +28,10 @@ def _delegate(name: str, argv: list[str]) -> int:
         from .check.cli import main as check_main
 
         return check_main(argv)
+    if name == "nemesis":
+        from .nemesis import main as nemesis_main
+
+        return nemesis_main(argv)
     raise AssertionError(name)
 
 
