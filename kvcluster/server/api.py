@@ -496,6 +496,48 @@ class RaftHandler(BaseHandler):
         self.finish()
 
 
+@tornado.web.stream_request_body
+class RaftStreamHandler(BaseHandler):
+    """POST /raft/stream: a peer's long-lived stream of message batches, one
+    JSON line per batch, stepped into the core as each line completes."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._partial: list[bytes] = []
+        if not self.has_token():
+            self.fail(401, "unauthorized", "this route needs the cluster token")
+            return
+        self._sender = self.request.headers.get(SENDER_HEADER)
+        connection = self.request.connection
+        if connection is not None:
+            connection.set_max_body_size(1 << 62)  # type: ignore[attr-defined]
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        if b"\n" not in chunk:
+            self._partial.append(chunk)  # a large batch arrives in pieces
+            return
+        if self._partial:
+            chunk = b"".join([*self._partial, chunk])
+            self._partial.clear()
+        *lines, rest = chunk.split(b"\n")
+        if rest:
+            self._partial.append(rest)
+        for line in lines:
+            try:
+                messages = decode_batch(line)
+            except (ValueError, OverflowError, RecursionError) as exc:
+                self.fail(400, "bad_request", f"bad message batch: {exc}")
+                return
+            self.node.step(messages, self._sender)
+
+    def post(self) -> None:
+        if not self._finished:
+            self.set_status(204)
+            self.finish()
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         self.fail(404, "not_found", f"no route {self.request.path}; see the README for the API")
@@ -514,6 +556,7 @@ def make_app(node: NodeServer) -> tornado.web.Application:
             (r"/v1/members/([^/]+)", MemberHandler, args),
             (r"/register", RegisterHandler, args),
             (r"/raft/messages", RaftHandler, args),
+            (r"/raft/stream", RaftStreamHandler, args),
             (r"/admin/fault", FaultHandler, args),
         ],
         default_handler_class=NotFoundHandler,
