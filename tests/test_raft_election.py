@@ -226,7 +226,8 @@ def test_check_quorum(check_quorum: bool) -> None:
     else:
         assert not stepped_down
         assert n1.role is Role.LEADER
-    # Either way the majority side elected a leader of its own.
+    # Either way the majority side elects a leader of its own.
+    assert net.run_until(lambda: net.leader() in ("n2", "n3"), 3.0)
     other = net.leader()
     assert other in ("n2", "n3") and net.nodes[other].term > term
 
