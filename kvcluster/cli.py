@@ -20,6 +20,7 @@ DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DELEGATED = {
     "check": "check a recorded history (JSON lines) for linearizability",
     "nemesis": "random faults against a real cluster; the history is checked",
+    "sim": "many seeds of the deterministic simulator (Raft safety + linearizability)",
 }
 
 
@@ -32,6 +33,10 @@ def _delegate(name: str, argv: list[str]) -> int:
         from .nemesis import main as nemesis_main
 
         return nemesis_main(argv)
+    if name == "sim":
+        from .sim.cli import main as sim_main
+
+        return sim_main(argv)
     raise AssertionError(name)
 
 
