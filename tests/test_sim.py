@@ -20,7 +20,17 @@ from typing import Any
 
 import pytest
 
-from kvcluster.raft import HardState, Message, RaftNode, RaftOptions, ReadState, Role, core
+from kvcluster.raft import (
+    HardState,
+    Membership,
+    Message,
+    RaftLog,
+    RaftNode,
+    RaftOptions,
+    ReadState,
+    Role,
+    core,
+)
 from kvcluster.raft.core import MT, _PendingRead
 from kvcluster.sim import scenarios
 from kvcluster.sim.cli import main
@@ -29,7 +39,7 @@ from kvcluster.sim.net import InvariantViolation, RaftNet
 from kvcluster.sim.run import SeedResult, SimConfig, Simulation, Summary, run_seed
 
 CI_SEEDS = 2000
-CI_CONFIG = SimConfig(time=2.0)  # short runs, every fault kind on
+CI_CONFIG = SimConfig(time=2.0, settle_time=0.5)  # short runs, every fault kind on
 BUG_SEED_LIMIT = 200  # each injected bug must be found within this many seeds
 
 # Settings that make each bug's schedule likely (the default mix finds most of
@@ -50,6 +60,14 @@ READ_HUNT = SimConfig(
     clients=4,
     serializable_reads=False,
 )
+SNAPSHOT_HUNT = SimConfig(
+    options=RaftOptions(**FAST, check_quorum=False),
+    faults=frozenset({"partition"}),
+    nemesis_interval=(0.5, 1.5),
+    time=5.0,
+    clients=4,
+    snapshot_every=3,
+)
 
 
 def test_many_seeds_with_every_fault_kind(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,13 +77,14 @@ def test_many_seeds_with_every_fault_kind(capsys: pytest.CaptureFixture[str]) ->
     for seed in range(CI_SEEDS):
         res = run_seed(seed, CI_CONFIG)
         summary.add(res)
-        assert res.ok, f"{res.report()}\nreplay: kvcluster sim --seed {seed} --time 2"
+        assert res.ok, f"{res.report()}\nreplay: kvcluster sim --seed {seed} --time 2 --settle 0.5"
     summary.real_time = time.perf_counter() - t0
     with capsys.disabled():
         print(f"\n[sim] {summary.describe()}")
     for kind in FAULT_KINDS:
         assert summary.faults[kind] > 0, f"no {kind} fault happened in {CI_SEEDS} seeds"
     assert summary.operations > 20 * CI_SEEDS  # the clients did work
+    assert summary.snapshots_installed > 0  # followers were caught up by InstallSnapshot
     # Undecided checks are counted, not failures; they should stay rare.
     assert summary.budget_exhausted <= CI_SEEDS // 100
 
@@ -74,7 +93,7 @@ def _digest(seed: int) -> str:
     sim = Simulation(seed, SimConfig(time=2.0), verbose=True)
     res = sim.run()
     h = hashlib.sha256()
-    h.update(repr((res.violation, res.sim_time, res.messages, res.faults)).encode())
+    h.update(repr((res.violation, res.sim_time, res.messages, res.faults, res.snapshots)).encode())
     h.update("\n".join(sim.trace()).encode())
     h.update(repr([op.to_dict() for op in sim.operations()]).encode())
     return h.hexdigest()
@@ -293,6 +312,40 @@ def test_bug_forgets_its_vote_on_restart() -> None:
     assert_correct_core_passes(run, range(res.seed + 1))
 
 
+def install_trusting_the_index(self: RaftNode, m: Message) -> None:
+    """RaftNode._on_snapshot with one rule changed: a follower whose log reaches
+    the snapshot's index keeps it, whatever the term of its entry there."""
+    self._heard_from_leader(m)
+    if m.index <= self.commit:
+        self._send(MT.APPEND_RESP, m.src, index=self.commit)
+        return
+    if m.index <= self.log.last_index():  # BUG: was self.log.matches(m.index, m.log_term)
+        self._advance_commit(m.index)
+        self._send(MT.APPEND_RESP, m.src, index=m.index)
+        return
+    self.log = RaftLog((), m.index, m.log_term)
+    self._base_membership = Membership.from_dict(m.snapshot["membership"])
+    self._config_entries = []
+    self.commit = self.applied = m.index
+    self._snapshot_to_install = m
+    self._event("snapshot", index=m.index, snapshot_term=m.log_term)
+    self._send(MT.APPEND_RESP, m.src, index=m.index)
+
+
+def test_bug_keeps_a_conflicting_log_under_an_installed_snapshot() -> None:
+    # A follower cut off with a deposed leader's entries is caught up by
+    # InstallSnapshot; keeping its own entries up to the snapshot's index
+    # applies them, though the cluster committed others there.
+    def run(seed: int) -> SeedResult:
+        return run_seed(seed, SNAPSHOT_HUNT)
+
+    with patched("_on_snapshot", install_trusting_the_index):
+        res = first_failure(run)
+    assert res.kind == "safety"
+    assert "state machine safety" in (res.violation or "")
+    assert_correct_core_passes(run, range(res.seed + 1))
+
+
 def never_campaign(self: RaftNode, *, pre_vote: bool) -> None:
     """RaftNode._campaign broken for liveness: time out, but ask nobody for votes."""
     self._reset_election_timer()
@@ -329,12 +382,14 @@ def test_cli_reports_a_failing_seed_and_how_to_replay_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with patched("_on_vote", vote_without_election_restriction):
-        code = main(["--seeds", "3", "--start", "1", "--time", "3", "--nodes", "3", "-q"])
+        seed = first_failure(lambda s: run_seed(s, SimConfig(time=3.0, nodes=3))).seed
+        capsys.readouterr()
+        code = main(["--seeds", "1", "--start", str(seed), "--time", "3", "--nodes", "3", "-q"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "safety violation" in out
-    assert "replay: kvcluster sim --seed 3 --time 3 --nodes 3" in out
-    assert "FAILED seeds: 3" in out
+    assert f"seed {seed}: safety violation" in out
+    assert f"replay: kvcluster sim --seed {seed} --time 3 --nodes 3" in out
+    assert f"FAILED seeds: {seed}" in out
 
 
 def test_cli_rejects_unknown_faults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="replay this one seed and print its whole trace")
     p.add_argument("--nodes", type=int, help="cluster size (default: 3 or 5, per seed)")
     p.add_argument("--time", type=float, default=3.0, help="simulated seconds of faults (3)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=SimConfig.settle_time,
+        help="simulated seconds of load once a leader is back, all of which must succeed (1)",
+    )
     p.add_argument("--clients", type=int, default=3, help="concurrent clients (3)")
     p.add_argument("--keys", type=int, default=3, help="keys the clients share (3)")
     p.add_argument(
@@ -69,6 +75,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
         nodes=args.nodes,
         time=args.time,
+        settle_time=args.settle,
         clients=args.clients,
         keys=args.keys,
         faults=faults,

@@ -1,9 +1,11 @@
 """Simulated kvcluster nodes: Raft cores plus kv state machines that answer clients.
 
 `SimCluster` extends `RaftNet` with what the node process (kvcluster.server)
-adds around the core: a `KVStore` per node, rebuilt from the log after a
-restart (it is volatile); writes proposed at the leader and answered when
-their entry applies; followers forwarding writes (and, in the `proxy` and
+adds around the core: a `KVStore` per node, volatile, so rebuilt after a
+restart from the node's latest snapshot and the log after it; a snapshot every
+`snapshot_every` applied entries, with log compaction, so lagging followers
+are caught up by InstallSnapshot; writes proposed at the leader and answered
+when their entry applies; followers forwarding writes (and, in the `proxy` and
 `lease` read modes, reads) to the leader they know; linearizable reads through
 ReadIndex (or the leader's lease), answered once the node has applied the read
 index; serializable reads answered at once from local state.
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 from ..kv import KVStore
 from ..raft import Entry, EntryKind, NotLeader
-from .net import RaftNet
+from .net import RaftNet, Snapshot
 
 ReadMode = Literal["proxy", "read_index", "lease"]
 READ_MODES: tuple[ReadMode, ...] = ("proxy", "read_index", "lease")
@@ -64,9 +66,9 @@ ReplyHandler = Callable[[Request, Reply], None]
 class SimServer:
     """The volatile half of one node's life: it is lost when the node crashes."""
 
-    def __init__(self, nid: str) -> None:
+    def __init__(self, nid: str, snapshot: Snapshot | None = None) -> None:
         self.nid = nid
-        self.kv = KVStore()
+        self.kv = KVStore() if snapshot is None else KVStore.restore(snapshot.data)
         self.proposals: dict[int, list[tuple[int, Request]]] = {}  # index -> (term, req)
         self.reads: dict[int, Request] = {}  # ReadIndex ctx -> request
         self.read_waiters: list[tuple[int, int, Request]] = []  # (index, n, request)
@@ -82,10 +84,19 @@ class SimCluster(RaftNet):
         *,
         read_mode: ReadMode = "read_index",
         client_latency: tuple[float, float] = (0.001, 0.005),
+        snapshot_every: int = 0,
+        snapshot_keep: int = 0,
         **net_args: Any,
     ) -> None:
+        """Every `snapshot_every` applied entries (0: never) a node snapshots its
+        kv store and compacts its log but for the last `snapshot_keep` entries,
+        as `kvcluster serve --snapshot-every` does."""
         self.servers: dict[str, SimServer] = {}
         self.read_mode = read_mode
+        self.snapshot_every = snapshot_every
+        self.snapshot_keep = snapshot_keep
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
         self.client_latency = client_latency
         self.reply_to: ReplyHandler = lambda req, reply: None  # set by the clients
         self._ctx = itertools.count(1)
@@ -96,7 +107,7 @@ class SimCluster(RaftNet):
     # ------------------------------------------------------------------ lifecycle
 
     def on_start(self, nid: str) -> None:
-        self.servers[nid] = SimServer(nid)
+        self.servers[nid] = SimServer(nid, self.storage[nid].snapshot)
 
     def on_crash(self, nid: str) -> None:
         self.servers[nid].alive = False
@@ -219,8 +230,21 @@ class SimCluster(RaftNet):
                 else:
                     reply = Reply(True, leader=nid)
                 self._reply(server, req, reply)
+        every = self.snapshot_every
+        if every and kv.applied_index - self.storage[nid].base >= every:
+            self.take_snapshot(nid, kv.snapshot(), keep=self.snapshot_keep)
+            self.snapshots_taken += 1
+        self._wake_reads(server)
+
+    def on_install(self, nid: str, snapshot: Snapshot) -> None:
+        server = self.servers[nid]
+        server.kv = KVStore.restore(snapshot.data)
+        self.snapshots_installed += 1
+        self._wake_reads(server)
+
+    def _wake_reads(self, server: SimServer) -> None:
         waiters = server.read_waiters
-        while waiters and waiters[0][0] <= kv.applied_index:
+        while waiters and waiters[0][0] <= server.kv.applied_index:
             self._serve_read(server, heapq.heappop(waiters)[2])
 
     def on_read(self, nid: str, ctx: int, index: int | None) -> None:

@@ -25,7 +25,9 @@ Safety is checked on every `ready()` batch and raises `InvariantViolation`:
   * leader append-only: a leader never removes or changes an entry of its log
     while it leads;
   * leader completeness: a new leader holds every entry committed in an
-    earlier term;
+    earlier term; and, as the invariant its proof rests on, when a leader
+    commits an entry no node lacking it is as up to date as a majority (so
+    none could ever be elected without it);
   * one vote per term: a persisted vote never changes within a term, terms
     never go back; a node that lost its state does not vote before the log
     names it a voter under its new incarnation;
@@ -36,11 +38,14 @@ Safety is checked on every `ready()` batch and raises `InvariantViolation`:
     committed them; a node's commit index never goes back (while it runs) nor
     passes the end of its log;
   * state machine safety: every node applies the same entry at each index, in
-    order, without gaps;
+    order, without gaps; every snapshot of an index holds the same state;
   * reads: a ReadState's index is at least every index committed anywhere when
     the read was requested (ReadIndex, and lease reads, are linearizable).
 
-Storage keeps whole logs: snapshots and compaction are not simulated yet.
+Snapshots: `take_snapshot(nid, data)` persists a node's state machine and
+compacts its log; SNAPSHOT messages the core asks for are filled from the
+sender's latest snapshot, and a snapshot a follower receives is persisted and
+handed to `on_install` (InstallSnapshot), as kvcluster.server does.
 
 `tests/raft_harness.py` re-exports this module for the unit tests of the core.
 """
@@ -81,12 +86,52 @@ class InvariantViolation(AssertionError):
     """A Raft safety property does not hold."""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A node's state machine as of `index` (the entry there has `term`)."""
+
+    index: int
+    term: int
+    membership: dict[str, Any]
+    data: Any
+
+
 @dataclass
 class Storage:
-    """What a node has persisted: it survives a crash (unless amnesiac)."""
+    """What a node has persisted: it survives a crash (unless amnesiac).
+    `entries` are those after the snapshot, if there is one."""
 
     hard_state: HardState = field(default_factory=HardState)
     entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+
+    @property
+    def base(self) -> int:
+        return self.snapshot.index if self.snapshot is not None else 0
+
+    def last_index(self) -> int:
+        return self.base + len(self.entries)
+
+    def term_at(self, index: int) -> int | None:
+        base = self.base
+        if index == base:
+            return self.snapshot.term if self.snapshot is not None else 0
+        if base < index <= base + len(self.entries):
+            return self.entries[index - base - 1].term
+        return None
+
+    def entry(self, index: int) -> Entry | None:
+        """The stored entry at `index` (None if absent or in the snapshot)."""
+        base = self.base
+        if base < index <= base + len(self.entries):
+            return self.entries[index - base - 1]
+        return None
+
+    def tip(self) -> tuple[int, int]:
+        """(last term, last index): what the election restriction compares."""
+        if self.entries:
+            return self.entries[-1].term, self.last_index()
+        return (self.snapshot.term, self.base) if self.snapshot is not None else (0, 0)
 
 
 @dataclass
@@ -169,6 +214,8 @@ class RaftNet:
         self.alive: set[str] = set()
         self._alive_sorted: list[str] = []
         self.applied: dict[str, list[Entry]] = {}  # since the node last (re)started
+        self.applied_from: dict[str, int] = {}  # the index just before applied[nid][0]
+        self._snapshot_digest: dict[int, str] = {}  # index -> repr of every snapshot there
         self._lives: Counter[str] = Counter()
 
         # network
@@ -204,7 +251,7 @@ class RaftNet:
                 term, terms = initial[i]
                 st.hard_state = HardState(term, None)
                 st.entries = make_log(terms)
-                self._check_new_entries(i, st.entries, st.entries)
+                self._check_new_entries(i, st, st.entries)
             self.storage[i] = st
             self._durable_commit[i] = 0
             self.clock_offset[i], self.clock_rate[i] = 0.0, 1.0
@@ -222,18 +269,22 @@ class RaftNet:
         self._lives[nid] += 1
         self.clock_offset.setdefault(nid, 0.0)
         self.clock_rate.setdefault(nid, 1.0)
+        snap = st.snapshot
         self.nodes[nid] = RaftNode(
             nid,
             options=self.options,
             rng=random.Random(f"{self.seed}/{nid}/{self._lives[nid]}"),
             now=self.local_time(nid),
             incarnation=incarnation,
-            membership=membership,
+            membership=membership if snap is None else Membership.from_dict(snap.membership),
             hard_state=st.hard_state,
             entries=list(st.entries),
+            snapshot_index=st.base,
+            snapshot_term=snap.term if snap is not None else 0,
         )
         self.incarnations[nid] = incarnation
         self.applied[nid] = []
+        self.applied_from[nid] = st.base
         self.alive.add(nid)
         self._alive_sorted = sorted(self.alive)
         self._deadline[nid] = self._sim_time(nid, self.nodes[nid].next_deadline())
@@ -262,6 +313,66 @@ class RaftNet:
 
     def on_read(self, nid: str, ctx: int, index: int | None) -> None:
         """A read the node asked for may now be served at `index` (None: it failed)."""
+
+    def on_install(self, nid: str, snapshot: Snapshot) -> None:
+        """The node installed a leader's snapshot: restore its state machine from it."""
+
+    # ------------------------------------------------------------------ snapshots
+
+    def take_snapshot(self, nid: str, data: Any, *, keep: int = 0) -> Snapshot:
+        """`nid` captured `data`, its state machine as of what it has applied:
+        persist it, and let the core forget its log up to `keep` entries before."""
+        node = self.nodes[nid]
+        index = node.applied
+        term = node.log.term_at(index)
+        if term is None:
+            raise ValueError(f"{nid} has compacted past its applied index {index}")
+        snap = Snapshot(index, term, node.membership_at(index).to_dict(), data)
+        self._check_snapshot(nid, snap)
+        self._save_snapshot(nid, snap)
+        node.compact(index - keep)
+        return snap
+
+    def _save_snapshot(self, nid: str, snap: Snapshot) -> None:
+        """Storage keeps the newest snapshot, and the entries after it only if
+        its own entry at the snapshot's index agrees (InstallSnapshot's rule)."""
+        st = self.storage[nid]
+        if snap.index <= st.base:
+            return
+        if st.term_at(snap.index) == snap.term:
+            del st.entries[: snap.index - st.base]
+        else:
+            st.entries.clear()
+        st.snapshot = snap
+        self._durable_commit[nid] = max(self._durable_commit[nid], snap.index)
+
+    def _check_snapshot(self, nid: str, snap: Snapshot) -> None:
+        """State machine safety for snapshots: every snapshot of an index holds
+        the same state, and its term is that of the entry committed there."""
+        known = self.committed.get(snap.index)
+        if known is not None and known.term != snap.term:
+            self._fail(f"{nid}: snapshot at {snap.index} of term {snap.term}, committed {known}")
+        digest = repr(snap.data)
+        seen = self._snapshot_digest.setdefault(snap.index, digest)
+        if seen != digest:
+            self._fail(f"state machine safety: {nid}'s snapshot at {snap.index} differs")
+
+    def _install(self, nid: str, m: Message) -> None:
+        snap = Snapshot(m.index, m.log_term, m.snapshot["membership"], m.snapshot["data"])
+        self._check_snapshot(nid, snap)
+        self._save_snapshot(nid, snap)
+        self.applied[nid] = []
+        self.applied_from[nid] = snap.index
+        self.on_install(nid, snap)
+
+    def _fill_snapshot(self, nid: str, m: Message) -> None:
+        """The core asks for a SNAPSHOT message; the node sends its latest snapshot."""
+        snap = self.storage[nid].snapshot
+        if snap is None:
+            self._fail(f"{nid} compacted a log that no snapshot covers")
+            return
+        m.index, m.log_term = snap.index, snap.term
+        m.snapshot = {"membership": snap.membership, "data": snap.data}
 
     # ------------------------------------------------------------------ clocks
 
@@ -360,6 +471,7 @@ class RaftNet:
         return lid if self.nodes[lid].term == top else None
 
     def applied_data(self, nid: str) -> list[Any]:
+        """The commands `nid` applied since it started (or installed a snapshot)."""
         return [e.data for e in self.applied[nid] if e.kind is EntryKind.NORMAL]
 
     def log_terms(self, nid: str) -> list[int]:
@@ -443,11 +555,15 @@ class RaftNet:
             rd = node.ready()
             if not rd:
                 break
+            if rd.snapshot is not None:
+                self._install(nid, rd.snapshot)
             if rd.hard_state is not None or rd.entries:
                 self._persist(nid, rd)
             for m in rd.messages:
                 if m.type in _VOTE_GRANTS and not m.reject:
                     self._check_vote_grant(nid)
+                elif m.type is MT.SNAPSHOT:
+                    self._fill_snapshot(nid, m)
                 self._send(m)
             if rd.committed:
                 self._apply(nid, rd.committed)
@@ -501,9 +617,11 @@ class RaftNet:
             heapq.heappush(self._queue, (at, next(self._seq), m))
 
     def _latency(self) -> float:
-        if isinstance(self.latency, tuple):
-            return self.rng.uniform(*self.latency)
-        return self.latency
+        lat = self.latency
+        if isinstance(lat, tuple):
+            lo, hi = lat
+            return lo + (hi - lo) * self.rng.random()  # what rng.uniform does, inlined
+        return lat
 
     def _deliverable(self, m: Message) -> bool:
         return (
@@ -660,17 +778,19 @@ class RaftNet:
                 self._fail(f"{nid}: voted for {old.vote} then {new.vote} in term {new.term}")
             st.hard_state = new
         if rd.entries:
-            first = rd.entries[0].index
-            if first > len(st.entries) + 1:
-                self._fail(f"{nid}: persisting from {first} leaves a gap after {len(st.entries)}")
-            if first <= self._durable_commit[nid] and first <= len(st.entries):
+            first, last = rd.entries[0].index, st.last_index()
+            if first > last + 1:
+                self._fail(f"{nid}: persisting from {first} leaves a gap after {last}")
+            if first <= self._durable_commit[nid] and first <= last:
                 self._fail(
                     f"{nid}: overwrites entry {first} but had committed up to "
                     f"{self._durable_commit[nid]}"
                 )
-            del st.entries[first - 1 :]
-            st.entries.extend(rd.entries)
-            self._check_new_entries(nid, st.entries, rd.entries)
+            base = st.base
+            added = [e for e in rd.entries if e.index > base] if first <= base else rd.entries
+            del st.entries[max(first - base - 1, 0) :]
+            st.entries.extend(added)
+            self._check_new_entries(nid, st, added)
 
     def _check_commit_is_durable(self, nid: str, index: int) -> None:
         """Leader completeness as a state invariant (the one its proof rests on):
@@ -685,15 +805,12 @@ class RaftNet:
             return
         term = self.nodes[nid].log.term_at(index)
         voters = self._voters
-        tips = {}
-        for v in voters:
-            log = self.storage[v].entries
-            tips[v] = (log[-1].term, len(log)) if log else (0, 0)
+        tips = {v: self.storage[v].tip() for v in voters}
         quorum = len(voters) // 2 + 1
         for cand in voters:
-            log = self.storage[cand].entries
-            if len(log) >= index and log[index - 1].term == term:
-                continue
+            st = self.storage[cand]
+            if index <= st.base or st.term_at(index) == term:
+                continue  # it holds the entry (a snapshot covers only committed ones)
             electors = [v for v in voters if tips[cand] >= tips[v]]
             if len(electors) >= quorum:
                 self._fail(
@@ -701,13 +818,13 @@ class RaftNet:
                     f"{cand}, whose log lacks it, could be elected by {electors}"
                 )
 
-    def _check_new_entries(self, nid: str, log: list[Entry], new: list[Entry]) -> None:
+    def _check_new_entries(self, nid: str, st: Storage, new: list[Entry]) -> None:
         for e in new:
             if e.kind is EntryKind.CONFIG:
                 self._config_seen = True
-            if log[e.index - 1] is not e:
+            if st.entry(e.index) is not e:
                 self._fail(f"{nid}: entry {e.index} persisted at the wrong position")
-            prev_term = log[e.index - 2].term if e.index > 1 else 0
+            prev_term = st.term_at(e.index - 1) or 0
             seen = self._entry_at.setdefault((e.index, e.term), (e, prev_term))
             if seen != (e, prev_term):
                 self._fail(
@@ -718,17 +835,19 @@ class RaftNet:
     def _apply(self, nid: str, entries: list[Entry]) -> None:
         node = self.nodes[nid]
         applied = self.applied[nid]
+        st = self.storage[nid]
         for e in entries:
-            if e.index != len(applied) + 1:
-                self._fail(f"{nid}: applies {e.index} after {len(applied)}")
+            if e.index != self.applied_from[nid] + len(applied) + 1:
+                self._fail(
+                    f"{nid}: applies {e.index} after {self.applied_from[nid] + len(applied)}"
+                )
             known = self.committed.get(e.index)
             if known is None:
                 self.committed[e.index] = e
                 self._commit_term[e.index] = node.term
             elif known != e:
                 self._fail(f"state machine safety: {nid} applies {e}, another node applied {known}")
-            st = self.storage[nid].entries
-            if len(st) < e.index or st[e.index - 1] != e:
+            if e.index > st.base and st.entry(e.index) != e:
                 self._fail(f"{nid}: applies {e} which is not in its storage")
             applied.append(e)
         if entries:
@@ -741,10 +860,14 @@ class RaftNet:
         if nid not in self._amnesiac:
             return
         node = self.nodes[nid]
+        st = self.storage[nid]
         named = any(
             Membership.from_dict(e.data).is_voter(nid, node.incarnation)
-            for e in self.storage[nid].entries
+            for e in st.entries
             if e.kind is EntryKind.CONFIG
+        ) or (
+            st.snapshot is not None
+            and Membership.from_dict(st.snapshot.membership).is_voter(nid, node.incarnation)
         )
         if not named:
             self._fail(f"{nid} lost its state, and votes before the log names it a voter again")
@@ -764,19 +887,30 @@ class RaftNet:
             last = node.log.last_index()
             if tip is not None and tip[0] == node.term:
                 _, entry = tip
+                # (Entries a snapshot now covers are committed: compaction is no loss.)
+                compacted = node.log.snapshot_index
                 if entry is not None and (
-                    entry.index > last or node.log.entry(entry.index) is not entry
+                    entry.index > last
+                    or (entry.index > compacted and node.log.entry(entry.index) is not entry)
+                    or (entry.index == compacted and node.log.snapshot_term != entry.term)
                 ):
                     self._fail(f"leader append-only: {nid} lost or changed {entry} in its log")
-            self._leader_tip[nid] = (node.term, node.log.entry(last) if last else None)
+            tip_entry = node.log.entry(last) if last > node.log.snapshot_index else None
+            self._leader_tip[nid] = (node.term, tip_entry)
             known = self.leaders.setdefault(node.term, nid)
             if known != nid:
                 self._fail(f"election safety: {known} and {nid} both lead term {node.term}")
             if (nid, node.term) not in self._leader_checked:
                 self._leader_checked.add((nid, node.term))
+                compacted = node.log.snapshot_index  # before it: in a checked snapshot
                 for i, e in self.committed.items():
-                    if self._commit_term[i] < node.term and (
-                        node.log.term_at(i) != e.term or node.log.entry(i) != e
+                    if (
+                        self._commit_term[i] < node.term
+                        and i >= compacted
+                        and (
+                            node.log.term_at(i) != e.term
+                            or (i > compacted and node.log.entry(i) != e)
+                        )
                     ):
                         self._fail(
                             f"leader completeness: {nid} leads term {node.term} "
@@ -804,23 +938,27 @@ class RaftNet:
 
     def check_logs(self) -> None:
         """Full pairwise check of the stored logs (slow; end of a test)."""
-        logs = {i: st.entries for i, st in self.storage.items()}
-        for a, b in itertools.combinations(sorted(logs), 2):
-            la, lb = logs[a], logs[b]
-            n = min(len(la), len(lb))
-            last_same = max((i for i in range(n) if la[i].term == lb[i].term), default=-1)
-            if la[: last_same + 1] != lb[: last_same + 1]:
-                self._fail(f"log matching: {a} and {b} differ before index {last_same + 1}")
+        stores = self.storage
+        for a, b in itertools.combinations(sorted(stores), 2):
+            sa, sb = stores[a], stores[b]
+            lo, hi = max(sa.base, sb.base) + 1, min(sa.last_index(), sb.last_index())
+            same = [i for i in range(lo, hi + 1) if sa.term_at(i) == sb.term_at(i)]
+            if same and any(sa.entry(i) != sb.entry(i) for i in range(lo, same[-1] + 1)):
+                self._fail(f"log matching: {a} and {b} differ before index {same[-1]}")
         for i, e in self.committed.items():
-            for nid, log in logs.items():
-                if i <= self._durable_commit[nid] and log[i - 1] != e:
+            for nid, st in stores.items():
+                if st.base < i <= self._durable_commit[nid] and st.entry(i) != e:
                     self._fail(f"{nid} lost committed entry {e}")
 
     def converged(self, nids: Iterable[str] | None = None) -> bool:
         """All (live) nodes have applied the same entries."""
         ids = sorted(self.alive if nids is None else nids)
-        first = self.applied[ids[0]]
+        first = ids[0]
+        if any(self.nodes[i].applied != self.nodes[first].applied for i in ids):
+            return False
+        # Where snapshots cut the lists short, applying checked them against each other.
         return all(
-            self.nodes[i].applied == self.nodes[ids[0]].applied and self.applied[i] == first
+            self.applied[i] == self.applied[first]
             for i in ids
+            if self.applied_from[i] == self.applied_from[first]
         )

@@ -44,6 +44,9 @@ class SimConfig:
     options: RaftOptions | None = None  # None: drawn from the seed
     nemesis_interval: tuple[float, float] | None = None  # between fault actions; None: drawn
     serializable_reads: bool = True
+    # Nodes snapshot their kv store and compact their log every so many applied
+    # entries; None: 0 (never), 3, 10 or 30, drawn per seed.
+    snapshot_every: int | None = None
     liveness_bound: float = 10.0  # simulated seconds to elect a leader once faults stop
     settle_time: float = 1.0  # load after that, all of which must succeed
     checker_steps: int = 200_000  # linearizability search budget (deterministic)
@@ -74,6 +77,7 @@ class SeedResult:
     messages: int = 0
     setup: str = ""
     faults: dict[str, int] = field(default_factory=dict)  # fault events by kind
+    snapshots: tuple[int, int] = (0, 0)  # taken, installed from a leader
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -115,12 +119,16 @@ class Simulation:
         self.network = NetworkFaults.draw(rng, cfg.faults)
         interval = cfg.nemesis_interval or rng.choice([(0.02, 0.2), (0.05, 0.4), (0.1, 1.0)])
         self._trace: deque[tuple[float, str]] = deque(maxlen=None if verbose else 400)
+        every = rng.choice([0, 3, 10, 30])
+        self.snapshot_every = every if cfg.snapshot_every is None else cfg.snapshot_every
         self.cluster = SimCluster(
             self.n,
             seed=seed,
             options=self.options,
             read_mode=self.read_mode,
             latency=self.network.latency,
+            snapshot_every=self.snapshot_every,
+            snapshot_keep=rng.choice([0, 2]),
         )
         self.network.apply(self.cluster)
         self.nemesis = Nemesis(
@@ -151,7 +159,8 @@ class Simulation:
         self.setup = (
             f"{self.n} nodes, read mode {self.read_mode}, pre-vote {self.options.pre_vote}, "
             f"check-quorum {self.options.check_quorum}, max_inflight {self.options.max_inflight}, "
-            f"max_append_entries {self.options.max_append_entries}; {self.network.describe()}; "
+            f"max_append_entries {self.options.max_append_entries}, "
+            f"snapshot every {self.snapshot_every or 'never'}; {self.network.describe()}; "
             f"faults: {', '.join(sorted(cfg.faults)) or 'none'}, "
             f"every {interval[0]:g}-{interval[1]:g}s"
         )
@@ -187,6 +196,7 @@ class Simulation:
         res.operations = len(self.recorder)
         res.messages = sum(self.cluster.sent_counts.values())
         res.faults = dict(self.cluster.faults)
+        res.snapshots = (self.cluster.snapshots_taken, self.cluster.snapshots_installed)
         if res.violation is not None:
             res.trace = self.trace(self.config.trace_lines)
         return res
@@ -271,6 +281,8 @@ class Summary:
     operations: int = 0
     messages: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
 
     def add(self, res: SeedResult) -> None:
         self.seeds += 1
@@ -281,6 +293,8 @@ class Summary:
         self.operations += res.operations
         self.messages += res.messages
         self.faults.update(res.faults)
+        self.snapshots_taken += res.snapshots[0]
+        self.snapshots_installed += res.snapshots[1]
 
     @property
     def speed(self) -> float:
@@ -291,7 +305,8 @@ class Summary:
         return (
             f"{self.seeds} seeds, {len(self.violations)} violations, "
             f"{self.budget_exhausted} checker budget exhaustions; "
-            f"{self.operations} client operations, {self.messages} Raft messages; "
+            f"{self.operations} client operations, {self.messages} Raft messages, "
+            f"{self.snapshots_taken} snapshots taken, {self.snapshots_installed} installed; "
             f"{self.sim_time:.0f} simulated s in {self.real_time:.1f} real s "
             f"({self.speed:.0f} simulated s per real s)\n"
             f"faults: {', '.join(f'{k} {v}' for k, v in sorted(self.faults.items())) or 'none'}"
