@@ -121,6 +121,7 @@ def replay(seed: int, config: SimConfig, out: TextIO) -> int:
     sim = Simulation(seed, config, verbose=True)
     res = sim.run()
     elapsed = time.perf_counter() - t0
+    print(f"seed {seed}: {sim.setup}", file=out)
     for line in sim.trace():
         print(line, file=out)
     print(file=out)

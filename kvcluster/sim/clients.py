@@ -59,6 +59,7 @@ class _Op:
     call: float
     deadline: float
     serializable: bool
+    scripted: bool = False  # a probe (see SimClient.probe)
     maybe_applied: bool = False  # some attempt may have taken effect
     in_flight: bool = False  # an attempt is out, not answered or timed out
 
@@ -95,6 +96,9 @@ class SimClient:
         self.writes = 0
         self.stale_reads: list[StaleRead] = []
         self.completed = 0
+        self._script: list[tuple[OpName, str]] = []  # probe operations still to run
+        self._script_timeout = 0.0
+        self.probe_results: list[str] = []  # "put ok", "get ok", "put unknown", ...
 
     # ------------------------------------------------------------------ driving
 
@@ -106,34 +110,52 @@ class SimClient:
         """Issue no new operation once the current one is done."""
         self.running = False
 
+    def probe(self, timeout: float) -> None:
+        """Once faults have stopped and the client is idle: a put, then a get of
+        the same key, each allowed `timeout` (retries included). Both must
+        succeed: that the cluster serves again is the liveness verdict."""
+        key = f"k{self.rng.randrange(self.options.keys)}"
+        self._script = [("put", key), ("get", key)]
+        self._script_timeout = timeout
+        self.probe_results = []
+        self.cluster.schedule(self.cluster.now, self._next_op)
+
     @property
     def idle(self) -> bool:
-        return self.op is None
+        return self.op is None and not self._script
 
     def _next_op(self) -> None:
-        if not self.running or self.op is not None:
+        if self.op is not None:
             return
         o, rng, now = self.options, self.rng, self.cluster.now
-        key = f"k{rng.randrange(o.keys)}"
-        r = rng.random()
         kind: OpName
         value: str | None = None
         serializable = False
-        if r < o.put_ratio:
-            kind = "put"
+        timeout, scripted = o.op_timeout, False
+        if self._script:
+            kind, key = self._script.pop(0)
+            timeout, scripted = self._script_timeout, True
+        elif not self.running:
+            return
+        else:
+            key = f"k{rng.randrange(o.keys)}"
+            r = rng.random()
+            if r < o.put_ratio:
+                kind = "put"
+            elif r < o.put_ratio + o.delete_ratio:
+                kind = "delete"
+            else:
+                kind = "get"
+                serializable = rng.random() < o.serializable_ratio
+        if kind == "put":
             self.writes += 1
             value = f"{self.name}.{self.writes}"
-        elif r < o.put_ratio + o.delete_ratio:
-            kind = "delete"
-        else:
-            kind = "get"
-            serializable = rng.random() < o.serializable_ratio
         seq = 0
         if kind != "get":
             self.seq += 1
             seq = self.seq
         token = -1 if serializable else self.recorder.invoke(self.name, kind, key, value)
-        self.op = _Op(token, kind, key, value, seq, now, now + o.op_timeout, serializable)
+        self.op = _Op(token, kind, key, value, seq, now, now + timeout, serializable, scripted)
         if self.log:
             what = (
                 f"{kind} {key}" + (f" {value}" if value else "") + (" (s)" if serializable else "")
@@ -228,6 +250,10 @@ class SimClient:
             self.log(f"{self.name}: {op.kind} {op.key} {status}{shown}")
         self.op = None
         self.completed += 1
-        if self.running:
+        if op.scripted:
+            self.probe_results.append(f"{op.kind} {status}")
+        if self._script:
+            self.cluster.schedule(now, self._next_op)
+        elif self.running:
             lo, hi = self.options.think_time
             self.cluster.schedule(now + self.rng.uniform(lo, hi), self._next_op)

@@ -147,6 +147,8 @@ class Nemesis:
         return sorted(self.net.nodes)
 
     def _partition(self) -> None:
+        if len(self.net.nodes) < 2:
+            return
         ids = self.rng.sample(self._ids(), len(self.net.nodes))
         cut = self.rng.randint(1, len(ids) - 1)
         groups = [sorted(ids[:cut]), sorted(ids[cut:])]
@@ -161,6 +163,8 @@ class Nemesis:
         self.log(f"nemesis: isolate {nid}")
 
     def _one_way(self) -> None:
+        if len(self.net.nodes) < 2:
+            return
         a, b = self.rng.sample(self._ids(), 2)
         self.net.block(a, b, both=False)
         self.net.faults["one_way"] += 1

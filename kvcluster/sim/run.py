@@ -5,9 +5,10 @@ mode, network faults, nemesis actions, client operations) comes from the seed,
 so a failing seed replays identically. A run:
   1. `time` simulated seconds of client load under faults; Raft's safety
      properties are checked after every step (see `kvcluster.sim.net`);
-  2. faults stop: a leader must be elected within `liveness_bound`, clients
-     keep working for `settle_time` and every operation they start once the
-     leader is there must succeed; then every node must apply the same log;
+  2. faults stop: a leader must be elected within `liveness_bound`; clients
+     keep working for `settle_time`, then finish what they were doing; then
+     each client's probe (a put and a get, each allowed `liveness_bound`) must
+     succeed, and every node must apply the same log;
   3. the clients' history must be linearizable (serializable reads aside).
 """
 
@@ -140,7 +141,7 @@ class Simulation:
         )
         self.recorder = HistoryRecorder(clock=lambda: self.cluster.now)
         serializable = 0.2 if cfg.serializable_reads else 0.0
-        copts = ClientOptions(keys=cfg.keys, serializable_ratio=serializable)
+        self.client_options = copts = ClientOptions(keys=cfg.keys, serializable_ratio=serializable)
         self.clients = [
             SimClient(
                 f"c{i}",
@@ -203,7 +204,6 @@ class Simulation:
 
     def _run(self, res: SeedResult) -> None:
         cfg, net = self.config, self.cluster
-        self.log(f"setup: {self.setup}")
         for c in self.clients:
             c.start(net.rng.uniform(0.0, 0.1))
         self.nemesis.start(net.rng.uniform(0.0, 0.3))
@@ -216,22 +216,25 @@ class Simulation:
             res.violation = f"no leader {cfg.liveness_bound:g}s after the faults stopped"
             return
         self.log(f"liveness: {net.leader()} leads, {net.now - healed:.3f}s after healing")
-        settled = net.now
         net.advance(cfg.settle_time)
         for c in self.clients:
             c.stop()
-        bound = ClientOptions().op_timeout + 1.0
+        bound = self.client_options.op_timeout + 1.0
         if not net.run_until(lambda: all(c.idle for c in self.clients), bound):
             res.kind = "liveness"
             res.violation = "client operations still pending long after a leader was elected"
             return
-        late = [op for op in self.operations() if op.call >= settled and op.status != "ok"]
-        if late:
-            res.kind = "liveness"
-            res.violation = (
-                f"operation started after a leader was elected did not succeed: {late[0]}"
-            )
-            return
+        for c in self.clients:
+            c.probe(cfg.liveness_bound)
+        net.run_until(lambda: all(c.idle for c in self.clients), 2 * cfg.liveness_bound + 1)
+        for c in self.clients:
+            if c.probe_results != ["put ok", "get ok"]:
+                res.kind = "liveness"
+                res.violation = (
+                    f"once faults stopped, {c.name}'s probe (a put, then a get) gave "
+                    f"{c.probe_results or 'nothing'} within {cfg.liveness_bound:g}s each"
+                )
+                return
         if not net.run_until(net.converged, cfg.liveness_bound):
             res.kind = "liveness"
             res.violation = "the nodes did not all apply the same log once faults stopped"
