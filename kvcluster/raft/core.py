@@ -297,7 +297,10 @@ class RaftNode:
             elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 self._become_follower(m.term, m.src)
             else:
-                self._become_follower(m.term, None)
+                # A vote request alone does not reset a follower's timer (only
+                # granting the vote does): a candidate with a stale log must not
+                # keep the up-to-date nodes from ever timing out.
+                self._become_follower(m.term, None, keep_timer=m.type is MT.VOTE)
         elif m.term < self.term:
             if m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
                 # Tell a stale leader about the newer term so it steps down.
@@ -353,7 +356,7 @@ class RaftNode:
             return True
         return self.now - self._last_leader_contact < lo
 
-    def _become_follower(self, term: int, leader: str | None) -> None:
+    def _become_follower(self, term: int, leader: str | None, *, keep_timer: bool = False) -> None:
         was = self.role
         if term > self.term:
             self.term, self.vote = term, None
@@ -361,7 +364,8 @@ class RaftNode:
             self._abandon_leadership()
         self.role = Role.FOLLOWER
         self._set_leader(leader)
-        self._reset_election_timer()
+        if was is not Role.FOLLOWER or not keep_timer:
+            self._reset_election_timer()
         if was is not Role.FOLLOWER:
             self._event("role", role=self.role.value)
 
