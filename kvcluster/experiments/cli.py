@@ -1,0 +1,260 @@
+"""`kvcluster bench election|commit|reads|timeline`: run an experiment, save CSV + metadata.
+
+    kvcluster bench election -n 5 --timeouts 150-300 --trials 100
+    kvcluster bench election -n 5 --timeouts paper --trials 50 --fault kill,pause
+    kvcluster bench commit -n 1,3,5 --clients 1,4,16,64,256
+    kvcluster bench reads -n 3 --modes proxy,read_index,lease,serializable
+    kvcluster bench timeline -n 5
+
+Results go to --out (default ./results): `<experiment>.csv` with a `.json`
+sidecar (machine, versions, parameters), and a summary is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from ..server.config import READ_MODES
+from .election import PAPER_RANGES_MS, SHORT_RANGES_MS
+from .reads import MIXES
+from .results import save
+from .runner import TARGETS
+
+T = TypeVar("T")
+
+
+def _list(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
+    def parse(text: str) -> list[T]:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _ranges(text: str) -> list[tuple[float, float]]:
+    """'paper', 'short', or 'LO-HI,LO-HI' in milliseconds."""
+    out: list[tuple[float, float]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part == "paper":
+            out += [(float(lo), float(hi)) for lo, hi in PAPER_RANGES_MS]
+        elif part == "short":
+            out += [(float(lo), float(hi)) for lo, hi in SHORT_RANGES_MS]
+        else:
+            lo, sep, hi = part.partition("-")
+            try:
+                pair = (float(lo), float(hi if sep else lo))
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"expected LO-HI in ms, got {part!r}") from exc
+            if not 0 < pair[0] <= pair[1]:
+                raise argparse.ArgumentTypeError(f"need 0 < LO <= HI, got {part!r}")
+            out.append(pair)
+    return list(dict.fromkeys(out))
+
+
+def _bools(text: str) -> list[bool]:
+    choices = {"on": [True], "off": [False], "both": [True, False]}
+    if text not in choices:
+        raise argparse.ArgumentTypeError("expected on, off or both")
+    return choices[text]
+
+
+def _mix(text: str) -> float:
+    """'95:5' or '0.95' -> 0.95 (the fraction of reads)."""
+    if ":" in text:
+        r, w = (float(x) for x in text.split(":", 1))
+        return r / (r + w)
+    return float(text)
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [p.strip() for p in text.split(",") if p.strip()]
+        bad = [p for p in items if p not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad} not in {list(allowed)}")
+        return items
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvcluster bench", description="Measure a local cluster; results as CSV + JSON."
+    )
+    parser.add_argument("--out", type=Path, default=Path("results"), help="results directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub = parser.add_subparsers(dest="experiment", required=True)
+
+    e = sub.add_parser("election", help="failover: time to a new leader and to the next write")
+    e.add_argument("-n", "--sizes", type=_list(int), default=[5], help="cluster sizes, e.g. 3,5")
+    e.add_argument(
+        "--timeouts",
+        type=_ranges,
+        default=[(150.0, 300.0)],
+        help="election timeout ranges in ms: LO-HI,... or 'paper' or 'short' (default 150-300)",
+    )
+    e.add_argument("--pre-vote", type=_bools, default=[True], help="on, off or both")
+    e.add_argument("--fault", type=_choices(("kill", "pause")), default=["kill"])
+    e.add_argument("--trials", type=int, default=100, help="failovers per setting")
+    e.add_argument("--heartbeat-ms", type=float, help="default: half the shortest timeout")
+    e.add_argument("--max-wait", type=float, default=30.0, help="give up on a failover (s)")
+    e.add_argument("--seed", type=int)
+
+    c = sub.add_parser("commit", help="write latency and throughput against concurrency")
+    c.add_argument("-n", "--sizes", type=_list(int), default=[1, 3, 5])
+    c.add_argument("--value-sizes", type=_list(int), default=[100], help="bytes")
+    c.add_argument("--clients", type=_list(int), default=[1, 4, 16, 64, 256])
+    c.add_argument("--targets", type=_choices(TARGETS), default=["leader", "followers"])
+    c.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    c.add_argument("--warmup", type=float, default=0.5)
+
+    r = sub.add_parser("reads", help="read throughput, latency and staleness per read mode")
+    r.add_argument("-n", "--sizes", type=_list(int), default=[3])
+    r.add_argument("--modes", type=_choices(READ_MODES), default=list(READ_MODES))
+    r.add_argument("--targets", type=_choices(TARGETS), default=["leader", "all"])
+    r.add_argument("--mixes", type=_list(_mix), default=list(MIXES), help="e.g. 100:0,99:1,95:5")
+    r.add_argument("--clients", type=_list(int), default=[16])
+    r.add_argument("--value-size", type=int, default=100)
+    r.add_argument("--keys", type=int, default=100)
+    r.add_argument("--duration", type=float, default=2.0)
+    r.add_argument("--warmup", type=float, default=0.5)
+
+    t = sub.add_parser("timeline", help="a scripted crash/partition/pause, plotted per node")
+    t.add_argument("-n", type=int, default=5)
+    t.add_argument("--timeout", type=_ranges, default=[(150.0, 300.0)], help="LO-HI in ms")
+    t.add_argument("--heartbeat-ms", type=float, default=50.0)
+    t.add_argument("--hold", type=float, default=1.0, help="seconds a partition or pause lasts")
+    return parser
+
+
+def _show(df: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(df.round(1).to_string(index=False))
+
+
+def _election(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    from .election import run_election, summary
+
+    params = {
+        "sizes": args.sizes,
+        "timeouts_ms": args.timeouts,
+        "pre_vote": args.pre_vote,
+        "fault": args.fault,
+        "trials": args.trials,
+        "heartbeat_ms": args.heartbeat_ms,
+        "max_wait": args.max_wait,
+        "seed": args.seed,
+    }
+    df = run_election(progress=progress, **params)
+    path = save(df, args.out / "election.csv", experiment="election", parameters=params)
+    _show(summary(df))
+    return {"election": path}
+
+
+def _commit(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    from .commit import commit_latency, commit_throughput
+
+    common = {"value_sizes": args.value_sizes, "warmup": args.warmup, "progress": progress}
+    lat_params = {"sizes": args.sizes, "targets": args.targets, "duration": args.duration}
+    lat = commit_latency(**lat_params, **common)
+    paths = {
+        "commit_latency": save(
+            lat,
+            args.out / "commit_latency.csv",
+            experiment="commit_latency",
+            parameters={**lat_params, **common},
+        )
+    }
+    q = lat.groupby(["n", "value_size", "target"])["latency_ms"]
+    _show(q.describe(percentiles=[0.5, 0.9, 0.99]).reset_index())
+    thr_params = {
+        "sizes": args.sizes,
+        "clients": args.clients,
+        "targets": args.targets,
+        "duration": args.duration,
+    }
+    thr = commit_throughput(**thr_params, **common)
+    paths["commit_throughput"] = save(
+        thr,
+        args.out / "commit_throughput.csv",
+        experiment="commit_throughput",
+        parameters={**thr_params, **common},
+    )
+    cols = ["n", "value_size", "target", "clients", "throughput_ops_s", "p50_ms", "p99_ms"]
+    _show(thr[[*cols, "errors", "loadgen_cpu", "nodes_cpu", "machine_cpu"]])
+    return paths
+
+
+def _reads(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    from .reads import run_reads
+
+    params = {
+        "sizes": args.sizes,
+        "modes": args.modes,
+        "targets": args.targets,
+        "read_fractions": args.mixes,
+        "clients": args.clients,
+        "value_size": args.value_size,
+        "keys": args.keys,
+        "duration": args.duration,
+        "warmup": args.warmup,
+    }
+    df = run_reads(progress=progress, **params)
+    path = save(df, args.out / "reads.csv", experiment="reads", parameters=params)
+    cols = ["n", "read_mode", "target", "mix", "clients", "throughput_ops_s", "read_ops_s"]
+    _show(df[[*cols, "p50_ms", "p99_ms", "stale_reads", "errors", "loadgen_cpu", "nodes_cpu"]])
+    return {"reads": path}
+
+
+def _timeline(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .scenario import run_scenario
+    from .timeline import plot_timeline, role_intervals
+
+    lo, hi = args.timeout[0]
+    params = {
+        "n": args.n,
+        "election_timeout": (lo / 1000, hi / 1000),
+        "heartbeat_interval": args.heartbeat_ms / 1000,
+        "hold": args.hold,
+    }
+    events = run_scenario(say=print if progress else None, **params)
+    bands = role_intervals(events)
+    path = save(bands, args.out / "timeline.csv", experiment="timeline", parameters=params)
+    ax = plot_timeline(events)
+    ax.set_title(f"{args.n} nodes, election timeout {lo:g}-{hi:g} ms")
+    png = args.out / "timeline.png"
+    ax.figure.savefig(png, dpi=120, bbox_inches="tight")
+    return {"timeline": path, "plot": png}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `kvcluster bench` (argv: what follows `bench`)."""
+    args = build_parser().parse_args(argv)
+    run = {
+        "election": _election,
+        "commit": _commit,
+        "reads": _reads,
+        "timeline": _timeline,
+    }[args.experiment]
+    try:
+        paths = run(args, not args.quiet)
+    except KeyboardInterrupt:
+        return 130
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

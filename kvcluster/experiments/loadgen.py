@@ -1,0 +1,266 @@
+"""A closed-loop load generator that stays out of the way.
+
+`clients` workers, each with one keep-alive connection, send requests back to
+back for `duration` seconds (after `warmup` seconds that are not counted). All
+workers share one asyncio loop in one thread, and speak just enough HTTP/1.1
+over raw asyncio streams: a thread per client, or `requests`, would spend more
+CPU than the nodes on a 2-core machine. The generator's own CPU time
+(`loadgen_cpu_s`) and the nodes' (`nodes_cpu_s`, from /proc) over the measured
+window come back with the results, so a run can show whether the load
+generator was the bottleneck, and the whole machine's (`machine_cpu_s`) shows
+how much other programs took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid`; NaN if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot; NaN if unknown.
+
+    On a shared machine, what the nodes and the load generator did not use
+    went partly to other programs: this is how to tell.
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        guest = sum(fields[8:10])  # already counted in user and nice
+        return (sum(fields) - idle - guest) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What the workers send. `read_fraction` 1.0 reads only, 0.0 writes only."""
+
+    read_fraction: float = 0.0
+    value_size: int = 100
+    keys: int = 100
+    consistency: str | None = None  # None: the node's read mode; or "serializable"
+    timeout: float = 5.0  # per request
+
+
+@dataclass
+class LoadResult:
+    """One row per completed request, plus what the run cost."""
+
+    start: np.ndarray  # time.monotonic() when sent
+    latency: np.ndarray  # seconds
+    write: np.ndarray  # bool
+    status: np.ndarray  # HTTP status, 0 if no answer
+    revision: np.ndarray  # store revision in the answer, 0 if none
+    target: np.ndarray  # index into the endpoints the request went to
+    window: tuple[float, float]  # the measured interval (monotonic)
+    loadgen_cpu_s: float
+    nodes_cpu_s: float
+    machine_cpu_s: float  # every process on the machine, ours included
+    errors: list[str] = field(default_factory=list)
+
+    def measured(self) -> np.ndarray:
+        """Mask of the requests that completed inside the measured window."""
+        lo, hi = self.window
+        end = self.start + self.latency
+        return (self.start >= lo) & (end <= hi)
+
+
+def run_load(
+    endpoints: list[str],
+    clients: int,
+    workload: Workload,
+    *,
+    duration: float = 2.0,
+    warmup: float = 0.5,
+    node_pids: list[int] | None = None,
+    seed: int = 0,
+) -> LoadResult:
+    """Run the load in a fresh thread (so it also works inside a Jupyter kernel's loop).
+
+    Worker `w` talks to `endpoints[w % len(endpoints)]`.
+    """
+    box: list[LoadResult | BaseException] = []
+
+    def main() -> None:
+        try:
+            box.append(
+                asyncio.run(
+                    _run(endpoints, clients, workload, duration, warmup, node_pids or [], seed)
+                )
+            )
+        except BaseException as exc:  # handed to the caller's thread
+            box.append(exc)
+
+    thread = threading.Thread(target=main, name="kvcluster-loadgen", daemon=True)
+    thread.start()
+    thread.join()
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.start: list[float] = []
+        self.latency: list[float] = []
+        self.write: list[bool] = []
+        self.status: list[int] = []
+        self.revision: list[int] = []
+        self.target: list[int] = []
+        self.errors: list[str] = []
+
+
+async def _run(
+    endpoints: list[str],
+    clients: int,
+    workload: Workload,
+    duration: float,
+    warmup: float,
+    node_pids: list[int],
+    seed: int,
+) -> LoadResult:
+    rec = _Recorder()
+    t_start = time.monotonic()
+    t_warm = t_start + warmup
+    t_end = t_warm + duration
+    meter: dict[str, float] = {}
+
+    async def measure() -> None:
+        await asyncio.sleep(max(0.0, t_warm - time.monotonic()))
+        meter["cpu0"] = time.thread_time()
+        meter["nodes0"] = sum(process_cpu(p) for p in node_pids)
+        meter["machine0"] = machine_busy()
+        await asyncio.sleep(max(0.0, t_end - time.monotonic()))
+        meter["cpu1"] = time.thread_time()
+        meter["nodes1"] = sum(process_cpu(p) for p in node_pids)
+        meter["machine1"] = machine_busy()
+
+    tasks = [
+        _worker(w, endpoints, workload, t_end, rec, random.Random(seed * 100003 + w))
+        for w in range(clients)
+    ]
+    await asyncio.gather(measure(), *tasks)
+    return LoadResult(
+        start=np.asarray(rec.start, dtype=float),
+        latency=np.asarray(rec.latency, dtype=float),
+        write=np.asarray(rec.write, dtype=bool),
+        status=np.asarray(rec.status, dtype=int),
+        revision=np.asarray(rec.revision, dtype=np.int64),
+        target=np.asarray(rec.target, dtype=int),
+        window=(t_warm, t_end),
+        loadgen_cpu_s=meter["cpu1"] - meter["cpu0"],
+        nodes_cpu_s=meter["nodes1"] - meter["nodes0"],
+        machine_cpu_s=meter["machine1"] - meter["machine0"],
+        errors=rec.errors[:20],
+    )
+
+
+_REVISION = b'"revision":'
+
+
+def _revision_of(body: bytes) -> int:
+    i = body.find(_REVISION)
+    if i < 0:
+        return 0
+    j = i + len(_REVISION)
+    k = j
+    while k < len(body) and 48 <= body[k] <= 57:
+        k += 1
+    return int(body[j:k]) if k > j else 0
+
+
+async def _worker(
+    w: int,
+    endpoints: list[str],
+    workload: Workload,
+    t_end: float,
+    rec: _Recorder,
+    rnd: random.Random,
+) -> None:
+    target = w % len(endpoints)
+    parts = urlsplit(endpoints[target])
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    client_id = uuid.uuid4().hex
+    value = b"x" * workload.value_size
+    query = f"?consistency={workload.consistency}" if workload.consistency else ""
+    head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
+    seq = 0
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    while time.monotonic() < t_end:
+        key = quote(f"k{rnd.randrange(workload.keys)}", safe="")
+        is_write = rnd.random() >= workload.read_fraction
+        if is_write:
+            seq += 1
+            body = b'{"value":"%s","client_id":"%s","seq":%d}' % (value, client_id.encode(), seq)
+            request = (
+                f"PUT /v1/kv/{key} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        else:
+            request = f"GET /v1/kv/{key}{query} HTTP/1.1\r\n{head}\r\n".encode()
+        t0 = time.monotonic()
+        status, revision = 0, 0
+        try:
+            async with asyncio.timeout(workload.timeout):
+                if conn is None:
+                    conn = await asyncio.open_connection(host, port)
+                    sock = conn[1].get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                reader, writer = conn
+                writer.write(request)
+                status, revision = await _read_response(reader)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            if len(rec.errors) < 20:
+                rec.errors.append(f"{type(exc).__name__}: {exc}")
+            if conn is not None:
+                conn[1].close()
+            conn = None
+        t1 = time.monotonic()
+        rec.start.append(t0)
+        rec.latency.append(t1 - t0)
+        rec.write.append(is_write)
+        rec.status.append(status)
+        rec.revision.append(revision)
+        rec.target.append(target)
+        if status == 0:
+            await asyncio.sleep(0.01)  # do not spin on a dead node
+    if conn is not None:
+        conn[1].close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    lower = head.lower()
+    i = lower.find(b"\r\ncontent-length:")
+    if i >= 0:
+        j = lower.index(b"\r\n", i + 2)
+        length = int(lower[i + 17 : j])
+    body = await reader.readexactly(length) if length else b""
+    return status, _revision_of(body)
