@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 LINTED := kvcluster tests $(wildcard bench)
 
-.PHONY: demo test lint unit lab torture clean
+.PHONY: demo test lint unit lab torture bench experiments notebooks clean
 
 demo: $(STAMP)
 	$(BIN)/kvcluster demo
@@ -31,6 +31,22 @@ torture: $(STAMP)
 	$(BIN)/kvcluster nemesis --duration 600 --nodes 5
 	$(BIN)/kvcluster nemesis --duration 300 --nodes 5 --storage disk
 	$(BIN)/kvcluster nemesis --duration 300 --nodes 3 --read-mode lease
+
+# pytest-benchmark suites; compare runs with --benchmark-compare.
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench -o python_files='bench_*.py' --benchmark-json=bench-results.json
+
+# The experiments behind the README's results (several minutes each).
+experiments: $(STAMP)
+	$(BIN)/kvcluster bench election -n 5 --timeouts 150-300 --trials 100
+	$(BIN)/kvcluster bench commit
+	$(BIN)/kvcluster bench reads
+	$(BIN)/kvcluster bench timeline
+
+# Re-run the notebooks with their default parameters and keep the outputs.
+notebooks: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,lab]'
+	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
 
 lab: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,lab]'

@@ -21,6 +21,7 @@ DELEGATED = {
     "check": "check a recorded history (JSON lines) for linearizability",
     "nemesis": "random faults against a real cluster; the history is checked",
     "sim": "many seeds of the deterministic simulator (Raft safety + linearizability)",
+    "bench": "measure a local cluster: election | commit | reads | timeline",
 }
 
 
@@ -37,6 +38,10 @@ def _delegate(name: str, argv: list[str]) -> int:
         from .sim.cli import main as sim_main
 
         return sim_main(argv)
+    if name == "bench":
+        from .experiments.cli import main as bench_main
+
+        return bench_main(argv)
     raise AssertionError(name)
 
 

@@ -208,15 +208,22 @@ class Cluster:
 
     def _recv(self, h: NodeHandle, pipe: Any, expected: str) -> int:
         if not pipe.poll(self.start_timeout):
-            raise ClusterError(f"node {h.name} did not start; see {self.work_dir}/{h.name}.log")
+            raise ClusterError(f"node {h.name} did not start in time{self._log_tail(h)}")
         try:
             kind, port = pipe.recv()
         except EOFError as exc:
-            raise ClusterError(
-                f"node {h.name} exited while starting; see {self.work_dir}/{h.name}.log"
-            ) from exc
+            raise ClusterError(f"node {h.name} exited while starting{self._log_tail(h)}") from exc
         assert kind == expected, (kind, expected)
         return int(port)
+
+    def _log_tail(self, h: NodeHandle, lines: int = 20) -> str:
+        """The end of a node's log, for errors: the work directory may be gone later."""
+        path = self.work_dir / f"{h.name}.log"
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f" (no log at {path})"
+        return f"; the end of {path}:\n" + "\n".join(tail) if tail else f" ({path} is empty)"
 
     # ------------------------------------------------------------------ addressing
 
