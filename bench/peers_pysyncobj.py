@@ -110,6 +110,12 @@ def main() -> None:
     p.add_argument("--http", type=int, required=True)
     p.add_argument("--election-timeout", type=float, default=1.0, help="T: drawn from (T, 2T)")
     p.add_argument("--heartbeat", type=float, default=0.1)
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="PySyncObj's default appendEntriesUseBatch: new entries wait for the next"
+        " heartbeat (a heartbeat of latency per write); without it they go out at once",
+    )
     args = p.parse_args()
     # Die with the parent (bench/peers.py), whatever happens to it.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -121,6 +127,7 @@ def main() -> None:
         connectionTimeout=max(3.5, 2 * t + 0.1),
         autoTickPeriod=min(0.05, args.heartbeat / 2),
         commandsWaitLeader=True,
+        appendEntriesUseBatch=args.batch,
         dynamicMembershipChange=False,
     )
     kv = KV(args.raft, [x for x in args.partners.split(",") if x], conf)
