@@ -638,6 +638,8 @@ def failover_trial(sys_: System, election: float) -> float:
 
 
 def _rotated(xs: list[str], k: int) -> list[str]:
+    if not xs:
+        return xs
     k %= len(xs)
     return xs[k:] + xs[:k]
 
@@ -663,11 +665,11 @@ def run(args: argparse.Namespace) -> list[Sample]:
         else:
             systems.append(name)
     samples: list[Sample] = []
-    k = 0
+    turn = -1
     for n in args.nodes:
         for r in range(args.rounds):
-            for name in _rotated(systems, k):
-                k += 1
+            turn += 1  # each round starts with the next system
+            for name in _rotated(systems, turn):
                 print(f"[{n} nodes] throughput round {r + 1}/{args.rounds}: {name}", flush=True)
                 try:
                     with started(name, n, 1.0, 0.1, args) as s:
@@ -688,8 +690,8 @@ def run(args: argparse.Namespace) -> list[Sample]:
             (1.0, 0.1, "failover_1000ms_ms"),
         ):
             for t in range(args.trials):
-                for name in _rotated(systems, k):
-                    k += 1
+                turn += 1
+                for name in _rotated(systems, turn):
                     try:
                         with started(name, n, election, heartbeat, args) as s:
                             v = failover_trial(s, election) * 1000
