@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 LINTED := kvcluster tests $(wildcard bench)
 
-.PHONY: demo test lint unit lab torture bench experiments notebooks clean
+.PHONY: demo test lint unit lab torture bench experiments notebooks peers clean
 
 demo: $(STAMP)
 	$(BIN)/kvcluster demo
@@ -47,6 +47,13 @@ experiments: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,lab]'
 	$(BIN)/jupyter execute --inplace notebooks/*.ipynb
+
+# kvcluster side by side with etcd (Debian's etcd-server) and PySyncObj.
+peers: $(STAMP)
+	@command -v etcd >/dev/null || apt-get install -y etcd-server || \
+	  echo "etcd-server is not installed (try: sudo apt-get install etcd-server); etcd is skipped"
+	$(BIN)/pip install -q -e '.[peers]'
+	$(BIN)/python bench/peers.py --nodes 3,5
 
 lab: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,lab]'
