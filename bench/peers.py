@@ -60,9 +60,10 @@ import numpy as np
 
 from kvcluster.cluster import Cluster
 from kvcluster.experiments.loadgen import (
+    Connection,
     LoadResult,
-    _read_response,
     _Recorder,
+    exchange,
     machine_busy,
     process_cpu,
 )
@@ -483,7 +484,7 @@ async def _worker(
     parts = urlsplit(endpoints[target])
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    conn: Connection | None = None
     while time.monotonic() < t_end:
         key = _key(rnd.randrange(KEYS))
         if load.read:
@@ -494,23 +495,7 @@ async def _worker(
             f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
         )
         t0 = time.monotonic()
-        status = 0
-        try:
-            async with asyncio.timeout(5.0):
-                if conn is None:
-                    conn = await asyncio.open_connection(host, port)
-                    sock = conn[1].get_extra_info("socket")
-                    if sock is not None:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                reader, writer = conn
-                writer.write(request)
-                status, _ = await _read_response(reader)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-            if len(rec.errors) < 20:
-                rec.errors.append(f"{type(exc).__name__}: {exc}")
-            if conn is not None:
-                conn[1].close()
-            conn = None
+        conn, status, _ = await exchange(conn, host, port, request, 5.0, rec.errors)
         t1 = time.monotonic()
         rec.start.append(t0)
         rec.latency.append(t1 - t0)

@@ -209,7 +209,7 @@ async def _worker(
     query = f"?consistency={workload.consistency}" if workload.consistency else ""
     head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
     seq = 0
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    conn: Connection | None = None
     while time.monotonic() < t_end:
         key = quote(f"k{rnd.randrange(workload.keys)}", safe="")
         is_write = rnd.random() >= workload.read_fraction
@@ -223,23 +223,9 @@ async def _worker(
         else:
             request = f"GET /v1/kv/{key}{query} HTTP/1.1\r\n{head}\r\n".encode()
         t0 = time.monotonic()
-        status, revision = 0, 0
-        try:
-            async with asyncio.timeout(workload.timeout):
-                if conn is None:
-                    conn = await asyncio.open_connection(host, port)
-                    sock = conn[1].get_extra_info("socket")
-                    if sock is not None:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                reader, writer = conn
-                writer.write(request)
-                status, revision = await _read_response(reader)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
-            if len(rec.errors) < 20:
-                rec.errors.append(f"{type(exc).__name__}: {exc}")
-            if conn is not None:
-                conn[1].close()
-            conn = None
+        conn, status, revision = await exchange(
+            conn, host, port, request, workload.timeout, rec.errors
+        )
         t1 = time.monotonic()
         rec.start.append(t0)
         rec.latency.append(t1 - t0)
@@ -251,6 +237,42 @@ async def _worker(
             await asyncio.sleep(0.01)  # do not spin on a dead node
     if conn is not None:
         conn[1].close()
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def exchange(
+    conn: Connection | None,
+    host: str,
+    port: int,
+    request: bytes,
+    timeout: float,
+    errors: list[str],
+) -> tuple[Connection | None, int, int]:
+    """Send one request on a keep-alive connection, opening it if needed.
+
+    Returns the connection to reuse (None after a failure), the status (0 if
+    no answer) and the revision the answer carried. Shared by every worker
+    loop, so that all systems measured are driven the same way.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            if conn is None:
+                conn = await asyncio.open_connection(host, port)
+                sock = conn[1].get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader, writer = conn
+            writer.write(request)
+            status, revision = await _read_response(reader)
+            return conn, status, revision
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        if len(errors) < 20:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        if conn is not None:
+            conn[1].close()
+        return None, 0, 0
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
