@@ -1,4 +1,4 @@
-"""The node's HTTP API: client routes, peer routes, and JSON errors for everything.
+"""The node's HTTP API on tornado: every route but the key routes (`key_routes`).
 
 Any node serves any request. A follower forwards writes (and, in the `proxy`
 and `lease` read modes, linearizable reads) to the leader; in `read_index` mode
@@ -10,28 +10,26 @@ from __future__ import annotations
 import hmac
 import json
 from http import HTTPStatus
-from typing import Any, TypeGuard
-from urllib.parse import urlsplit
+from typing import Any
 
 import tornado.web
-from tornado.http1connection import HTTP1Connection
 
 from ..raft import Member, NotLeader
 from .codec import decode_batch
-from .http_conn import ConnectionFailed
-from .node import NodeServer, NotApplied, ReadFailed
+from .node import NodeServer, NotApplied
+from .operations import (
+    CONSISTENCY,
+    FORWARDED_HEADER,
+    LEADER_HEADER,
+    ApiError,
+    forward,
+    is_base_url,
+    json_object,
+    read_barrier,
+)
 from .transport import SENDER_HEADER
 
-LEADER_HEADER = "X-Kvcluster-Leader"
 PEER_MAX_BODY = 1 << 30  # a snapshot travels in one (streamed) request
-FORWARDED_HEADER = "X-Kvcluster-Forwarded"
-CONSISTENCY = ("linearizable", "serializable")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -71,29 +69,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- helpers
 
     def json_body(self, *, required: bool) -> dict[str, Any]:
-        raw = self.request.body
-        if not raw:
-            if required:
-                raise ApiError(400, "bad_request", "a JSON object body is required")
-            return {}
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ApiError(400, "bad_request", f"the body is not valid UTF-8: {exc}") from exc
-        except RecursionError as exc:
-            raise ApiError(400, "bad_request", "the body is JSON nested too deeply") from exc
-        except ValueError as exc:  # JSONDecodeError, and e.g. an integer of 5000 digits
-            raise ApiError(400, "bad_request", f"the body is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ApiError(400, "bad_request", "the body must be a JSON object")
-        surrogate = _lone_surrogate(data)
-        if surrogate is not None:
-            raise ApiError(
-                400,
-                "bad_request",
-                f"the body is not valid Unicode: a string holds the lone surrogate {surrogate}",
-            )
-        return data
+        return json_object(self.request.body, required=required)
 
     def has_token(self) -> bool:
         auth = self.request.headers.get("Authorization", "")
@@ -118,250 +94,24 @@ class BaseHandler(tornado.web.RequestHandler):
 
     async def forward_to_leader(self) -> None:
         """Relay this request to the leader and its answer back to the client."""
-        node = self.node
-        if self.request.headers.get(FORWARDED_HEADER):
-            raise ApiError(503, "not_leader", "this node is no longer the leader; retry")
-        timeout = node.config.request_timeout
-        leader = await node.wait_for_leader(min(timeout, 2 * node.core.options.election_timeout[1]))
-        address = node.leader_address()
-        if leader is None or address is None:
-            raise ApiError(503, "no_leader", "no leader is elected right now; retry shortly")
-        headers = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
-        auth = self.request.headers.get("Authorization")
-        if auth:
-            headers["Authorization"] = auth
-        try:
-            resp = await node.pool(address).request(
-                self.request.method or "GET",
-                self.request.uri or "/",
-                self.request.body,
-                headers,
-                timeout,
-            )
-        except ConnectionFailed as exc:
-            if exc.sent:
-                raise ApiError(
-                    504, "timeout", f"the leader did not answer: {exc}; the outcome is unknown"
-                ) from exc
-            raise ApiError(503, "unavailable", f"cannot reach the leader: {exc}") from exc
+        status, body, address = await forward(
+            self.node,
+            self.request.method or "GET",
+            self.request.uri or "/",
+            self.request.body,
+            auth=self.request.headers.get("Authorization"),
+            forwarded=bool(self.request.headers.get(FORWARDED_HEADER)),
+        )
         self.set_header(LEADER_HEADER, address)
-        self.set_status(resp.status)
-        self.finish(resp.body)
+        self.set_status(status)
+        self.finish(body)
 
 
-def _lone_surrogate(data: Any) -> str | None:
-    """The first lone UTF-16 surrogate in any string of a parsed JSON document.
-
-    JSON's \\ud800 escapes decode to Python strings that cannot be encoded as
-    UTF-8. Stored (a member's id, say), one would make every later response
-    that includes it fail to encode: a 500 on every node, for good.
-    """
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    return f"\\u{ord(item[exc.start]):04x}"
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
+class KeyMethodsHandler(BaseHandler):
+    """/v1/kv/{key} for the methods the key routes (`key_routes`) do not serve: 405."""
 
 
-# How much more than the body limit a key route reads (and discards) in order
-# to answer a JSON 413, rather than closing the connection on the client.
-_DRAIN_FACTOR = 8
-
-
-def _body_limit(node: NodeServer) -> int:
-    """The largest body a key route accepts, as main.serve sets max_body_size:
-    a value at the limit takes at most 6 bytes of JSON per byte (\\u00XX)."""
-    return 8 * node.config.max_value_bytes + (1 << 20)
-
-
-def _check_key(node: NodeServer, key: str) -> str:
-    if not key:
-        raise ApiError(400, "bad_request", "the key must not be empty: use /v1/kv/<key>")
-    size = len(key.encode("utf-8"))
-    if size > node.config.max_key_bytes:
-        raise ApiError(
-            414,
-            "key_too_long",
-            f"the key is {size} bytes; the limit is {node.config.max_key_bytes}",
-        )
-    return key
-
-
-def _is_base_url(address: Any) -> TypeGuard[str]:
-    """http://host:port and nothing else: what the peer transport can connect to.
-
-    A member's address goes into the log and every node opens a link to it, so
-    one it cannot parse would break every node's ready loop.
-    """
-    if not isinstance(address, str) or not address.isascii() or not address.isprintable():
-        return False
-    try:
-        parts = urlsplit(address)
-        port = parts.port  # raises ValueError if not a number in 0-65535
-    except ValueError:
-        return False
-    return (
-        parts.scheme == "http"
-        and bool(parts.hostname)
-        and bool(port)
-        and parts.username is None
-        and not (parts.path or parts.query or parts.fragment)
-        and not any(c in address for c in " ?#")
-    )
-
-
-def _session(body: dict[str, Any], command: dict[str, Any]) -> dict[str, Any]:
-    client_id, seq = body.get("client_id"), body.get("seq")
-    if (client_id is None) != (seq is None):
-        raise ApiError(400, "bad_request", "client_id and seq go together")
-    if client_id is not None:
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
-            raise ApiError(400, "bad_request", "client_id must be a string of 1-128 characters")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ApiError(400, "bad_request", "seq must be a non-negative integer")
-        command["client_id"], command["seq"] = client_id, seq
-    return command
-
-
-class WriteMixin(BaseHandler):
-    async def replicate(self, command: dict[str, Any]) -> dict[str, Any] | None:
-        """Commit a command here if we lead; otherwise the caller forwards."""
-        node = self.node
-        try:
-            result = await node.propose(command, node.config.request_timeout)
-        except NotLeader as exc:
-            raise ApiError(503, "not_leader", "leadership changed; retry") from exc
-        except NotApplied as exc:
-            raise ApiError(503, "not_leader", f"{exc}; retry") from exc
-        except TimeoutError as exc:
-            raise ApiError(
-                504, "timeout", "the write was not committed in time; the outcome is unknown"
-            ) from exc
-        if result is not None and "error" in result:
-            raise ApiError(409, result["error"], result.get("message", ""))
-        return result
-
-    async def read_barrier(self) -> bool:
-        """Wait until a linearizable read may be served here; False means forward it."""
-        node = self.node
-        mode = node.config.read_mode
-        if self.arg("consistency", CONSISTENCY) == "serializable" or mode == "serializable":
-            return True
-        if mode in ("proxy", "lease") and not node.core.is_leader:
-            return False
-        try:
-            await node.read_barrier(lease=mode == "lease", timeout=node.config.request_timeout)
-        except (ReadFailed, TimeoutError) as exc:
-            raise ApiError(503, "no_leader", "no leader could confirm this read; retry") from exc
-        return True
-
-
-@tornado.web.stream_request_body
-class KeyHandler(WriteMixin):
-    """GET/PUT/DELETE /v1/kv/{key}.
-
-    The body is streamed in so that one over the server's max_body_size still
-    gets a JSON 413: left to itself, tornado answers a bare, body-less 400 and
-    closes the connection. Up to _DRAIN_FACTOR times the limit is read and
-    thrown away, so the client can finish sending and read the answer.
-    """
-
-    _chunks: list[bytes]
-    _received: int
-
-    def prepare(self) -> None:
-        super().prepare()
-        self._chunks, self._received = [], 0
-        limit = _body_limit(self.node)
-        connection = self.request.connection
-        declared = self.request.headers.get("Content-Length", "")
-        if isinstance(connection, HTTP1Connection):
-            size = int(declared) if declared.isascii() and declared.isdigit() else 0
-            connection.set_max_body_size(max(_DRAIN_FACTOR * limit, size))
-            if size > _DRAIN_FACTOR * limit:
-                # Not worth reading: answer now; tornado then closes the connection.
-                self.fail(413, "value_too_large", self._too_large_message(size))
-
-    def data_received(self, chunk: bytes) -> None:
-        self._received += len(chunk)
-        if self._received <= _body_limit(self.node):
-            self._chunks.append(chunk)
-        else:
-            self._chunks.clear()  # too large: keep nothing, answer 413 at the end
-
-    def _take_body(self) -> None:
-        """Put the streamed body where json_body and forwarding expect it."""
-        if self._received > _body_limit(self.node):
-            raise ApiError(413, "value_too_large", self._too_large_message(self._received))
-        self.request.body = b"".join(self._chunks)
-        self._chunks.clear()
-
-    def _too_large_message(self, size: int) -> str:
-        return (
-            f"the request body is {size} bytes, more than any value within the limit "
-            f"of {self.node.config.max_value_bytes} bytes can take"
-        )
-
-    async def get(self, key: str) -> None:
-        try:
-            key = _check_key(self.node, key)
-            if not await self.read_barrier():
-                return await self.forward_to_leader()
-        except ApiError as exc:
-            return self.fail(exc.status, exc.code, exc.message)
-        kv = self.node.kv
-        item = kv.get(key)
-        if item is None:
-            return self.fail(404, "not_found", f"no key {key!r}", revision=kv.revision)
-        self.send({**item.to_dict(), "revision": kv.revision})
-
-    async def put(self, key: str) -> None:
-        try:
-            self._take_body()
-            key = _check_key(self.node, key)
-            body = self.json_body(required=True)
-            value = body.get("value")
-            if value is None:
-                raise ApiError(400, "bad_request", 'the body needs a "value": {"value": "..."}')
-            if not isinstance(value, str):
-                raise ApiError(400, "bad_request", '"value" must be a string')
-            limit = self.node.config.max_value_bytes
-            if len(value) > limit // 4 and len(value.encode("utf-8")) > limit:
-                raise ApiError(
-                    413, "value_too_large", f"the value is over the limit of {limit} bytes"
-                )
-            command = _session(body, {"op": "put", "key": key, "value": value})
-            await self._write(command)
-        except ApiError as exc:
-            self.fail(exc.status, exc.code, exc.message)
-
-    async def delete(self, key: str) -> None:
-        try:
-            self._take_body()
-            key = _check_key(self.node, key)
-            command = _session(self.json_body(required=False), {"op": "delete", "key": key})
-            await self._write(command)
-        except ApiError as exc:
-            self.fail(exc.status, exc.code, exc.message)
-
-    async def _write(self, command: dict[str, Any]) -> None:
-        if not self.node.core.is_leader:
-            return await self.forward_to_leader()
-        result = await self.replicate(command)
-        self.send(result or {})
-
-
-class ListHandler(WriteMixin):
+class ListHandler(BaseHandler):
     async def get(self) -> None:
         try:
             prefix = self.arg("prefix") or ""
@@ -375,7 +125,7 @@ class ListHandler(WriteMixin):
                 if not (limit_arg.isascii() and limit_arg.isdigit()) or not digits:
                     raise ApiError(400, "bad_request", "limit must be a positive integer")
                 limit = int(digits) if len(digits) <= 18 else None
-            if not await self.read_barrier():
+            if not await read_barrier(self.node, self.arg("consistency", CONSISTENCY)):
                 return await self.forward_to_leader()
         except ApiError as exc:
             return self.fail(exc.status, exc.code, exc.message)
@@ -431,7 +181,7 @@ class RegisterHandler(BaseHandler):
             incarnation = body.get("incarnation", "")
             if not isinstance(node_id, str) or not node_id or len(node_id) > 64:
                 raise ApiError(400, "bad_request", '"id" must be a non-empty string')
-            if not _is_base_url(address):
+            if not is_base_url(address):
                 raise ApiError(
                     400, "bad_request", '"address" must be a base URL like http://host:port'
                 )
@@ -549,7 +299,7 @@ def make_app(node: NodeServer) -> tornado.web.Application:
     args = {"node": node}
     return tornado.web.Application(
         [
-            (r"/v1/kv/(.*)", KeyHandler, args),
+            (r"/v1/kv/(.*)", KeyMethodsHandler, args),
             (r"/v1/kv", ListHandler, args),
             (r"/v1/status", StatusHandler, args),
             (r"/v1/members", MembersHandler, args),

@@ -14,12 +14,14 @@ import sys
 import urllib.request
 from typing import Any
 
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from .api import make_app
 from .config import NodeConfig
+from .fasthttp import HttpServer
+from .key_routes import KeyRoutes
 from .node import NodeServer
+from .operations import body_limit
 
 
 def bind(config: NodeConfig) -> list[socket.socket]:
@@ -63,13 +65,8 @@ def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = N
 
 async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any = None) -> None:
     node = NodeServer(config)
-    server = HTTPServer(
-        make_app(node),
-        max_body_size=8 * config.max_value_bytes + (1 << 20),
-        max_header_size=1 << 20,  # so an over-long key gets a JSON 414, not a closed socket
-        idle_connection_timeout=3600,
-    )
-    server.add_sockets(sockets)
+    server = HttpServer(KeyRoutes(node), make_app(node), max_body=body_limit(node))
+    await server.listen(sockets)
     node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,8 +80,6 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
     await stop.wait()
     server.stop()
     node.stop()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(server.close_all_connections(), 1.0)
 
 
 def _refuse_unsafe_bootstrap(config: NodeConfig) -> None:
