@@ -32,9 +32,18 @@ torture: $(STAMP)
 	$(BIN)/kvcluster nemesis --duration 300 --nodes 5 --storage disk
 	$(BIN)/kvcluster nemesis --duration 300 --nodes 3 --read-mode lease
 
-# pytest-benchmark suites; compare runs with --benchmark-compare.
+# pytest-benchmark suites. Each run is also saved as .benchmarks/<machine-id>/NNNN_*.json
+# (committed: not in .gitignore), so a later run shows a regression against a saved one:
+#   .venv/bin/python -m pytest bench -o python_files='bench_*.py' --benchmark-compare
+#   (the latest saved run on this machine; --benchmark-compare=0001 for run 0001), and to fail
+#   on a regression add --benchmark-compare-fail=mean:20% (any mean over 20% slower;
+#   on a busy machine means are noisy, and min:20% is steadier).
+#   .venv/bin/pytest-benchmark compare .benchmarks/*/*.json   # saved runs side by side
+# Micro suites only (bench_cluster.py starts node processes): put bench/bench_http.py
+# bench/bench_core.py bench/bench_check.py bench/bench_storage.py in place of `bench`.
 bench: $(STAMP)
-	$(BIN)/python -m pytest bench -o python_files='bench_*.py' --benchmark-json=bench-results.json
+	$(BIN)/python -m pytest bench -o python_files='bench_*.py' \
+	  --benchmark-autosave --benchmark-json=bench-results.json
 
 # The experiments behind the README's results (several minutes each).
 experiments: $(STAMP)
