@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--events", help="append structured events (JSON lines) to this file")
     serve.add_argument(
+        "--event-loop",
+        default="uvloop",
+        choices=["uvloop", "asyncio"],
+        help="uvloop (faster; falls back to asyncio where it is not installed) or asyncio",
+    )
+    serve.add_argument(
         "--enable-fault-injection",
         action="store_true",
         help="enable the token-protected /admin/fault endpoints",
@@ -205,6 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         fsync=args.fsync,
         snapshot_every=args.snapshot_every,
+        event_loop=args.event_loop,
     )
     run_node(config)
     return 0

@@ -31,7 +31,7 @@ import pandas as pd
 import requests
 
 from .raft import RaftOptions
-from .server.config import READ_MODES, NodeConfig
+from .server.config import EVENT_LOOPS, READ_MODES, NodeConfig
 from .server.main import run_node
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class Cluster:
         fsync: str = "always",
         snapshot_every: int = 10_000,
         snapshot_keep: int = 1_000,
+        event_loop: str = "uvloop",
         start: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
@@ -96,6 +97,8 @@ class Cluster:
             raise ValueError(f"read_mode must be one of {READ_MODES}")
         if storage not in ("memory", "disk"):
             raise ValueError("storage must be 'memory' or 'disk'")
+        if event_loop not in EVENT_LOOPS:
+            raise ValueError(f"event_loop must be one of {EVENT_LOOPS}")
         self.raft_options = RaftOptions(
             election_timeout=(float(election_timeout[0]), float(election_timeout[1])),
             heartbeat_interval=float(heartbeat_interval),
@@ -115,6 +118,7 @@ class Cluster:
         self.fsync = fsync
         self.snapshot_every = snapshot_every
         self.snapshot_keep = snapshot_keep
+        self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
         self._bootstrap: dict[str, str] = {}
@@ -190,6 +194,7 @@ class Cluster:
             fsync=self.fsync,  # type: ignore[arg-type]
             snapshot_every=self.snapshot_every,
             snapshot_keep=self.snapshot_keep,
+            event_loop=self.event_loop,
             seed=None if self.seed is None else self.seed * 1000 + h.index,
         )
 

@@ -154,6 +154,9 @@ KV_PUT = [
             ("nan", b"NaN"),
             ("infinity", b"1e400"),
             ("list", b"[1]"),
+            # Valid JSON, but more than the 64 bits a log entry carries between nodes.
+            ("2-to-the-63", str(2**63).encode()),
+            ("2-to-the-80", str(2**80).encode()),
         ]
     ),
     Bad(
@@ -654,6 +657,16 @@ def test_a_value_of_exactly_the_limit_is_accepted(cluster: Cluster, target: str)
     resp = send("GET", base + kv_path(key))
     assert resp.status_code == 200, resp.text[:300]
     assert resp.json()["value"] == value
+
+
+def test_the_largest_seq_is_accepted_and_reaches_every_node(cluster: Cluster) -> None:
+    body = js({"value": "top", "client_id": "largest-seq", "seq": 2**63 - 1})
+    resp = send("PUT", endpoint(cluster, "follower") + kv_path("seq/top"), body, retry=(503, 504))
+    assert resp.status_code == 200, resp.text[:300]
+    for base in cluster.endpoints:
+        resp = send("GET", base + kv_path("seq/top"))
+        assert resp.status_code == 200, resp.text[:300]
+        assert resp.json()["value"] == "top"
 
 
 @pytest.mark.parametrize("target", ["leader", "follower"])

@@ -60,7 +60,21 @@ def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = N
             return
         if members is not None:
             config.initial_members = members
+    _choose_event_loop(config.event_loop)
     asyncio.run(serve(config, sockets, handshake))
+
+
+def _choose_event_loop(name: str) -> None:
+    if name != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        logging.getLogger(__name__).warning(
+            "uvloop is not installed; using asyncio's event loop (pip install uvloop)"
+        )
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any = None) -> None:

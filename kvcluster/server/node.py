@@ -183,6 +183,8 @@ class NodeServer:
             if m.type is MessageType.SNAPSHOT:
                 self._fill_snapshot(m)
             self.transport.send(m)
+        if rd.messages:
+            self.transport.flush()
         if rd.committed:
             self._apply(rd.committed)
             every = self.config.snapshot_every

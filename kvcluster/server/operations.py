@@ -11,6 +11,8 @@ import json
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
+import orjson
+
 from ..raft import NotLeader
 from .http_conn import ConnectionFailed
 from .node import NodeServer, NotApplied, ReadFailed
@@ -18,6 +20,7 @@ from .node import NodeServer, NotApplied, ReadFailed
 LEADER_HEADER = "X-Kvcluster-Leader"
 FORWARDED_HEADER = "X-Kvcluster-Forwarded"
 CONSISTENCY = ("linearizable", "serializable")
+MAX_SEQ = 1 << 63  # what a 64-bit integer holds on the wire between nodes
 
 
 class ApiError(Exception):
@@ -31,7 +34,7 @@ def error_body(code: str, message: str, **extra: Any) -> bytes:
 
 
 def dump(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(body)
 
 
 def json_object(raw: bytes, *, required: bool) -> dict[str, Any]:
@@ -123,8 +126,8 @@ def with_session(body: dict[str, Any], command: dict[str, Any]) -> dict[str, Any
     if client_id is not None:
         if not isinstance(client_id, str) or not client_id or len(client_id) > 128:
             raise ApiError(400, "bad_request", "client_id must be a string of 1-128 characters")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise ApiError(400, "bad_request", "seq must be a non-negative integer")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_SEQ:
+            raise ApiError(400, "bad_request", "seq must be an integer from 0 to 2**63 - 1")
         command["client_id"], command["seq"] = client_id, seq
     return command
 
