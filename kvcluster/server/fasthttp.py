@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ MAX_CHUNK_LINE = 1024
 _PAUSE_AT = 4 << 20  # bytes buffered while a request is being answered
 _CHUNK_SIZE, _CHUNK_CRLF, _CHUNK_TRAILER = -1, -2, -3  # chunked-decoder states
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 @dataclass(slots=True)
@@ -117,6 +119,7 @@ class HttpProtocol(asyncio.Protocol):
         self._route: FastRoute | None = None
         self._exchange: _TornadoExchange | None = None
         self._keep_alive = True
+        self._http10 = False
         # body framing of the request being read
         self._reading_body = False
         self._body_left = 0  # Content-Length bytes still to come
@@ -173,13 +176,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def _read_head(self) -> bool:
         buf = self._buf
+        while buf[:2] == b"\r\n":
+            del buf[:2]  # empty lines before a request are allowed (RFC 9112, 2.2)
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > MAX_HEAD:
                 self._refuse(431, "request_header_too_large", "the request head is over 1 MiB")
-            elif buf[:2] == b"\r\n":
-                del buf[:2]  # a stray CRLF between requests is allowed
-                return self._read_head()
             return False
         head = bytes(buf[:end]).decode("latin-1")
         del buf[: end + 4]
@@ -204,7 +206,8 @@ class HttpProtocol(asyncio.Protocol):
         path, _, query = target.partition("?")
         request = Request(method, target, path, query, version, headers, raw_headers)
         connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
+        self._http10 = version == "HTTP/1.0"
+        if self._http10:
             self._keep_alive = "keep-alive" in connection
         else:
             self._keep_alive = "close" not in connection
@@ -248,11 +251,13 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_body = True
         if self._exchange is not None:
             self._exchange.start()
-        return True
+        return not self._closed
 
     def _read_body(self) -> None:
         """Take what the buffer holds of the current body; finish the request
         when the body is complete."""
+        if not self._reading_body or self._closed:
+            return
         if self._chunked:
             done = self._read_chunked()
         else:
@@ -298,28 +303,17 @@ class HttpProtocol(asyncio.Protocol):
                         return True
                     continue  # trailer fields are ignored
                 size_text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16) if size_text.isalnum() else -1
-                except ValueError:
-                    size = -1
-                if size < 0 or len(size_text) > 16:
+                if not _HEX.fullmatch(size_text):  # int(x, 16) would also take "0x1f", "1_0"
                     self._refuse(400, "bad_request", f"bad chunk size {size_text[:20]!r}")
                     return False
+                size = int(size_text, 16)
                 self._chunk_state = size if size else _CHUNK_TRAILER
         return False
 
     def _body_chunk(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
         if self._exchange is not None:
-            if self._body_size > self._exchange.max_body:
-                self._keep_alive = False
-                self._exchange.abandon()
-                self._exchange = None
-                self._answer_error(
-                    413, "payload_too_large", f"the request body is over {self._body_limit} bytes"
-                )
-                return
-            self._exchange.feed(chunk)
+            self._exchange.feed(chunk)  # the exchange checks the size: prepare may raise it
             return
         if self._body_size <= self._body_limit:
             self._body_parts.append(chunk)
@@ -378,11 +372,21 @@ class HttpProtocol(asyncio.Protocol):
             head.append(f"{name}: {value}\r\n")
         if not self._keep_alive:
             head.append("Connection: close\r\n")
+        elif self._http10:
+            head.append("Connection: keep-alive\r\n")
         head.append("\r\n")
         self._write_and_continue("".join(head).encode("latin-1") + response.body)
 
     def _answer_error(self, status: int, code: str, message: str) -> None:
         self._answer(Response(status, error_body(code, message)))
+
+    def _bridged_body_too_large(self, limit: int) -> None:
+        self._keep_alive = False
+        self._reading_body = False
+        if self._exchange is not None:
+            self._exchange.abandon()
+            self._exchange = None
+        self._answer_error(413, "payload_too_large", f"the request body is over {limit} bytes")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer a request we cannot frame, and close: what follows is unreadable."""
@@ -431,6 +435,9 @@ class _TornadoExchange(httputil.HTTPConnection):
         self._pending: deque[bytes | None] = deque()  # body chunks; None marks the end
         self._pumping = False  # a task is handing chunks over, in order
         self._body_done = False
+        self._received = 0
+        self._pending_bytes = 0
+        self._paused = False
         self._pump_task: asyncio.Future[None] | None = None
         self._close_callback: Callable[[], None] | None = None
         self._chunked_response = False
@@ -447,6 +454,10 @@ class _TornadoExchange(httputil.HTTPConnection):
         start_line = httputil.RequestStartLine(r.method, r.target, r.version)
         try:
             ready = self._delegate.headers_received(start_line, headers)
+        except httputil.HTTPInputError as exc:  # e.g. no Host header, or two
+            self._finished = True
+            self.protocol._refuse(400, "bad_request", str(exc))
+            return
         except Exception:
             log.exception("internal error in %s %s", r.method, r.path)
             ready = None
@@ -458,6 +469,11 @@ class _TornadoExchange(httputil.HTTPConnection):
         """The next piece of the body; None once it is complete."""
         if self._pumping:
             self._pending.append(chunk)
+            self._pending_bytes += len(chunk or b"")
+            transport = self.protocol.transport
+            if self._pending_bytes > _PAUSE_AT and not self._paused and transport is not None:
+                self._paused = True  # tornado is slower than the client: hold the client
+                transport.pause_reading()
             return
         waiting = self._deliver(chunk)
         if waiting is not None:
@@ -472,11 +488,11 @@ class _TornadoExchange(httputil.HTTPConnection):
         if self._finished:
             return
         self._finished = True
-        if not self._body_done:
+        callback, self._close_callback = self._close_callback, None
+        if not self._body_done:  # tornado is still reading: it tells the handler itself
             with contextlib.suppress(Exception):
                 self._delegate.on_connection_close()
-        callback, self._close_callback = self._close_callback, None
-        if callback is not None:
+        elif callback is not None:
             callback()
 
     def _deliver(self, chunk: bytes | None) -> Awaitable[None] | None:
@@ -484,6 +500,10 @@ class _TornadoExchange(httputil.HTTPConnection):
             if chunk is None:
                 self._body_done = True
                 self._delegate.finish()
+                return None
+            self._received += len(chunk)
+            if self._received > self.max_body:
+                self.protocol._bridged_body_too_large(self.max_body)
                 return None
             return self._delegate.data_received(chunk)
         except Exception:
@@ -495,9 +515,16 @@ class _TornadoExchange(httputil.HTTPConnection):
         try:
             await waiting
             while self._pending and not self._finished:
-                next_wait = self._deliver(self._pending.popleft())
+                chunk = self._pending.popleft()
+                self._pending_bytes -= len(chunk or b"")
+                next_wait = self._deliver(chunk)
                 if next_wait is not None:
                     await next_wait
+                if self._paused and self._pending_bytes <= _PAUSE_AT // 2:
+                    self._paused = False
+                    transport = self.protocol.transport
+                    if transport is not None and not self.protocol._closed:
+                        transport.resume_reading()
         except Exception:
             log.exception("internal error in %s %s", self.request.method, self.request.path)
         finally:
@@ -522,11 +549,18 @@ class _TornadoExchange(httputil.HTTPConnection):
         protocol = self.protocol
         lines = [f"HTTP/1.1 {code} {start_line.reason}\r\n"]
         no_body = code in (204, 304) or code < 200
+        if protocol._reading_body:
+            protocol._keep_alive = False  # answered before the body: the rest is unreadable
         if not no_body and "Content-Length" not in headers:
-            self._chunked_response = True
-            headers["Transfer-Encoding"] = "chunked"
+            if protocol._http10:
+                protocol._keep_alive = False  # 1.0 knows no chunks: the close ends the body
+            else:
+                self._chunked_response = True
+                headers["Transfer-Encoding"] = "chunked"
         if not protocol._keep_alive:
             headers["Connection"] = "close"
+        elif protocol._http10:
+            headers["Connection"] = "keep-alive"
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.get_all())
         lines.append("\r\n")
         data = "".join(lines).encode("latin-1")
