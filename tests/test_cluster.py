@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from kvcluster.client import Client
 from kvcluster.cluster import Cluster
@@ -126,6 +127,24 @@ def test_killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(
     assert new != old
     assert cluster.status().loc[new, "term"] > old_term
     assert_all_present(cluster, acknowledged, "kill")
+
+
+def test_a_follower_holds_a_write_for_the_next_leader_when_the_old_one_dies() -> None:
+    """Sent to a follower just after the leader dies, a write waits for the
+    election rather than failing: no 503 for the client to retry, no 504 from
+    a pooled connection to the dead leader that looked alive."""
+    with Cluster(3, election_timeout=(0.5, 1.0)) as c:
+        old = c.wait_for_leader(DEADLINE)
+        follower = next(i for i in range(3) if i != old)
+        url = f"{c.endpoints[follower]}/v1/kv/held"
+        # A forwarded write leaves the follower with an idle connection to the leader.
+        assert requests.put(url, json={"value": "before"}, timeout=DEADLINE).status_code == 200
+        c.kill(old)
+        resp = requests.put(url, json={"value": "after"}, timeout=DEADLINE)
+        assert resp.status_code == 200, resp.text
+        new = c.wait_for_leader(DEADLINE, exclude=old)
+        assert resp.headers["X-Kvcluster-Leader"] == c.endpoints[new]
+        wait_for_value(c, new, "held", "after")
 
 
 @pytest.mark.parametrize("cluster", [3], indirect=True)

@@ -8,6 +8,7 @@ client speaks only what our tornado servers answer (Content-Length bodies).
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -62,6 +63,8 @@ class KeepAliveConnection:
     async def _request(
         self, method: str, path: str, body: bytes, headers: dict[str, str] | None
     ) -> Response:
+        if self._stream is not None and _peer_closed(self._stream):
+            self.close()  # an idle connection the server closed: a request on it would be lost
         if self._stream is None:
             try:
                 self._stream = await _tcp.connect(self.host, self.port)
@@ -89,6 +92,19 @@ class KeepAliveConnection:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+def _peer_closed(stream: IOStream) -> bool:
+    """Whether the server has closed an idle connection (EOF or reset waiting)."""
+    sock = stream.socket
+    if sock is None or stream.closed():
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # open, nothing to read: as an idle connection should be
+    except OSError:
+        return True
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -323,6 +323,19 @@ class NodeServer:
                 return None
         return self.core.leader_id
 
+    async def wait_for_other_leader(self, old: str, timeout: float) -> str | None:
+        """The id of a leader other than `old`, once one is elected (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        while self.core.leader_id in (None, old):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._leader_changed.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.core.leader_id
+
     async def read_barrier(self, *, lease: bool, timeout: float) -> None:
         """Return once a linearizable read may be served from the local kv store.
 

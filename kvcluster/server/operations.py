@@ -214,19 +214,30 @@ async def forward(
     if forwarded:
         raise ApiError(503, "not_leader", "this node is no longer the leader; retry")
     timeout = node.config.request_timeout
-    leader = await node.wait_for_leader(min(timeout, 2 * node.core.options.election_timeout[1]))
-    address = node.leader_address()
-    if leader is None or address is None:
-        raise ApiError(503, "no_leader", "no leader is elected right now; retry shortly")
+    election = 2 * node.core.options.election_timeout[1]  # time enough for an election
     relay = {FORWARDED_HEADER: "1", "Content-Type": "application/json"}
     if auth:
         relay["Authorization"] = auth
-    try:
-        resp = await node.pool(address).request(method, uri, body, relay, timeout)
-    except ConnectionFailed as exc:
-        if exc.sent:
-            raise ApiError(
-                504, "timeout", f"the leader did not answer: {exc}; the outcome is unknown"
-            ) from exc
-        raise ApiError(503, "unavailable", f"cannot reach the leader: {exc}") from exc
+    leader = await node.wait_for_leader(min(timeout, election))
+    while True:
+        address = node.leader_address()
+        if leader is None or address is None:
+            raise ApiError(503, "no_leader", "no leader is elected right now; retry shortly")
+        try:
+            resp = await node.pool(address).request(method, uri, body, relay, timeout)
+            break
+        except ConnectionFailed as exc:
+            if exc.sent:
+                raise ApiError(
+                    504, "timeout", f"the leader did not answer: {exc}; the outcome is unknown"
+                ) from exc
+            # Not sent, so not applied. The leader we know is likely gone (a
+            # refused connection): hold the request for the next one, as a
+            # client would have to, rather than fail it in the middle of a
+            # failover. An election starts within the longest timeout; wait
+            # no longer than that, so the client hears 503 before its own timeout.
+            hold = min(timeout, node.core.options.election_timeout[1])
+            leader = await node.wait_for_other_leader(leader, hold)
+            if leader is None:
+                raise ApiError(503, "unavailable", f"cannot reach the leader: {exc}") from exc
     return resp.status, resp.body, address
