@@ -92,6 +92,23 @@ def test_split_vote_resolves() -> None:
     assert min(net.leaders) >= 2
 
 
+@pytest.mark.parametrize("log_of_n2", [[1], [1, 1]], ids=["equal-logs", "n2-longer"])
+def test_two_pre_candidates_do_not_split_the_vote(log_of_n2: list[int]) -> None:
+    """The leader (n3) is gone and n1, n2 time out in the same instant. Each
+    asks the other for a pre-vote: only the one with the better log (equal
+    logs: the larger id, n2 both times) gets it, so one election, won at once."""
+    net = RaftNet(3, seed=5, initial={"n1": (1, [1]), "n2": (1, log_of_n2), "n3": (1, [1])})
+    net.crash("n3")
+    net.campaign("n1")
+    net.campaign("n2")
+    assert net.nodes["n1"].role is net.nodes["n2"].role is Role.PRE_CANDIDATE
+    net.deliver_all()
+    answers = {(m.src, m.reject) for m in net.sent if m.type is MT.PRE_VOTE_RESP}
+    assert answers == {("n1", False), ("n2", True)}
+    assert net.nodes["n2"].role is Role.LEADER and net.nodes["n2"].term == 2
+    assert net.nodes["n1"].role is Role.FOLLOWER and net.nodes["n1"].leader_id == "n2"
+
+
 @pytest.mark.parametrize(
     "stale, current",
     [

@@ -656,6 +656,12 @@ class RaftNode:
                 and self.now - self._last_leader_contact < self.options.election_timeout[0]
             )
             can = m.term > self.term and not heard_leader
+            if can and self.role is Role.PRE_CANDIDATE and m.term == self.term + 1:
+                # Two nodes that time out together would both pass the pre-vote
+                # and split the real one. Of two pre-candidates, only the one
+                # with the better log (equal logs: the larger id) has the other's.
+                theirs = (m.log_term, m.index, m.src)
+                can = theirs > (self.log.last_term(), self.log.last_index(), self.id)
         else:
             can = self.vote == m.src or (self.vote is None and self.leader_id is None)
         grant = can and up_to_date and self._may_vote()
