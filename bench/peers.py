@@ -712,8 +712,34 @@ def summarize(samples: list[Sample], systems: list[str], nodes: list[int]) -> li
                     peer = row[name]
                     row[f"kvcluster/{name}"] = row["kvcluster"] / peer if peer else float("nan")
             row["client_cpu_max"] = max(cpu) if cpu else float("nan")
+            if metric in FAILOVER:
+                ours = [
+                    s.value
+                    for s in samples
+                    if (s.system, s.nodes, s.metric) == ("kvcluster", n, metric)
+                ]
+                row["kvcluster_mean"] = statistics.fmean(ours) if ours else float("nan")
+                row["allowed_ms"] = _allowed_ms(metric, n, samples)
             rows.append(row)
     return rows
+
+
+FAILOVER = {"failover_100ms_ms": (100.0, 10.0), "failover_1000ms_ms": (1000.0, 100.0)}
+
+
+def _allowed_ms(metric: str, n: int, samples: list[Sample]) -> float:
+    """What the timeouts allow (issue #6): the expected first timeout among the
+    s = n - 1 survivors, lo + (hi - lo)/(s + 1), less half a heartbeat (the
+    kill lands anywhere in one), plus a vote round, taken as kvcluster's
+    sequential put p50 (one replication round trip, client included)."""
+    t, heartbeat = FAILOVER[metric]
+    rounds = [
+        s.value
+        for s in samples
+        if (s.system, s.nodes, s.metric) == ("kvcluster", n, "seq_put_p50_ms")
+    ]
+    vote = statistics.median(rounds) if rounds else 1.0
+    return t + t / n - heartbeat / 2 + vote
 
 
 def print_table(rows: list[dict[str, Any]], systems: list[str]) -> None:
@@ -737,6 +763,14 @@ def print_table(rows: list[dict[str, Any]], systems: list[str]) -> None:
         "\nvalues are medians over rounds/trials; kv/peer = kvcluster/peer; 'client cpu' is the"
         " busiest load-generator run for that row, in cores (of 2 here)"
     )
+    for r in rows:
+        if r["metric"] in FAILOVER and "kvcluster" in systems:
+            allowed, mean = r["allowed_ms"], r["kvcluster_mean"]
+            print(
+                f"{r['nodes']} nodes, {r['label'].split(', ')[1].split(' (')[0]}: kvcluster mean"
+                f" {mean:.0f} ms over {r['kvcluster_samples']} trials; the timeouts allow"
+                f" {allowed:.0f} ms (lo + (hi-lo)/n - hb/2 + a vote round): {mean / allowed:.2f}x"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
