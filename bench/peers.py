@@ -806,7 +806,8 @@ def main(argv: list[str] | None = None) -> int:
     if rows and ran:
         print_table(rows, ran)
         with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            fields = list(dict.fromkeys(k for r in rows for k in r))  # failover rows add two
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
         with open(Path(args.csv).with_suffix(".samples.csv"), "w", newline="") as f:
