@@ -22,6 +22,7 @@ from .operations import (
     FORWARDED_HEADER,
     LEADER_HEADER,
     ApiError,
+    BecameLeader,
     forward,
     is_base_url,
     json_object,
@@ -94,14 +95,17 @@ class BaseHandler(tornado.web.RequestHandler):
 
     async def forward_to_leader(self) -> None:
         """Relay this request to the leader and its answer back to the client."""
-        status, body, address = await forward(
-            self.node,
-            self.request.method or "GET",
-            self.request.uri or "/",
-            self.request.body,
-            auth=self.request.headers.get("Authorization"),
-            forwarded=bool(self.request.headers.get(FORWARDED_HEADER)),
-        )
+        try:
+            status, body, address = await forward(
+                self.node,
+                self.request.method or "GET",
+                self.request.uri or "/",
+                self.request.body,
+                auth=self.request.headers.get("Authorization"),
+                forwarded=bool(self.request.headers.get(FORWARDED_HEADER)),
+            )
+        except BecameLeader as exc:
+            raise ApiError(503, "not_leader", "this node has just become leader; retry") from exc
         self.set_header(LEADER_HEADER, address)
         self.set_status(status)
         self.finish(body)

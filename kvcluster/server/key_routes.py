@@ -6,6 +6,7 @@ without a task or a coroutine; the rest are coroutines that `fasthttp` awaits.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -17,6 +18,7 @@ from .operations import (
     FORWARDED_HEADER,
     LEADER_HEADER,
     ApiError,
+    BecameLeader,
     body_limit,
     check_key,
     check_value,
@@ -72,8 +74,9 @@ class KeyRoutes:
         self, request: Request, key: str, consistency: str | None
     ) -> Response:
         try:
-            if not await read_barrier(self.node, consistency):
-                return await self._forward(request)
+            while not await read_barrier(self.node, consistency):
+                with contextlib.suppress(BecameLeader):  # then the barrier is ours to run
+                    return await self._forward(request)
         except ApiError as exc:
             return self._error(exc)
         return self._read(key)
@@ -105,7 +108,8 @@ class KeyRoutes:
 
     async def _write(self, request: Request, command: dict[str, Any]) -> Response:
         if not self.node.core.is_leader:
-            return await self._forward(request)
+            with contextlib.suppress(BecameLeader):
+                return await self._forward(request)
         return self._ok(await replicate(self.node, command) or {})
 
     async def _forward(self, request: Request) -> Response:

@@ -29,6 +29,12 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
+class BecameLeader(Exception):
+    """This node became the leader while the request waited to be forwarded:
+    serve it here (forwarding it to ourselves would cost a connection each,
+    in a burst, just as the new leader's first rounds need the CPU)."""
+
+
 def error_body(code: str, message: str, **extra: Any) -> bytes:
     return dump({"error": code, "message": message, **extra})
 
@@ -220,6 +226,8 @@ async def forward(
         relay["Authorization"] = auth
     leader = await node.wait_for_leader(min(timeout, election))
     while True:
+        if node.core.is_leader:
+            raise BecameLeader
         address = node.leader_address()
         if leader is None or address is None:
             raise ApiError(503, "no_leader", "no leader is elected right now; retry shortly")
