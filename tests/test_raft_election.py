@@ -109,6 +109,19 @@ def test_two_pre_candidates_do_not_split_the_vote(log_of_n2: list[int]) -> None:
     assert net.nodes["n1"].role is Role.FOLLOWER and net.nodes["n1"].leader_id == "n2"
 
 
+def test_a_pre_candidate_backs_a_better_one_and_stands_down() -> None:
+    """Five nodes, the leader (n5) gone, n1 and n2 time out together. n3 and n4
+    grant both pre-votes; n1 grants n2's and stands down, so only n2 runs."""
+    net = RaftNet(5, seed=9, initial={f"n{i}": (1, [1]) for i in range(1, 6)})
+    net.crash("n5")
+    net.campaign("n1")
+    net.campaign("n2")
+    net.deliver_all()
+    assert {m.src for m in net.sent if m.type is MT.VOTE} == {"n2"}
+    assert net.nodes["n2"].role is Role.LEADER and net.nodes["n2"].term == 2
+    assert all(net.nodes[i].leader_id == "n2" for i in ("n1", "n3", "n4"))
+
+
 @pytest.mark.parametrize(
     "stale, current",
     [

@@ -668,6 +668,10 @@ class RaftNode:
         resp = MT.PRE_VOTE_RESP if pre else MT.VOTE_RESP
         term = m.term if pre and grant else self.term
         self._send(resp, m.src, term=term, reject=not grant)
+        if pre and grant and self.role is Role.PRE_CANDIDATE:
+            # We back the better pre-candidate: going on too would still split
+            # the vote where the others grant pre-votes to both (5 nodes and up).
+            self._become_follower(self.term, None)
         if grant and not pre:
             self.vote = m.src
             self._reset_election_timer()
