@@ -310,23 +310,11 @@ class NodeServer:
         heapq.heappush(self._apply_waiters, (index, next(self._waiter_ids), fut))
         await asyncio.wait_for(fut, timeout)
 
-    async def wait_for_leader(self, timeout: float) -> str | None:
-        """The leader's id, waiting up to `timeout` for an election to finish."""
+    async def wait_for_leader(self, timeout: float, *, other_than: str | None = None) -> str | None:
+        """The leader's id, waiting up to `timeout` for an election to finish
+        (with `other_than`: for a leader other than that one); None on timeout."""
         deadline = time.monotonic() + timeout
-        while self.core.leader_id is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._leader_changed.wait(), remaining)
-            except TimeoutError:
-                return None
-        return self.core.leader_id
-
-    async def wait_for_other_leader(self, old: str, timeout: float) -> str | None:
-        """The id of a leader other than `old`, once one is elected (None on timeout)."""
-        deadline = time.monotonic() + timeout
-        while self.core.leader_id in (None, old):
+        while self.core.leader_id is None or self.core.leader_id == other_than:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None

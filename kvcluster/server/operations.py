@@ -245,7 +245,7 @@ async def forward(
             # failover. An election starts within the longest timeout; wait
             # no longer than that, so the client hears 503 before its own timeout.
             hold = min(timeout, node.core.options.election_timeout[1])
-            leader = await node.wait_for_other_leader(leader, hold)
+            leader = await node.wait_for_leader(hold, other_than=leader)
             if leader is None:
                 raise ApiError(503, "unavailable", f"cannot reach the leader: {exc}") from exc
     return resp.status, resp.body, address
