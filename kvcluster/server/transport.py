@@ -146,7 +146,7 @@ class PeerTransport:
         link.outbox.clear()
         try:
             for body in _bodies(batch):
-                written = stream.write(b"%x\r\n%s\n\r\n" % (len(body) + 1, body))
+                written = stream.write(_chunk(body))
                 written.add_done_callback(functools.partial(self._written, link, stream))
                 self.sent_batches += 1
         except StreamClosedError:
@@ -175,8 +175,7 @@ class PeerTransport:
                 try:
                     stream = link.stream or await self._connect(link)
                     for body in _bodies(batch):
-                        chunk = b"%x\r\n%s\n\r\n" % (len(body) + 1, body)
-                        await asyncio.wait_for(stream.write(chunk), self._timeout)
+                        await asyncio.wait_for(stream.write(_chunk(body)), self._timeout)
                         self.sent_batches += 1
                     link.failures = 0
                     self.sent_messages += n
@@ -220,6 +219,11 @@ class PeerTransport:
 
 
 MAX_BODY = 4 << 20  # well under what a node accepts in one request
+
+
+def _chunk(body: bytes) -> bytes:
+    """One batch as one chunk of the stream's chunked body: a JSON line."""
+    return b"%x\r\n%s\n\r\n" % (len(body) + 1, body)
 
 
 def _bodies(batch: list[Message]) -> list[bytes]:
