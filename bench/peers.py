@@ -456,19 +456,7 @@ async def _run(
         for w in range(load.clients)
     ]
     await asyncio.gather(measure(), *workers)
-    return LoadResult(
-        start=np.asarray(rec.start, dtype=float),
-        latency=np.asarray(rec.latency, dtype=float),
-        write=np.asarray(rec.write, dtype=bool),
-        status=np.asarray(rec.status, dtype=int),
-        revision=np.asarray(rec.revision, dtype=np.int64),
-        target=np.asarray(rec.target, dtype=int),
-        window=(t_warm, t_end),
-        loadgen_cpu_s=meter["cpu1"] - meter["cpu0"],
-        nodes_cpu_s=meter["nodes1"] - meter["nodes0"],
-        machine_cpu_s=meter["machine1"] - meter["machine0"],
-        errors=rec.errors[:20],
-    )
+    return rec.result((t_warm, t_end), meter)
 
 
 async def _worker(

@@ -133,6 +133,22 @@ class _Recorder:
         self.target: list[int] = []
         self.errors: list[str] = []
 
+    def result(self, window: tuple[float, float], meter: dict[str, float]) -> LoadResult:
+        """The requests as arrays, with the CPU `meter` read before and after."""
+        return LoadResult(
+            start=np.asarray(self.start, dtype=float),
+            latency=np.asarray(self.latency, dtype=float),
+            write=np.asarray(self.write, dtype=bool),
+            status=np.asarray(self.status, dtype=int),
+            revision=np.asarray(self.revision, dtype=np.int64),
+            target=np.asarray(self.target, dtype=int),
+            window=window,
+            loadgen_cpu_s=meter["cpu1"] - meter["cpu0"],
+            nodes_cpu_s=meter["nodes1"] - meter["nodes0"],
+            machine_cpu_s=meter["machine1"] - meter["machine0"],
+            errors=self.errors[:20],
+        )
+
 
 async def _run(
     endpoints: list[str],
@@ -164,19 +180,7 @@ async def _run(
         for w in range(clients)
     ]
     await asyncio.gather(measure(), *tasks)
-    return LoadResult(
-        start=np.asarray(rec.start, dtype=float),
-        latency=np.asarray(rec.latency, dtype=float),
-        write=np.asarray(rec.write, dtype=bool),
-        status=np.asarray(rec.status, dtype=int),
-        revision=np.asarray(rec.revision, dtype=np.int64),
-        target=np.asarray(rec.target, dtype=int),
-        window=(t_warm, t_end),
-        loadgen_cpu_s=meter["cpu1"] - meter["cpu0"],
-        nodes_cpu_s=meter["nodes1"] - meter["nodes0"],
-        machine_cpu_s=meter["machine1"] - meter["machine0"],
-        errors=rec.errors[:20],
-    )
+    return rec.result((t_warm, t_end), meter)
 
 
 _REVISION = b'"revision":'
