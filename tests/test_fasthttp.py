@@ -277,12 +277,14 @@ def others() -> set[asyncio.Task[Any]]:
 
 
 @contextlib.asynccontextmanager
-async def serving() -> AsyncIterator[Harness]:
+async def serving(idle_timeout: float = 3600.0) -> AsyncIterator[Harness]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     gate, recorder = Gate(), Recorder()
-    server = HttpServer(TestRouter(gate), make_app(recorder), max_body=SERVER_MAX_BODY)
+    server = HttpServer(
+        TestRouter(gate), make_app(recorder), max_body=SERVER_MAX_BODY, idle_timeout=idle_timeout
+    )
     await server.listen([sock])
     harness = Harness(server, sock.getsockname()[1], gate, recorder)
     try:
@@ -298,9 +300,9 @@ async def serving() -> AsyncIterator[Harness]:
     await until(lambda: not others(), "the server's tasks to end")
 
 
-def run(scenario: Callable[[Harness], Awaitable[None]]) -> None:
+def run(scenario: Callable[[Harness], Awaitable[None]], *, idle_timeout: float = 3600.0) -> None:
     async def main() -> None:
-        async with serving() as harness:
+        async with serving(idle_timeout) as harness:
             async with asyncio.timeout(SCENARIO_TIMEOUT):  # no task of its own
                 await scenario(harness)
 
@@ -1139,11 +1141,41 @@ def test_stop_closes_every_connection_and_leaves_nothing_running() -> None:
         assert h.recorder.closed >= 1 and h.recorder.finished == 0
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", h.port)
-        # the slow answer, when it comes, goes nowhere and breaks nothing
-        h.gate.event.set()
+        # the slow handler was cancelled: nobody is left to take its answer
         await until(lambda: not others(), "every task to end")
+        h.gate.event.set()
 
     run(scenario)
+
+
+def test_idle_connections_are_closed_but_not_those_being_answered_or_streamed() -> None:
+    async def scenario(h: Harness) -> None:
+        answering = await h.connect()
+        await answering.send(http("GET", "/fast-slow"))
+        await until(lambda: h.gate.waiting == 1, "the slow handler to start")
+        streaming = await h.connect()
+        stream_request = chunked("POST", "/stream", [b"part one"])
+        await streaming.send(stream_request[:-40])
+        await until(lambda: h.recorder.chunks == [b"part one"], "the first chunk")
+        # Opened last, so by the time the server finds it idle the other two have
+        # sent nothing for longer: were they idle, they would be closed by now too.
+        silent = await h.connect()
+        half_head = await h.connect()
+        await half_head.send(b"GET /fast HTTP/1.1\r\nHost: x")
+        await silent.assert_closed()
+        await half_head.assert_closed()
+        await until(lambda: len(h.server.connections) == 2, "two connections left")
+        h.gate.event.set()
+        assert_echo(await answering.reply(), "fast-slow", "GET", "/fast-slow")
+        await streaming.send(stream_request[-40:])
+        assert (await streaming.reply()).status == 200
+
+    run(scenario, idle_timeout=0.2)
+
+
+def test_idle_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="idle_timeout"):
+        HttpServer(TestRouter(Gate()), make_app(Recorder()), max_body=1, idle_timeout=0)
 
 
 @pytest.mark.parametrize("framing", ["chunked", "content-length"])

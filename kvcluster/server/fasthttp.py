@@ -13,7 +13,9 @@ pages work as before, streamed request bodies included.
 
 Supported: keep-alive and pipelining (one request at a time, answered in
 order), Content-Length and chunked request bodies, `Expect: 100-continue`.
-Bad framing gets a JSON 4xx and the connection is closed.
+Bad framing gets a JSON 4xx and the connection is closed. A connection that
+sends nothing for `idle_timeout` while no answer is pending is closed (tornado's
+default of an hour), so clients that vanish without a FIN do not hold sockets.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -84,10 +87,16 @@ Router = Callable[[str, str], FastRoute | None]  # (method, path) -> route, or N
 class HttpServer:
     """Serves `router`'s routes itself and hands everything else to `app`."""
 
-    def __init__(self, router: Router, app: Application, *, max_body: int) -> None:
+    def __init__(
+        self, router: Router, app: Application, *, max_body: int, idle_timeout: float = 3600.0
+    ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
         self.router, self.app, self.max_body = router, app, max_body
+        self.idle_timeout = idle_timeout
         self.connections: set[HttpProtocol] = set()
         self._servers: list[asyncio.AbstractServer] = []
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def listen(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
@@ -95,12 +104,32 @@ class HttpServer:
             sock.setblocking(False)
             server = await loop.create_server(lambda: HttpProtocol(self), sock=sock)
             self._servers.append(server)
+        if self._sweep is None:
+            self._schedule_sweep()
 
     def stop(self) -> None:
+        """Close the listeners and every connection; answers in progress are dropped."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
             conn.close()
+            conn.cancel_answer()
+
+    def _schedule_sweep(self) -> None:
+        # One timer per server, not per request: a connection's idleness is
+        # only a timestamp, checked a few times per timeout.
+        every = min(60.0, self.idle_timeout / 4)
+        self._sweep = asyncio.get_running_loop().call_later(every, self._close_idle)
+
+    def _close_idle(self) -> None:
+        cutoff = time.monotonic() - self.idle_timeout
+        for conn in list(self.connections):
+            if conn.idle_since(cutoff):
+                conn.close()
+        self._schedule_sweep()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -120,6 +149,7 @@ class HttpProtocol(asyncio.Protocol):
         self._exchange: _TornadoExchange | None = None
         self._keep_alive = True
         self._http10 = False
+        self._last_active = time.monotonic()
         # body framing of the request being read
         self._reading_body = False
         self._body_left = 0  # Content-Length bytes still to come
@@ -146,6 +176,7 @@ class HttpProtocol(asyncio.Protocol):
             self._exchange = None
 
     def data_received(self, data: bytes) -> None:
+        self._last_active = time.monotonic()
         self._buf += data
         if self._reading_body:
             self._read_body()
@@ -159,6 +190,17 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None and not self._closed:
             self._closed = True
             self.transport.close()
+
+    def cancel_answer(self) -> None:
+        """Stop awaiting a fast handler (the server is stopping: nobody gets the answer)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def idle_since(self, cutoff: float) -> bool:
+        """Whether nothing came in since `cutoff` and nothing is being answered or
+        streamed (a peer's long-lived request body is not idleness)."""
+        return self._last_active < cutoff and not self._busy and self._exchange is None
 
     # ------------------------------------------------------------ reading
 
@@ -406,6 +448,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _finish_response(self) -> None:
         self._busy = False
+        self._last_active = time.monotonic()
         self._request = None
         self._route = None
         self._exchange = None
