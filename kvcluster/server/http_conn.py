@@ -78,7 +78,8 @@ class KeepAliveConnection:
         timeout: float = 5.0,
     ) -> Response:
         try:
-            return await asyncio.wait_for(self._request(method, path, body, headers), timeout)
+            async with asyncio.timeout(timeout):  # unlike wait_for, no task per request
+                return await self._request(method, path, body, headers)
         except TimeoutError as exc:
             self.close()
             message = f"{method} {path}: no answer in {timeout:.1f}s"
