@@ -42,6 +42,8 @@ _ctx.set_forkserver_preload(["kvcluster.server.main"])
 
 T = TypeVar("T")
 
+HARNESS_EVENTS = "harness.events.jsonl"  # what the harness did to the nodes (Cluster.mark)
+
 
 @dataclass
 class NodeHandle:
@@ -305,16 +307,42 @@ class Cluster:
             delay = min(delay * 1.5, 0.1)
 
     # ------------------------------------------------------------------ faults
+    #
+    # A node cannot log its own SIGKILL or SIGSTOP, so each fault is also written
+    # to harness.events.jsonl (event "inject", field "action") on the nodes'
+    # monotonic clock: events() and the timeline plots show it. Each returns the
+    # time.monotonic() at which it struck.
 
-    def kill(self, i: int) -> None:
+    def mark(
+        self, action: str, node: int | None = None, *, t: float | None = None, **fields: Any
+    ) -> float:
+        """Record in events() that `action` happened (to node `node`) at `t` (default now)."""
+        t = time.monotonic() if t is None else t
+        record: dict[str, Any] = {"t": t, "node": None, "event": "inject", "action": action}
+        record.update(fields)
+        if node is not None:
+            record["node"] = self.nodes[node].name
+        with open(self.work_dir / HARNESS_EVENTS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        return t
+
+    def kill(self, i: int) -> float:
         """SIGKILL node i: no goodbye, like a crash or a power cut."""
+        t = time.monotonic()
+        if self._kill(i):
+            self.mark("kill", i, t=t)
+        return t
+
+    def _kill(self, i: int) -> bool:
         h = self.nodes[i]
+        h.paused = False
         if h.process is not None and h.process.is_alive():
             os.kill(h.process.pid, signal.SIGKILL)
             h.process.join(10)
-        h.paused = False
+            return True
+        return False
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int) -> float:
         """Start node i again after a kill (or kill it first).
 
         With disk storage it recovers its snapshot and log and is itself again.
@@ -325,6 +353,7 @@ class Cluster:
         """
         h = self.nodes[i]
         self.kill(i)
+        t = self.mark("restart", i)
         if self.storage == "memory":
             h.incarnation = secrets.token_hex(6)
         others = [self._url(o.port) for o in self.nodes if o is not h and not o.removed]
@@ -333,6 +362,7 @@ class Cluster:
         bootstrap = self._bootstrap if h.name in self._bootstrap else None
         self._start_joining(h, h.port, others, bootstrap)
         self._push_faults()  # a partition it was in still holds
+        return t
 
     def add_node(self, via: int | None = None) -> int:
         """Start a new node that joins through `/register` on node `via` (or on
@@ -364,27 +394,41 @@ class Cluster:
         with self.client(timeout=timeout) as c:
             c.remove_member(h.name)
         h.removed = True
-        self.kill(i)
+        self._kill(i)
+        self.mark("remove", i)
 
-    def pause(self, i: int) -> None:
+    def pause(self, i: int) -> float:
         """SIGSTOP node i: it stops mid-flight, like a long GC pause or a VM freeze."""
+        t = time.monotonic()
         h = self.nodes[i]
-        if h.alive:
+        if h.alive and not h.paused:
             os.kill(h.process.pid, signal.SIGSTOP)
             h.paused = True
+            self.mark("pause", i, t=t)
+        return t
 
-    def resume(self, i: int) -> None:
+    def resume(self, i: int) -> float:
+        """SIGCONT a paused node i."""
+        t = time.monotonic()
         h = self.nodes[i]
         if h.alive and h.paused:
             os.kill(h.process.pid, signal.SIGCONT)
             h.paused = False
+            self.mark("resume", i, t=t)
             self._push_faults()
+        return t
 
-    def partition(self, *groups: Sequence[int]) -> None:
+    def partition(self, *groups: Sequence[int]) -> float:
         """Cut the network so that nodes talk only within their group.
 
         Nodes not named in any group end up alone. `heal()` undoes it.
         """
+        names = [[self.nodes[i].name for i in g] for g in groups]
+        t = self.mark("partition", groups=names)
+        self._partition(groups)
+        return t
+
+    def _partition(self, groups: Sequence[Sequence[int]]) -> None:
         group_of = {i: g for g, members in enumerate(groups) for i in members}
         for h in self.nodes:
             mine = group_of.get(h.index, -1 - h.index)
@@ -392,29 +436,39 @@ class Cluster:
             self._faults[h.index]["block"] = others
         self._push_faults()
 
-    def isolate(self, i: int) -> None:
+    def isolate(self, i: int) -> float:
         """Cut node i off from every other node."""
-        self.partition([j for j in range(len(self.nodes)) if j != i], [i])
+        t = self.mark("isolate", i)
+        self._partition([[j for j in range(len(self.nodes)) if j != i], [i]])
+        return t
 
-    def cut(self, src: int, dst: int) -> None:
+    def cut(self, src: int, dst: int) -> float:
         """A one-way partition: messages from node src to node dst are lost."""
+        t = self.mark("cut", src, to=self.nodes[dst].name)
         self._faults[src]["block_out"].add(self.nodes[dst].name)
         self._push_faults()
+        return t
 
-    def drop(self, src: int, dst: int, probability: float) -> None:
+    def drop(self, src: int, dst: int, probability: float) -> float:
         """Lose this fraction of the messages from node src to node dst."""
+        t = self.mark("drop", src, to=self.nodes[dst].name, probability=probability)
         self._faults[src]["drop"][self.nodes[dst].name] = probability
         self._push_faults()
+        return t
 
-    def delay(self, src: int, dst: int, seconds: float) -> None:
+    def delay(self, src: int, dst: int, seconds: float) -> float:
         """Deliver the messages from node src to node dst this much later."""
+        t = self.mark("delay", src, to=self.nodes[dst].name, seconds=seconds)
         self._faults[src]["delay"][self.nodes[dst].name] = seconds
         self._push_faults()
+        return t
 
-    def heal(self) -> None:
+    def heal(self) -> float:
         """Undo every partition, cut, drop and delay."""
+        t = self.mark("heal")
         self._faults.clear()
         self._push_faults()
+        return t
 
     def _push_faults(self) -> None:
         for h in self.nodes:

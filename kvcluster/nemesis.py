@@ -146,7 +146,7 @@ class _Nemesis:
         self.config = config
         self.rng = rng
         self.log: list[tuple[float, str]] = []
-        self._undo: Callable[[], None] | None = None
+        self._undo: Callable[[], object] | None = None
         self.t0 = time.monotonic()
 
     def step(self) -> None:

@@ -169,11 +169,17 @@ def test_a_paused_leader_is_replaced_then_steps_down_and_catches_up(cluster: Clu
 def test_a_follower_that_was_down_catches_up(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
     follower = (leader + 1) % 3
-    cluster.kill(follower)
+    killed_at = cluster.kill(follower)
+    assert cluster.kill(follower) >= killed_at  # already dead: nothing to kill, no mark
     with cluster.client(timeout=DEADLINE) as c:
         for k in range(50):
             c.put(f"missed/{k}", str(k))
-    cluster.restart(follower)
+    restarted_at = cluster.restart(follower)
+    # The node cannot log its own crash: the cluster marks it in the timeline.
+    marks = cluster.events().query("event == 'inject'")
+    assert list(marks["action"]) == ["kill", "restart"]
+    assert list(marks["node"]) == [cluster.nodes[follower].name] * 2
+    assert list(marks["t"]) == [killed_at, restarted_at]
     wait_for_value(cluster, follower, "missed/49", "49")
     cluster.wait_until(
         lambda: (cluster.node_status(follower) or {}).get("voter") is True,

@@ -4,37 +4,32 @@
 after each of a hundred trials would read the same lines a hundred times. An
 `EventTail` remembers how far it got in each file and parses only what is new.
 
-The nodes cannot log their own SIGKILL or SIGSTOP, so the harness writes those
-to `harness.events.jsonl` in the cluster's work directory, on the same
-monotonic clock. `Cluster.events()` merges every `*.events.jsonl`, so the
-marks show up there too (event `inject`, field `action`), ready for timelines.
+The nodes cannot log their own SIGKILL or SIGSTOP, so `Cluster` writes each
+fault it injects to `harness.events.jsonl` in its work directory, on the same
+monotonic clock (`Cluster.mark`; `mark` below adds the harness's own, such as
+the end of a scenario). `Cluster.events()` merges every `*.events.jsonl`, so
+the marks show up there too (event `inject`, field `action`), ready for
+timelines.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..cluster import Cluster
+from ..cluster import HARNESS_EVENTS, Cluster
 
-HARNESS_FILE = "harness.events.jsonl"
+HARNESS_FILE = HARNESS_EVENTS
 
 
 def mark(
     cluster: Cluster, action: str, node: int | None = None, t: float | None = None, **fields: Any
 ) -> float:
     """Record that the harness did `action` (to node `node`) at `t` (default now); returns `t`."""
-    t = time.monotonic() if t is None else t
-    record: dict[str, Any] = {"t": t, "node": None, "event": "inject", "action": action, **fields}
-    if node is not None:
-        record["node"] = cluster.nodes[node].name
-    with open(cluster.work_dir / HARNESS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, separators=(",", ":")) + "\n")
-    return t
+    return cluster.mark(action, node, t=t, **fields)
 
 
 class EventTail:
