@@ -43,6 +43,35 @@ _ctx.set_forkserver_preload(["kvcluster.server.main"])
 T = TypeVar("T")
 
 HARNESS_EVENTS = "harness.events.jsonl"  # what the harness did to the nodes (Cluster.mark)
+WORK_DIR_PREFIX = "kvcluster-"
+OWNER_FILE = ".owner"  # the pid of the process whose Cluster made the directory
+
+
+def remove_abandoned_work_dirs(tmp: Path) -> None:
+    """Delete the work directories of Clusters whose process has died.
+
+    A Cluster removes its directory when it is garbage-collected or at exit,
+    but a Jupyter kernel that is shut down or restarted does neither (no atexit
+    runs), so every notebook run would leave one behind. Directories without
+    an owner file (kept on purpose, or made elsewhere) are left alone.
+    """
+    for d in tmp.glob(WORK_DIR_PREFIX + "*"):
+        try:
+            pid = int((d / OWNER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if pid > 0 and pid != os.getpid() and not _process_exists(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's
+    return True
 
 
 @dataclass
@@ -114,8 +143,12 @@ class Cluster:
         self.seed = seed
         self.start_timeout = start_timeout
         self._own_dir = work_dir is None
-        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kvcluster-"))
+        if self._own_dir:
+            remove_abandoned_work_dirs(Path(tempfile.gettempdir()))
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self._own_dir and os.environ.get("KVCLUSTER_KEEP_WORKDIR") is None:
+            (self.work_dir / OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
         self.storage = storage
         self.fsync = fsync
         self.snapshot_every = snapshot_every
