@@ -20,9 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..cluster import HARNESS_EVENTS, Cluster
-
-HARNESS_FILE = HARNESS_EVENTS
+from ..cluster import Cluster
 
 
 def mark(
