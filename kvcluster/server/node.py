@@ -104,7 +104,7 @@ class NodeServer:
         self._timer_deadline = 0.0
         self._membership_seen: Membership | None = None
         self._leader_seen: str | None = None
-        self._leader_changed = asyncio.Event()
+        self._leader_waiters: list[asyncio.Future[None]] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._join_task: asyncio.Task[None] | None = None
         self._sync_timer: PeriodicCallback | None = None
@@ -170,6 +170,13 @@ class NodeServer:
             return
         core = self.core
         core.tick(time.monotonic())
+        if self._note_leader() and core.is_leader:
+            # We have just won. Let the requests held for a leader run first (their
+            # wakeups are queued ahead of this callback): their proposals then go
+            # out with our no-op in the term's first AppendEntries, a replication
+            # round sooner than after it.
+            self._schedule_ready()
+            return
         rd = core.ready()
         if rd:
             self._handle_ready(rd)
@@ -204,10 +211,18 @@ class NodeServer:
         if rd.events:
             self.events.emit_raft(rd.events)
         self._sync_membership()
-        if self.core.leader_id != self._leader_seen:
-            self._leader_seen = self.core.leader_id
-            self._leader_changed.set()
-            self._leader_changed = asyncio.Event()
+        self._note_leader()
+
+    def _note_leader(self) -> bool:
+        """Wake wait_for_leader's waiters if the leader changed; True if it did."""
+        if self.core.leader_id == self._leader_seen:
+            return False
+        self._leader_seen = self.core.leader_id
+        waiters, self._leader_waiters = self._leader_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        return True
 
     def _take_snapshot(self) -> None:
         """Capture the state machine, save it, and let the core forget the log
@@ -320,8 +335,12 @@ class NodeServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if len(self._leader_waiters) > 1000:  # no election for a while: drop the expired
+                self._leader_waiters = [f for f in self._leader_waiters if not f.done()]
+            self._leader_waiters.append(fut)
             try:
-                await asyncio.wait_for(self._leader_changed.wait(), remaining)
+                await _settled_within(fut, remaining)
             except TimeoutError:
                 return None
         return self.core.leader_id
