@@ -309,3 +309,23 @@ def test_writes_commit_over_lossy_slow_links(cluster: Cluster) -> None:
     cluster.heal()
     for i in range(3):
         wait_for_value(cluster, i, "lossy/29", "29")
+
+
+def test_a_retry_of_a_write_still_on_its_way_waits_for_it_instead_of_appending_it_again() -> None:
+    # Long timeouts: the isolated leader keeps leading (check-quorum gives it 3 s)
+    # and the others do not elect another one before the partition heals.
+    with Cluster(3, election_timeout=(3.0, 6.0), heartbeat_interval=0.1) as c:
+        leader = c.wait_for_leader(DEADLINE)
+        url = f"{c.endpoints[leader]}/v1/kv/retried"
+        body = {"value": "once", "client_id": "impatient", "seq": 1}
+        c.isolate(leader)  # it can append but not commit
+        before = c.node_status(leader)["last_index"]
+        for _attempt in range(3):  # a client that gives up before the commit, and retries
+            with pytest.raises(requests.Timeout):
+                requests.put(url, json=body, timeout=0.3)
+        assert c.node_status(leader)["last_index"] == before + 1
+        c.heal()
+        answer = requests.put(url, json=body, timeout=DEADLINE)
+        assert answer.status_code == 200, answer.text
+        with c.client(timeout=DEADLINE) as client:
+            assert client.get("retried") == "once"

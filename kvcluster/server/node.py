@@ -14,6 +14,7 @@ import json
 import random
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -38,6 +39,23 @@ from .http_conn import ConnectionFailed, ConnectionPool, KeepAliveConnection
 from .transport import LinkFaults, PeerTransport
 
 _T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class _Proposal:
+    """An entry we appended as leader, and who waits for it to apply."""
+
+    term: int
+    session: tuple[str, int] | None  # the command's (client_id, seq), if it has one
+    waiters: list[asyncio.Future[dict[str, Any] | None]] = field(default_factory=list)
+
+
+def _session_of(command: Any) -> tuple[str, int] | None:
+    if isinstance(command, dict):
+        client_id, seq = command.get("client_id"), command.get("seq")
+        if isinstance(client_id, str) and isinstance(seq, int):
+            return client_id, seq
+    return None
 
 
 class NotApplied(Exception):
@@ -94,7 +112,8 @@ class NodeServer:
         self.applied_index = persisted.snapshot_index
         self.transport = PeerTransport(config.name, self.address, config.token, config.peer_timeout)
         self._pools: dict[str, ConnectionPool] = {}
-        self._proposals: dict[int, tuple[int, asyncio.Future[dict[str, Any] | None]]] = {}
+        self._proposals: dict[int, _Proposal] = {}  # by log index, until applied
+        self._proposed_sessions: dict[tuple[str, int], int] = {}  # (client_id, seq) -> index
         self._reads: dict[int, asyncio.Future[int]] = {}
         self._read_ids = itertools.count(1)
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -268,15 +287,16 @@ class NodeServer:
             else:
                 self.kv.mark_applied(e.index)
             self.applied_index = e.index
-            waiting = self._proposals.pop(e.index, None)
-            if waiting is not None:
-                term, fut = waiting
-                if fut.done():
-                    continue
-                if term == e.term:
-                    fut.set_result(result)
-                else:
-                    fut.set_exception(NotApplied("the entry was replaced by a new leader"))
+            proposal = self._proposals.pop(e.index, None)
+            if proposal is not None:
+                self._forget_session(proposal, e.index)
+                for fut in proposal.waiters:
+                    if fut.done():
+                        continue
+                    if proposal.term == e.term:
+                        fut.set_result(result)
+                    else:
+                        fut.set_exception(NotApplied("the entry was replaced by a new leader"))
         self._wake_apply_waiters()
 
     def _wake_apply_waiters(self) -> None:
@@ -310,14 +330,48 @@ class NodeServer:
         """Replicate a command and return the state machine's result.
 
         Raises NotLeader (not applied), NotApplied, or TimeoutError (outcome unknown).
+        A retry of a command still on its way (same client_id and seq, proposed by
+        us in this term) waits for that entry instead of appending the command
+        again: under overload, clients that give up before the commit would
+        otherwise add an entry per retry and make the overload worse.
         """
+        session = _session_of(command)
+        if session is not None:
+            earlier = self._proposals.get(self._proposed_sessions.get(session, 0))
+            if (
+                earlier is not None
+                and earlier.session == session
+                and earlier.term == self.core.term
+                and self.core.is_leader
+            ):
+                return await self._wait_proposal(earlier, timeout)
         index, term = self.core.propose(command)
-        return await self._wait_entry(index, term, timeout)
+        return await self._wait_entry(index, term, timeout, session)
 
-    async def _wait_entry(self, index: int, term: int, timeout: float) -> dict[str, Any] | None:
-        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = (term, fut)
+    async def _wait_entry(
+        self, index: int, term: int, timeout: float, session: tuple[str, int] | None = None
+    ) -> dict[str, Any] | None:
+        replaced = self._proposals.get(index)
+        if replaced is not None:
+            # Ours from an earlier term, and gone from our log since (entries are
+            # never appended twice at one index in a term): it was not committed.
+            self._forget_session(replaced, index)
+            for fut in replaced.waiters:
+                if not fut.done():
+                    fut.set_exception(NotApplied("the entry was replaced by a new leader"))
+        proposal = self._proposals[index] = _Proposal(term, session)
+        if session is not None:
+            self._proposed_sessions[session] = index
         self._schedule_ready()
+        return await self._wait_proposal(proposal, timeout)
+
+    def _forget_session(self, proposal: _Proposal, index: int) -> None:
+        if proposal.session is not None and self._proposed_sessions.get(proposal.session) == index:
+            del self._proposed_sessions[proposal.session]
+
+    async def _wait_proposal(self, proposal: _Proposal, timeout: float) -> dict[str, Any] | None:
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        proposal.waiters.append(fut)
         return await _settled_within(fut, timeout)
 
     async def wait_applied(self, index: int, timeout: float) -> None:
