@@ -249,3 +249,71 @@ def test_late_rejection_does_not_reset_a_replicating_follower() -> None:
     net.inject(stale)
     assert pr.state.value == "replicate" and pr.next == n1.log.last_index() + 1
     assert net.pending(lambda m: m.type is MT.APPEND and m.dst == "n2") == []
+
+
+def _three_nodes_with_a_leader() -> tuple[RaftNode, RaftNode, RaftNode]:
+    """A leader of term 1 with two followers, stepped by hand (no harness), so
+    the test decides when each ready batch counts as persisted."""
+    from kvcluster.raft import Member, Membership
+
+    membership = Membership({i: Member(i) for i in ("a", "b", "c")})
+    nodes = [
+        RaftNode(i, rng=random.Random(k), membership=membership, options=RaftOptions())
+        for k, i in enumerate(("a", "b", "c"))
+    ]
+    a, b, c = nodes
+    a.campaign()  # pre-vote, then the vote itself
+    for _ in range(10):
+        for n in nodes:
+            rd = n.ready()
+            n.advance(rd)
+            for m in rd.messages:
+                {"a": a, "b": b, "c": c}[m.dst].step(m)
+    assert a.is_leader and a.commit == a.log.last_index()
+    return a, b, c
+
+
+def test_a_leader_counts_itself_only_for_entries_the_caller_persisted() -> None:
+    leader, b, _c = _three_nodes_with_a_leader()
+    index, _ = leader.propose("x")
+    rd = leader.ready()  # handed to storage, not yet persisted
+    assert [e.index for e in rd.entries] == [index]
+    for m in rd.messages:
+        if m.dst == "b":
+            b.step(m)
+    follower_rd = b.ready()
+    b.advance(follower_rd)
+    for m in follower_rd.messages:
+        leader.step(m)  # b acknowledges: one of the two copies a commit needs
+    assert leader.commit < index, "committed with only one copy on disk"
+    leader.advance(rd)  # now the leader's own copy is durable too
+    assert leader.commit == index
+    assert [e.index for e in leader.ready().committed] == [index]
+
+
+def test_a_single_node_commits_only_after_its_own_write_is_persisted() -> None:
+    from kvcluster.raft import Member, Membership
+
+    n = RaftNode("a", rng=random.Random(1), membership=Membership({"a": Member("a")}))
+    n.campaign()
+    n.advance(n.ready())
+    assert n.is_leader
+    n.advance(n.ready())  # the no-op
+    index, _ = n.propose("x")
+    rd = n.ready()
+    assert n.commit < index and not rd.committed
+    n.advance(rd)
+    assert n.commit == index
+
+
+def test_a_forged_huge_term_is_dropped_and_the_cluster_keeps_its_term() -> None:
+    from kvcluster.raft.core import MAX_TERM_STEP
+
+    leader, b, _c = _three_nodes_with_a_leader()
+    for term in ((1 << 64) - 1, (1 << 63) - 1, leader.term + MAX_TERM_STEP + 1):
+        forged = Message(MT.APPEND, term, "c", "b", index=0, log_term=0, commit=0)
+        b.step(forged)
+        assert b.term == leader.term and b.leader_id == leader.id
+    # A big but possible jump is still a newer term: Raft must follow it.
+    b.step(Message(MT.HEARTBEAT, leader.term + 5, "c", "b"))
+    assert b.term == leader.term + 5

@@ -43,6 +43,7 @@ class Net:
                 if i in self.down:
                     continue
                 rd = n.ready()
+                n.advance(rd)  # "persisted": this test keeps no storage
                 if rd.snapshot is not None:
                     payload = rd.snapshot.snapshot
                     self.applied[i] = list(payload["data"])

@@ -2,13 +2,17 @@
 
 The caller feeds it events -- `tick(now)`, `step(message)`, `propose(data)`,
 `read_index(ctx)` -- then calls `ready()` and must, in this order:
-  1. persist `ready.hard_state` and `ready.entries`,
+  1. persist `ready.snapshot`, `ready.hard_state` and `ready.entries`,
   2. send `ready.messages`,
   3. apply `ready.committed` to the state machine,
-and call `tick()` again no later than `next_deadline()`. Time is whatever
-monotonic clock the caller passes in (seconds); randomness comes from the
-injected `random.Random`. That is all the core needs, which is why the same
-code runs in a tornado process and in the deterministic simulator.
+  4. call `advance(ready)` to say that step 1 is done,
+and call `tick()` again no later than `next_deadline()`. Until `advance`, the
+core counts nothing in the batch as persisted: a leader counts itself toward a
+commit only for entries on its own disk (etcd-io/raft's `Ready`/`Advance`). If
+persisting fails the caller must stop, never `advance`, never retry an fsync.
+Time is whatever monotonic clock the caller passes in (seconds); randomness
+comes from the injected `random.Random`. That is all the core needs, which is
+why the same code runs in a node process and in the deterministic simulator.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ from .messages import Entry, EntryKind, Message, MessageType
 from .progress import Progress, ReplicationState
 
 MT = MessageType
+
+# A message claiming a term this far beyond ours is dropped (dropping is always
+# safe in Raft: the network may lose anything). No honest cluster jumps so far:
+# with pre-vote a term moves only on a real election, and even a node that
+# campaigns alone every 10 ms needs over a year for 2**32 terms. Without the
+# bound one forged message could push every node's term to the 64-bit limit,
+# where no next term can be encoded: a permanent outage, persisted in the WAL.
+MAX_TERM_STEP = 1 << 32
+MAX_TERM = (1 << 63) - 1  # terms, like every integer on the wire, fit a signed 64-bit field
 
 
 class Role(enum.Enum):
@@ -289,6 +302,8 @@ class RaftNode:
 
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
+        if m.term > self.term + MAX_TERM_STEP or m.term > MAX_TERM:
+            return
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE) and self._in_lease():
                 return  # a leader is alive: do not let a stray candidate depose it
@@ -314,6 +329,20 @@ class RaftNode:
         if handler is not None:
             handler(self, m)
 
+    def has_ready(self) -> bool:
+        """Whether ready() has something besides AppendEntries a leader would
+        send anyway: what an advance() can unlock (a commit) or inputs left."""
+        return bool(
+            self.commit > self.applied
+            or self._msgs
+            or self._reads
+            or self._failed_reads
+            or self._events
+            or self._snapshot_to_install is not None
+            or self.log.unstable_from <= self.log.last_index()
+            or HardState(self.term, self.vote) != self._saved_hard_state
+        )
+
     def ready(self) -> Ready:
         """Collect everything the caller must now persist, send and apply."""
         if self.role is Role.LEADER:
@@ -335,6 +364,18 @@ class RaftNode:
         rd.events, self._events = self._events, []
         rd.snapshot, self._snapshot_to_install = self._snapshot_to_install, None
         return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The caller has persisted `rd`'s snapshot, hard state and entries.
+
+        Only now does a leader count those entries as its own copy toward a
+        commit (a follower's acknowledgements already wait for the disk: they
+        are sent after it). Commits this unlocks come out in the next ready()."""
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if self.role is Role.LEADER:
+            self._maybe_commit()
 
     # ------------------------------------------------------------------ roles
 
@@ -392,6 +433,9 @@ class RaftNode:
 
     def _campaign(self, *, pre_vote: bool) -> None:
         self._reset_election_timer()
+        if self.term >= MAX_TERM:
+            self._event("term_exhausted")  # unreachable without 2**31 forged messages
+            return
         self._set_leader(None)
         if pre_vote:
             self.role = Role.PRE_CANDIDATE
@@ -459,7 +503,6 @@ class RaftNode:
         if kind is EntryKind.CONFIG:
             self._config_entries.append((index, Membership.from_dict(data)))
             self._on_membership_change()
-        self._maybe_commit()  # a single-voter cluster commits on its own
         return index, self.term
 
     def _on_membership_change(self) -> None:
@@ -483,7 +526,7 @@ class RaftNode:
         if not voters:
             return
         matches = sorted(
-            (self.log.last_index() if v == self.id else self.progress[v].match)
+            (self.log.stable_index if v == self.id else self.progress[v].match)
             for v in voters
             if v == self.id or v in self.progress
         )

@@ -11,7 +11,7 @@ class RaftLog:
     """Entries `first_index()..last_index()`; everything up to `snapshot_index`
     is compacted away and only its last term is remembered."""
 
-    __slots__ = ("_entries", "snapshot_index", "snapshot_term", "unstable_from")
+    __slots__ = ("_entries", "snapshot_index", "snapshot_term", "stable_index", "unstable_from")
 
     def __init__(
         self, entries: Iterable[Entry] = (), snapshot_index: int = 0, snapshot_term: int = 0
@@ -19,8 +19,12 @@ class RaftLog:
         self._entries: list[Entry] = list(entries)
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
-        # Entries from this index on have not been handed to storage yet.
+        # Entries from this index on have not been handed to storage yet ...
         self.unstable_from = self.last_index() + 1
+        # ... and entries after this one are not known to be on disk: handed
+        # out, maybe, but the caller has not said (`RaftNode.advance`) that
+        # they were persisted. A leader counts itself only up to here.
+        self.stable_index = self.last_index()
 
     def first_index(self) -> int:
         return self.snapshot_index + 1
@@ -66,8 +70,17 @@ class RaftLog:
                 del self._entries[e.index - self.snapshot_index - 1 :]
                 self._entries.extend(entries[i:])
                 self.unstable_from = min(self.unstable_from, e.index)
+                self.stable_index = min(self.stable_index, e.index - 1)
                 return e.index
         return 0
+
+    def stable_to(self, index: int, term: int) -> None:
+        """Storage holds the log up to `index` (whose entry had `term`) now.
+
+        Ignored if that entry has been replaced since it was handed out: then
+        what reached the disk is not what the log holds there."""
+        if index > self.stable_index and self.term_at(index) == term:
+            self.stable_index = min(index, self.last_index())
 
     def take_unstable(self) -> list[Entry]:
         out = self.slice(self.unstable_from, self.last_index() + 1)
@@ -98,3 +111,4 @@ class RaftLog:
         assert term is not None, "cannot compact past the end of the log"
         del self._entries[: index - self.snapshot_index]
         self.snapshot_index, self.snapshot_term = index, term
+        self.stable_index = max(self.stable_index, index)

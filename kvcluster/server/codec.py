@@ -20,8 +20,30 @@ def entry_to_wire(e: Entry) -> list[Any]:
     return [e.index, e.term, int(e.kind), e.data]
 
 
+MAX_INT = (1 << 63) - 1  # every integer field fits a signed 64-bit one, as in etcd's API
+MAX_NAME = 256  # node names and incarnations
+
+
+def _uint(x: Any) -> int:
+    """A non-negative integer of at most 63 bits, or ValueError.
+
+    Terms and indexes beyond that would be valid Python ints, but a node that
+    adopted one could not encode its successor (orjson and the WAL stop at 64
+    bits): a forged term would become a permanent outage, persisted in the WAL.
+    """
+    if type(x) is not int or not 0 <= x <= MAX_INT:
+        raise ValueError(f"expected an integer from 0 to 2**63-1, got {str(x)[:40]}")
+    return x
+
+
+def _name(x: Any) -> str:
+    if not isinstance(x, str) or len(x) > MAX_NAME:
+        raise ValueError(f"expected a string of at most {MAX_NAME} characters")
+    return x
+
+
 def entry_from_wire(w: list[Any]) -> Entry:
-    return Entry(int(w[0]), int(w[1]), EntryKind(w[2]), w[3])
+    return Entry(_uint(w[0]), _uint(w[1]), EntryKind(w[2]), w[3])
 
 
 def message_to_wire(m: Message) -> list[Any]:
@@ -46,19 +68,21 @@ def message_from_wire(w: list[Any]) -> Message:
     t, term, src, dst, index, log_term, entries, commit, reject, hint, ctx, incarnation, snap = w
     if snap is not None and not _is_snapshot_payload(snap):
         raise ValueError("a snapshot must be an object with a membership and data")
+    if not isinstance(entries, list) or type(reject) is not bool:
+        raise ValueError("entries must be a list and reject a boolean")
     return Message(
         MessageType(t),
-        int(term),
-        str(src),
-        str(dst),
-        index=int(index),
-        log_term=int(log_term),
+        _uint(term),
+        _name(src),
+        _name(dst),
+        index=_uint(index),
+        log_term=_uint(log_term),
         entries=[entry_from_wire(e) for e in entries],
-        commit=int(commit),
-        reject=bool(reject),
-        hint=int(hint),
-        ctx=int(ctx),
-        incarnation=str(incarnation),
+        commit=_uint(commit),
+        reject=reject,
+        hint=_uint(hint),
+        ctx=_uint(ctx),
+        incarnation=_name(incarnation),
         snapshot=snap,
     )
 

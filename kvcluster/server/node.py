@@ -196,9 +196,10 @@ class NodeServer:
             # round sooner than after it.
             self._schedule_ready()
             return
-        rd = core.ready()
-        if rd:
+        rd: Ready | None = core.ready()
+        while rd:
             self._handle_ready(rd)
+            rd = core.ready() if core.has_ready() else None
         self._arm_timer(core.next_deadline())
 
     def _handle_ready(self, rd: Ready) -> None:
@@ -207,6 +208,7 @@ class NodeServer:
             self._install_snapshot(rd.snapshot)
         if rd.hard_state is not None or rd.entries:
             self.storage.save(rd.hard_state, rd.entries)
+        self.core.advance(rd)
         for m in rd.messages:
             if m.type is MessageType.SNAPSHOT:
                 self._fill_snapshot(m)

@@ -559,6 +559,7 @@ class RaftNet:
                 self._install(nid, rd.snapshot)
             if rd.hard_state is not None or rd.entries:
                 self._persist(nid, rd)
+            node.advance(rd)
             for m in rd.messages:
                 if m.type in _VOTE_GRANTS and not m.reject:
                     self._check_vote_grant(nid)
@@ -576,7 +577,7 @@ class RaftNet:
                 self.on_read(nid, ctx, None)
             for ev in rd.events:
                 self.events.append((self.now, nid, ev))
-            if self._inputs == inputs:
+            if self._inputs == inputs and not node.has_ready():
                 break  # nothing fed the node while we handled its batch: it has no more
         self._deadline[nid] = self._sim_time(nid, node.next_deadline())
         self._check_node(nid)
