@@ -37,6 +37,10 @@ class MessageType(enum.IntEnum):
     READ_INDEX = 9
     READ_INDEX_RESP = 10
     SNAPSHOT = 11
+    # The node layer's InstallSnapshot transfer (kvcluster.node.snapshots); they
+    # share the wire and the peer links, but the core never sees them.
+    SNAPSHOT_CHUNK = 12
+    SNAPSHOT_ACK = 13
 
 
 @dataclass(slots=True)
@@ -55,10 +59,17 @@ class Message:
       READ_INDEX:         ctx = the requester's read id
       READ_INDEX_RESP:    ctx echoed; index = the read index; reject if the
                           receiver could not serve it (not leader)
-      SNAPSHOT:           index, log_term = the last entry the snapshot covers;
-                          snapshot = {"membership": ..., "data": ...}, filled in
-                          by the node from its latest snapshot (the core only
-                          asks for one); answered with APPEND_RESP
+      SNAPSHOT:           index, log_term = the last entry the snapshot covers.
+                          From a leader's core: "send this follower a snapshot"
+                          (the node layer sends its latest one in chunks). Into
+                          a follower's core: the node layer has received and
+                          decoded one; snapshot = {"membership": ...}. Answered
+                          with APPEND_RESP.
+      SNAPSHOT_CHUNK:     index, log_term = the snapshot's; ctx = the offset of
+                          these bytes; commit = the snapshot's size in bytes;
+                          snapshot = {"membership": ..., "data": base64 bytes}
+      SNAPSHOT_ACK:       index, log_term echoed; ctx = the offset wanted next;
+                          reject = send nothing more
     """
 
     type: MessageType

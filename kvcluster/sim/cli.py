@@ -18,9 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import TextIO, cast
 
-from .cluster import READ_MODES, ReadMode
 from .faults import FAULT_KINDS
-from .run import SeedResult, SimConfig, Simulation, Summary, run_seed
+from .run import READ_MODES, ReadMode, SeedResult, SimConfig, Simulation, Summary, run_seed
 
 
 def build_parser() -> argparse.ArgumentParser:

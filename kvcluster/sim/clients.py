@@ -20,8 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
+
 from ..check import HistoryRecorder
-from .cluster import Reply, Request, SimCluster
+from ..node import Answer, Request
+from .net import RaftNet
 
 OpName = Literal["put", "get", "delete"]
 
@@ -70,7 +73,7 @@ class SimClient:
     def __init__(
         self,
         name: str,
-        cluster: SimCluster,
+        cluster: RaftNet,
         recorder: HistoryRecorder,
         rng: random.Random,
         options: ClientOptions,
@@ -179,7 +182,17 @@ class SimClient:
         self.attempt += 1
         attempt = self.attempt
         node = self._pick_node()
-        req = Request(self.name, attempt, op.kind, op.key, op.value, op.seq, op.serializable)
+        write = op.kind != "get"
+        req = Request(
+            0,
+            op.kind,
+            op.key,
+            op.value,
+            client_id=self.name if write else None,
+            seq=op.seq if write else None,
+            serializable=op.serializable,
+            wire=(self.name, attempt),
+        )
         op.in_flight = True
         if self.verbose and self.log:
             self.log(f"{self.name}: attempt {attempt} -> {node}")
@@ -199,23 +212,28 @@ class SimClient:
         self.target = None  # try another node
         self._send()
 
-    def on_reply(self, req: Request, reply: Reply) -> None:
+    def on_answer(self, attempt: int, answer: Answer) -> None:
+        """A node answered attempt `attempt`, as `kvcluster.client.Client` reads
+        answers: 200 (and 404 for a get) done; 503 certainly not applied; 504
+        and anything else may have been."""
         op = self.op
-        if op is None or req.attempt != self.attempt:
+        if op is None or attempt != self.attempt:
             return  # an answer to an attempt given up on
         op.in_flight = False
+        body = (answer.body if answer.raw is None else orjson.loads(answer.raw)) or {}
+        status = answer.status
         if self.verbose and self.log:
-            what = "ok" if reply.ok else reply.error
-            self.log(f"{self.name}: attempt {req.attempt} <- {what} (leader {reply.leader})")
-        if reply.leader is not None:
-            self.leader = reply.leader
-        if reply.ok:
-            self._finish("ok", reply.value)
+            what = "ok" if status == 200 else f"{status} {body.get('error')}"
+            self.log(f"{self.name}: attempt {attempt} <- {what} (leader {answer.leader})")
+        if answer.leader is not None:
+            self.leader = answer.leader
+        if status == 200 or (status == 404 and op.kind == "get"):
+            self._finish("ok", body.get("value") if status == 200 else None)
             return
-        if reply.applied is not False and op.kind != "get":
+        if status not in (503, 409) and op.kind != "get":
             op.maybe_applied = True
         self.attempt += 1  # no answer is pending any more
-        self.target = reply.leader
+        self.target = answer.leader
         retry_at = self.cluster.now + self.options.retry_backoff * (0.5 + self.rng.random())
         if retry_at >= op.deadline:
             self._give_up()

@@ -1,12 +1,15 @@
-"""A deterministic in-process network of Raft cores: the simulator's engine.
+"""A deterministic in-process network of kvcluster nodes: the simulator's engine.
 
-`RaftNet` runs several `RaftNode`s against a simulated clock and a simulated
-network, all driven by one seeded `random.Random`, so a schedule replays exactly
-from its seed. It plays the role the node process plays in production: after
-every input it drains `ready()` and does what the core asks, in order --
-persist (into a per-node `Storage` that survives crashes), send (into the
-network), apply (into a per-node list of applied entries, then the
-`on_committed` hook, where `kvcluster.sim.cluster` applies to a kv store).
+`RaftNet` runs several nodes -- the production node layer (`kvcluster.node`)
+around the production Raft core -- against a simulated clock and a simulated
+network, all driven by one seeded `random.Random`, so a schedule replays
+exactly from its seed. It plays the part the node process plays in production
+(`kvcluster.server`): it feeds each node its inputs and does what the node's
+ready batch says, in the same order: persist (into a per-node `Storage` that
+survives crashes and can be told to fail), send (into the network), relay
+requests to the leader, deliver answers, save and load snapshots, `advance`.
+It holds no node logic of its own: what it proves, it proves of the code that
+serves clients.
 
 Time only moves when asked (`advance`, `run_until`); the loop is event driven:
 it jumps to the next node deadline, message delivery or `schedule()`d callback,
@@ -17,35 +20,18 @@ lost if its link is blocked when it is sent or when it would arrive.
 Faults: `crash`/`restart` (optionally amnesiac: storage lost, new incarnation),
 `partition`/`isolate`/`block`/`heal` (`block(a, b, both=False)` is a one-way
 cut), a random drop/duplicate/long-delay rate, reordering, per-node clocks that
-drift and step forward (`clock_rate`, `step_clock`), and `drop(pred)` /
-`deliver_all(pred)` to remove or hand-deliver particular messages.
+drift and step forward (`clock_rate`, `step_clock`), a disk that fills up
+(`fail_storage`), and `drop(pred)` / `deliver_all(pred)` to remove or
+hand-deliver particular messages.
 
-Safety is checked on every `ready()` batch and raises `InvariantViolation`:
-  * election safety: at most one leader per term, over the whole run;
-  * leader append-only: a leader never removes or changes an entry of its log
-    while it leads;
-  * leader completeness: a new leader holds every entry committed in an
-    earlier term; and, as the invariant its proof rests on, when a leader
-    commits an entry no node lacking it is as up to date as a majority (so
-    none could ever be elected without it);
-  * one vote per term: a persisted vote never changes within a term, terms
-    never go back; a node that lost its state does not vote before the log
-    names it a voter under its new incarnation;
-  * log matching: two logs holding an entry with the same index and term hold
-    the same entry and agree on the term of the entry before it (so, by
-    induction, on the whole prefix);
-  * committed entries are never truncated from the storage of the node that
-    committed them; a node's commit index never goes back (while it runs) nor
-    passes the end of its log;
-  * state machine safety: every node applies the same entry at each index, in
-    order, without gaps; every snapshot of an index holds the same state;
-  * reads: a ReadState's index is at least every index committed anywhere when
-    the read was requested (ReadIndex, and lease reads, are linearizable).
+Clients (`kvcluster.sim.clients`) `submit` requests to a node over a client
+hop; a follower's relay to the leader is a node-to-node hop, as exposed to
+partitions and loss as Raft's messages; answers travel back the same way.
 
-Snapshots: `take_snapshot(nid, data)` persists a node's state machine and
-compacts its log; SNAPSHOT messages the core asks for are filled from the
-sender's latest snapshot, and a snapshot a follower receives is persisted and
-handed to `on_install` (InstallSnapshot), as kvcluster.server does.
+Every ready batch is checked for Raft's safety properties (`checks.py`):
+election safety, leader append-only, log matching, leader completeness, one
+vote per term, durable commits, state machine safety (entries and snapshots),
+and linearizable ReadIndex/lease reads.
 
 `tests/raft_harness.py` re-exports this module for the unit tests of the core.
 """
@@ -58,9 +44,24 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
+import orjson
+
+from ..kv import KVStore
+from ..node import (
+    Answer,
+    Forward,
+    Node,
+    NodeOptions,
+    NodeReady,
+    Request,
+    SnapshotCapture,
+    SnapshotSource,
+    decode_lines,
+)
 from ..raft import (
     Entry,
     EntryKind,
@@ -74,83 +75,31 @@ from ..raft import (
     Ready,
     Role,
 )
+from .checks import InvariantViolation, ReadRecord, SafetyChecks
+from .storage import DiskFull, MemoryReceiver, MemorySnapshot, Storage
 
 MT = MessageType
 _VOTE_GRANTS = frozenset({MT.VOTE_RESP, MT.PRE_VOTE_RESP})
 
 MessagePredicate = Callable[[Message], bool]
 Callback = Callable[[], None]
-
-
-class InvariantViolation(AssertionError):
-    """A Raft safety property does not hold."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A node's state machine as of `index` (the entry there has `term`)."""
-
-    index: int
-    term: int
-    membership: dict[str, Any]
-    data: Any
-
-
-@dataclass
-class Storage:
-    """What a node has persisted: it survives a crash (unless amnesiac).
-    `entries` are those after the snapshot, if there is one."""
-
-    hard_state: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)
-    snapshot: Snapshot | None = None
-
-    @property
-    def base(self) -> int:
-        return self.snapshot.index if self.snapshot is not None else 0
-
-    def last_index(self) -> int:
-        return self.base + len(self.entries)
-
-    def term_at(self, index: int) -> int | None:
-        base = self.base
-        if index == base:
-            return self.snapshot.term if self.snapshot is not None else 0
-        if base < index <= base + len(self.entries):
-            return self.entries[index - base - 1].term
-        return None
-
-    def entry(self, index: int) -> Entry | None:
-        """The stored entry at `index` (None if absent or in the snapshot)."""
-        base = self.base
-        if base < index <= base + len(self.entries):
-            return self.entries[index - base - 1]
-        return None
-
-    def tip(self) -> tuple[int, int]:
-        """(last term, last index): what the election restriction compares."""
-        if self.entries:
-            return self.entries[-1].term, self.last_index()
-        return (self.snapshot.term, self.base) if self.snapshot is not None else (0, 0)
-
-
-@dataclass
-class ReadRecord:
-    node: str
-    ctx: int
-    lease: bool
-    issued_at: float
-    floor: int  # highest index committed anywhere when the read was requested
-    index: int | None = None  # the ReadState's index, once served
-    failed: bool = False
-
-    @property
-    def done(self) -> bool:
-        return self.index is not None or self.failed
-
+ReplyHandler = Callable[[Any, Answer], None]  # (the request's wire, the answer)
 
 # A message in flight: (arrival time, send order, message); tuples compare fast.
 _InFlight = tuple[float, int, Message]
+
+# Core-level tests drive the cores directly: no snapshots unless asked for.
+CORE_TEST_OPTIONS = NodeOptions(snapshot_every=0, snapshot_keep=0, request_timeout=1.0)
+
+
+__all__ = [
+    "InvariantViolation",
+    "MessagePredicate",
+    "RaftNet",
+    "ReadRecord",
+    "Storage",
+    "make_log",
+]
 
 
 def make_log(terms: Sequence[int], start: int = 1) -> list[Entry]:
@@ -159,18 +108,14 @@ def make_log(terms: Sequence[int], start: int = 1) -> list[Entry]:
     return [Entry(i, t, EntryKind.NORMAL, f"i{i}t{t}") for i, t in enumerate(terms, start=start)]
 
 
-class RaftNet:
-    # Judge every ReadState against what was committed when the read was asked.
-    # Tests turn it off to show that the linearizability checker, on its own,
-    # also catches a stale read.
-    check_reads: bool = True
-
+class RaftNet(SafetyChecks):
     def __init__(
         self,
         nodes: int | Sequence[str] = 3,
         *,
         seed: int = 0,
         options: RaftOptions | None = None,
+        node_options: NodeOptions | None = None,
         learners: Iterable[str] = (),
         latency: float | tuple[float, float] = 0.0,
         drop_rate: float = 0.0,
@@ -178,23 +123,31 @@ class RaftNet:
         reorder: bool = False,
         delay_rate: float = 0.0,
         max_delay: float = 0.0,
+        client_latency: tuple[float, float] = (0.001, 0.005),
+        background: tuple[float, float] = (0.0, 0.0),
         initial: dict[str, tuple[int, Sequence[int]]] | None = None,
         record: bool = True,
     ) -> None:
         """`initial` maps a node to (term, [term of each log entry]): the state it
         starts from, as if persisted by an earlier run. A message is held up by
         an extra uniform(0, max_delay) with probability `delay_rate` (on a FIFO
-        link, so is everything sent after it)."""
+        link, so is everything sent after it). `background` is how long saving
+        or decoding a snapshot takes (uniform, simulated seconds): the node
+        process does both off its event loop, and the node must cope with
+        anything that happens meanwhile."""
         ids = [f"n{i}" for i in range(1, nodes + 1)] if isinstance(nodes, int) else list(nodes)
         self.seed = seed
         self.rng = random.Random(seed)
         self.options = options or RaftOptions()
+        self.node_options = node_options or CORE_TEST_OPTIONS
         self.latency = latency
         self.drop_rate = drop_rate
         self.dup_rate = dup_rate
         self.reorder = reorder
         self.delay_rate = delay_rate
         self.max_delay = max_delay
+        self.client_latency = client_latency
+        self.background = background
         self.record = record
         self.now = 0.0
         # Each node's clock reads offset + rate * now: it drifts and steps
@@ -208,14 +161,15 @@ class RaftNet:
         self.bootstrap = Membership({i: Member(address=i, voter=i not in learner_set) for i in ids})
         self._voters = sorted(self.bootstrap.voters)
 
-        self.nodes: dict[str, RaftNode] = {}
+        self.servers: dict[str, Node] = {}  # the node layer of each node ...
+        self.nodes: dict[str, RaftNode] = {}  # ... and its Raft core
         self.storage: dict[str, Storage] = {}
         self.incarnations: dict[str, str] = {}
         self.alive: set[str] = set()
         self._alive_sorted: list[str] = []
         self.applied: dict[str, list[Entry]] = {}  # since the node last (re)started
         self.applied_from: dict[str, int] = {}  # the index just before applied[nid][0]
-        self._snapshot_digest: dict[int, str] = {}  # index -> repr of every snapshot there
+        self._snapshot_digest: dict[int, bytes] = {}  # index -> the bytes of every snapshot there
         self._lives: Counter[str] = Counter()
 
         # network
@@ -229,6 +183,16 @@ class RaftNet:
         self.dropped = 0
         self.delivered = 0
         self.faults: Counter[str] = Counter()  # fault events by kind (the nemesis adds its own)
+
+        # requests
+        self.reply_to: ReplyHandler = lambda wire, answer: None  # set by the clients
+        self._request_ids = itertools.count(1)
+        # (node, request id) -> (the client's wire, or the relaying node's (node, id, life))
+        self._routes: dict[tuple[str, int], tuple[Any, tuple[str, int, int] | None]] = {}
+        self.forwarded = 0
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
+        self.storage_failures = 0
 
         # what the checker knows
         self.leaders: dict[int, str] = {}  # term -> the node that led it
@@ -270,109 +234,93 @@ class RaftNet:
         self.clock_offset.setdefault(nid, 0.0)
         self.clock_rate.setdefault(nid, 1.0)
         snap = st.snapshot
-        self.nodes[nid] = RaftNode(
+        kv = decode_lines(snap.payload()) if snap is not None else KVStore()
+        server = Node(
             nid,
-            options=self.options,
+            options=self.node_options,
+            raft=self.options,
             rng=random.Random(f"{self.seed}/{nid}/{self._lives[nid]}"),
             now=self.local_time(nid),
             incarnation=incarnation,
-            membership=membership if snap is None else Membership.from_dict(snap.membership),
+            membership=membership,
             hard_state=st.hard_state,
             entries=list(st.entries),
-            snapshot_index=st.base,
-            snapshot_term=snap.term if snap is not None else 0,
+            snapshot=snap,
+            kv=kv,
+            open_receiver=MemoryReceiver,
         )
+        self.servers[nid] = server
+        self.nodes[nid] = server.raft
+        self._watch_reads(nid, server.raft)
         self.incarnations[nid] = incarnation
         self.applied[nid] = []
         self.applied_from[nid] = st.base
         self.alive.add(nid)
         self._alive_sorted = sorted(self.alive)
-        self._deadline[nid] = self._sim_time(nid, self.nodes[nid].next_deadline())
+        self._deadline[nid] = self._sim_time(nid, server.next_deadline())
         self._leader_tip.pop(nid, None)
-        self.on_start(nid)
+
+    def _watch_reads(self, nid: str, core: RaftNode) -> None:
+        """Record every read the node asks its core for, with what was committed
+        anywhere at that moment: the floor its ReadState must reach."""
+        ask = core.read_index
+        # A new life numbers its reads from 1 again: forget the last life's.
+        for key in [k for k in self.reads if k[0] == nid]:
+            del self.reads[key]
+
+        def read_index(ctx: int, *, lease: bool = False) -> None:
+            key = (nid, ctx)
+            if key in self.reads and not self.reads[key].done:
+                raise ValueError(f"read {ctx} on {nid} already issued")
+            self.reads[key] = ReadRecord(nid, ctx, lease, self.now, max(self.committed, default=0))
+            ask(ctx, lease=lease)
+
+        core.read_index = read_index  # type: ignore[method-assign]
 
     def crash(self, nid: str) -> None:
         """Stop a node; what it persisted stays in `storage`. Messages it already
-        sent may still arrive; messages to it are lost."""
+        sent may still arrive; messages to it (and its pending requests) are lost."""
         if nid in self.alive:
             self.alive.discard(nid)
             self._alive_sorted = sorted(self.alive)
             del self._deadline[nid]
-            self.on_crash(nid)
 
-    # ------------------------------------------------------------------ hooks
-
-    def on_start(self, nid: str) -> None:
-        """A node (re)started: subclasses build its volatile state here."""
-
-    def on_crash(self, nid: str) -> None:
-        """A node crashed: subclasses drop its volatile state here."""
-
-    def on_committed(self, nid: str, entries: list[Entry]) -> None:
-        """The node applies `entries` (already checked for state machine safety)."""
-
-    def on_read(self, nid: str, ctx: int, index: int | None) -> None:
-        """A read the node asked for may now be served at `index` (None: it failed)."""
-
-    def on_install(self, nid: str, snapshot: Snapshot) -> None:
-        """The node installed a leader's snapshot: restore its state machine from it."""
-
-    # ------------------------------------------------------------------ snapshots
-
-    def take_snapshot(self, nid: str, data: Any, *, keep: int = 0) -> Snapshot:
-        """`nid` captured `data`, its state machine as of what it has applied:
-        persist it, and let the core forget its log up to `keep` entries before."""
-        node = self.nodes[nid]
-        index = node.applied
-        term = node.log.term_at(index)
-        if term is None:
-            raise ValueError(f"{nid} has compacted past its applied index {index}")
-        snap = Snapshot(index, term, node.membership_at(index).to_dict(), data)
-        self._check_snapshot(nid, snap)
-        self._save_snapshot(nid, snap)
-        node.compact(index - keep)
-        return snap
-
-    def _save_snapshot(self, nid: str, snap: Snapshot) -> None:
-        """Storage keeps the newest snapshot, and the entries after it only if
-        its own entry at the snapshot's index agrees (InstallSnapshot's rule)."""
+    def fail_storage(self, nid: str, after: int = 0) -> None:
+        """`nid`'s disk fills up: `after` more writes succeed, the next one fails."""
         st = self.storage[nid]
-        if snap.index <= st.base:
-            return
-        if st.term_at(snap.index) == snap.term:
-            del st.entries[: snap.index - st.base]
+        st.fail_after = st.writes + after
+
+    def schedule(self, at: float, callback: Callback) -> None:
+        """Call `callback()` at simulated time `at` (clients, request delivery)."""
+        heapq.heappush(self._timers, (max(at, self.now), next(self._seq), callback))
+
+    def restart(
+        self, nid: str, *, amnesia: bool = False, incarnation: str | None = None
+    ) -> RaftNode:
+        """Start a crashed (or running) node again from its storage. An amnesiac
+        node lost its storage: it comes back empty, knowing no membership, under
+        a new incarnation."""
+        self.crash(nid)
+        self.storage[nid].fail_after = None  # whatever failed, the operator mended
+        if amnesia:
+            self.storage[nid] = Storage()
+            self._durable_commit[nid] = 0
+            self._amnesiac.add(nid)
+            inc = incarnation if incarnation is not None else f"{nid}-{self._lives[nid] + 1}"
+            self._start(nid, incarnation=inc, membership=Membership())
         else:
-            st.entries.clear()
-        st.snapshot = snap
-        self._durable_commit[nid] = max(self._durable_commit[nid], snap.index)
+            inc = incarnation if incarnation is not None else self.incarnations[nid]
+            self._start(nid, incarnation=inc, membership=self.bootstrap)
+        return self.nodes[nid]
 
-    def _check_snapshot(self, nid: str, snap: Snapshot) -> None:
-        """State machine safety for snapshots: every snapshot of an index holds
-        the same state, and its term is that of the entry committed there."""
-        known = self.committed.get(snap.index)
-        if known is not None and known.term != snap.term:
-            self._fail(f"{nid}: snapshot at {snap.index} of term {snap.term}, committed {known}")
-        digest = repr(snap.data)
-        seen = self._snapshot_digest.setdefault(snap.index, digest)
-        if seen != digest:
-            self._fail(f"state machine safety: {nid}'s snapshot at {snap.index} differs")
-
-    def _install(self, nid: str, m: Message) -> None:
-        snap = Snapshot(m.index, m.log_term, m.snapshot["membership"], m.snapshot["data"])
-        self._check_snapshot(nid, snap)
-        self._save_snapshot(nid, snap)
-        self.applied[nid] = []
-        self.applied_from[nid] = snap.index
-        self.on_install(nid, snap)
-
-    def _fill_snapshot(self, nid: str, m: Message) -> None:
-        """The core asks for a SNAPSHOT message; the node sends its latest snapshot."""
-        snap = self.storage[nid].snapshot
-        if snap is None:
-            self._fail(f"{nid} compacted a log that no snapshot covers")
-            return
-        m.index, m.log_term = snap.index, snap.term
-        m.snapshot = {"membership": snap.membership, "data": snap.data}
+    def add_node(
+        self, nid: str, *, incarnation: str = "", membership: Membership | None = None
+    ) -> RaftNode:
+        """A brand-new node with empty storage (it is nobody's member yet)."""
+        self.storage[nid] = Storage()
+        self._durable_commit[nid] = 0
+        self._start(nid, incarnation=incarnation, membership=membership or Membership())
+        return self.nodes[nid]
 
     # ------------------------------------------------------------------ clocks
 
@@ -408,40 +356,7 @@ class RaftNet:
 
     def _refresh_deadline(self, nid: str) -> None:
         if nid in self.alive:
-            self._deadline[nid] = self._sim_time(nid, self.nodes[nid].next_deadline())
-
-    # ------------------------------------------------------------------ timers
-
-    def schedule(self, at: float, callback: Callback) -> None:
-        """Call `callback()` at simulated time `at` (clients, request delivery)."""
-        heapq.heappush(self._timers, (max(at, self.now), next(self._seq), callback))
-
-    def restart(
-        self, nid: str, *, amnesia: bool = False, incarnation: str | None = None
-    ) -> RaftNode:
-        """Start a crashed (or running) node again from its storage. An amnesiac
-        node lost its storage: it comes back empty, knowing no membership, under
-        a new incarnation."""
-        self.crash(nid)
-        if amnesia:
-            self.storage[nid] = Storage()
-            self._durable_commit[nid] = 0
-            self._amnesiac.add(nid)
-            inc = incarnation if incarnation is not None else f"{nid}-{self._lives[nid] + 1}"
-            self._start(nid, incarnation=inc, membership=Membership())
-        else:
-            inc = incarnation if incarnation is not None else self.incarnations[nid]
-            self._start(nid, incarnation=inc, membership=self.bootstrap)
-        return self.nodes[nid]
-
-    def add_node(
-        self, nid: str, *, incarnation: str = "", membership: Membership | None = None
-    ) -> RaftNode:
-        """A brand-new node with empty storage (it is nobody's member yet)."""
-        self.storage[nid] = Storage()
-        self._durable_commit[nid] = 0
-        self._start(nid, incarnation=incarnation, membership=membership or Membership())
-        return self.nodes[nid]
+            self._deadline[nid] = self._sim_time(nid, self.servers[nid].next_deadline())
 
     # ------------------------------------------------------------------ queries
 
@@ -498,91 +413,283 @@ class RaftNet:
 
     # ------------------------------------------------------------------ inputs
 
-    def _sync(self, nid: str) -> RaftNode:
-        """Bring a node's clock to now (firing its due timers) before an input:
-        the core only learns the time through tick()."""
+    def _sync(self, nid: str) -> Node:
+        """Bring a node's clock to now before an input: it only learns the time
+        through its inputs. (The caller flushes after the input.)"""
         if nid not in self.alive:
             raise RuntimeError(f"{nid} is down")
-        node = self.nodes[nid]
+        server = self.servers[nid]
         now = self.local_time(nid)
-        if node.now < now:
-            due = node.next_deadline() <= now
-            node.tick(now)  # with no timer due, this only tells the node the time
-            if due:
-                self.flush(nid)
+        if server.now < now:
+            server.tick(now)
         self._inputs += 1
-        return node
+        return server
 
     def tick(self, nid: str) -> None:
-        self._sync(nid).tick(self.local_time(nid))
+        self._sync(nid)
         self.flush(nid)
 
     def campaign(self, nid: str) -> None:
-        self._sync(nid).campaign()
+        self._sync(nid).raft.campaign()
         self.flush(nid)
 
     def propose(self, nid: str, data: Any, *, flush: bool = True) -> tuple[int, int]:
-        index, term = self._sync(nid).propose(data)
+        """Append `data` to `nid`'s log directly (core tests: no client, no answer)."""
+        index, term = self._sync(nid).raft.propose(data)
         if flush:
             self.flush(nid)
         return index, term
 
     def propose_membership(self, nid: str, m: Membership, *, flush: bool = True) -> tuple[int, int]:
-        index, term = self._sync(nid).propose_membership(m)
+        index, term = self._sync(nid).raft.propose_membership(m)
         if flush:
             self.flush(nid)
         return index, term
 
     def read_index(self, nid: str, ctx: int, *, lease: bool = False, flush: bool = True) -> None:
-        key = (nid, ctx)
-        if key in self.reads:
-            raise ValueError(f"read {ctx} on {nid} already issued")
-        self.reads[key] = ReadRecord(nid, ctx, lease, self.now, max(self.committed, default=0))
-        self._sync(nid).read_index(ctx, lease=lease)
+        """Ask `nid`'s core for a read directly (core tests); see `reads`."""
+        self._sync(nid).raft.read_index(ctx, lease=lease)
         if flush:
             self.flush(nid)
 
     def inject(self, m: Message) -> None:
         """Hand `m` to its destination now, as if the network delivered it."""
-        self._sync(m.dst).step(m)
+        self._sync(m.dst).step((m,), self.local_time(m.dst))
         self.flush(m.dst)
 
+    # ------------------------------------------------------------------ requests
+
+    def _client_hop(self) -> float:
+        return self.rng.uniform(*self.client_latency)
+
+    def submit(self, nid: str, req: Request) -> None:
+        """A client sends `req` to node `nid`. Its answer reaches `reply_to`
+        with `req.wire`, unless the node dies first (then nothing does)."""
+        life = self._lives[nid]
+        self.schedule(self.now + self._client_hop(), lambda: self._arrive(nid, life, req, None))
+
+    def _arrive(
+        self, nid: str, life: int, req: Request, origin: tuple[str, int, int] | None
+    ) -> None:
+        """`req` reaches `nid`: from a client, or relayed by the node `origin`."""
+        if nid not in self.alive or self._lives[nid] != life:
+            return  # a request to a crashed (or since restarted) process is lost
+        server = self._sync(nid)
+        rid = next(self._request_ids)
+        self._routes[(nid, rid)] = (req.wire, origin)
+        answer = server.submit(replace(req, id=rid, forwarded=origin is not None), server.now)
+        if answer is not None:
+            self._answer(nid, answer)
+        self.flush(nid)
+
+    def _answer(self, nid: str, answer: Answer) -> None:
+        """Send `answer` back the way its request came: to the client, or to the
+        node that relayed it (which passes it on as it came)."""
+        route = self._routes.pop((nid, answer.id), None)
+        if route is None:
+            return
+        wire, origin = route
+        if origin is None:
+            self.schedule(self.now + self._client_hop(), lambda: self.reply_to(wire, answer))
+            return
+        via, via_id, via_life = origin
+        raw = answer.raw if answer.raw is not None else orjson.dumps(answer.body)
+
+        def relayed() -> None:
+            if via in self.alive and self._lives[via] == via_life:
+                self._sync(via).forward_answered(via_id, answer.status, raw, nid)
+                self.flush(via)
+
+        self._node_hop(nid, via, relayed)
+
+    def _forward(self, nid: str, f: Forward) -> None:
+        """Relay a request to the leader, over the network between nodes."""
+        self.forwarded += 1
+        target, life = f.leader, self._lives[nid]
+        req = f.request
+        if target not in self.alive:
+            # A refused connection: certainly not delivered.
+            def refused() -> None:
+                if nid in self.alive and self._lives[nid] == life:
+                    self._sync(nid).forward_failed(req.id, sent=False, reason="refused")
+                    self.flush(nid)
+
+            self.schedule(self.now + self._latency(), refused)
+            return
+        origin = (nid, req.id, life)
+        target_life = self._lives[target]
+        self._node_hop(nid, target, lambda: self._arrive(target, target_life, req, origin))
+
+    def _node_hop(self, src: str, dst: str, deliver: Callback) -> None:
+        """Node to node, as exposed to partitions and loss as Raft's messages."""
+        if (src, dst) in self.blocked or (self.drop_rate and self.rng.random() < self.drop_rate):
+            return
+        at = self.now + self._latency()
+        if self.delay_rate and self.rng.random() < self.delay_rate:
+            at += self.rng.uniform(0.0, self.max_delay)
+
+        def arrive() -> None:
+            if (src, dst) not in self.blocked:
+                deliver()
+
+        self.schedule(at, arrive)
+
+    # ------------------------------------------------------------------ the driver
+
     def flush(self, nid: str) -> None:
-        """Do what the node's ready() says: persist, send, apply."""
-        node = self.nodes[nid]
+        """Do what the node's ready batch says, as the node process does: persist,
+        send, relay, answer, save or load snapshots in the background, advance."""
+        server = self.servers[nid]
         while True:
             inputs = self._inputs
-            rd = node.ready()
+            rd = server.ready()
             if not rd:
                 break
-            if rd.snapshot is not None:
-                self._install(nid, rd.snapshot)
-            if rd.hard_state is not None or rd.entries:
+            try:
                 self._persist(nid, rd)
-            node.advance(rd)
+            except DiskFull:
+                # Fail-stop: the process exits; nothing of this batch leaves it.
+                self.storage_failures += 1
+                self.events.append((self.now, nid, {"event": "storage_failed"}))
+                self.crash(nid)
+                return
+            raft = rd.raft
             for m in rd.messages:
                 if m.type in _VOTE_GRANTS and not m.reject:
                     self._check_vote_grant(nid)
-                elif m.type is MT.SNAPSHOT:
-                    self._fill_snapshot(nid, m)
                 self._send(m)
-            if rd.committed:
-                self._apply(nid, rd.committed)
-                self.on_committed(nid, rd.committed)
-            for rs in rd.reads:
+            for f in rd.forwards:
+                self._forward(nid, f)
+            for answer in rd.answers:
+                self._answer(nid, answer)
+            if raft.committed:
+                self._check_applied(nid, raft.committed)
+            for rs in raft.reads:
                 self._read_done(nid, rs.ctx, rs.index)
-                self.on_read(nid, rs.ctx, rs.index)
-            for ctx in rd.failed_reads:
+            for ctx in raft.failed_reads:
                 self._read_done(nid, ctx, None)
-                self.on_read(nid, ctx, None)
             for ev in rd.events:
                 self.events.append((self.now, nid, ev))
-            if self._inputs == inputs and not node.has_ready():
+            if rd.capture is not None:
+                self._background(nid, partial(self._save_capture, nid, rd.capture))
+            if rd.load is not None:
+                self._background(nid, partial(self._decode, nid, rd.load))
+            server.advance(rd)
+            if self._inputs == inputs and not server.has_ready():
                 break  # nothing fed the node while we handled its batch: it has no more
-        self._deadline[nid] = self._sim_time(nid, node.next_deadline())
+        self._deadline[nid] = self._sim_time(nid, server.next_deadline())
         self._check_node(nid)
         for obs in self.observers:
             obs(self, nid)
+
+    def _persist(self, nid: str, rd: NodeReady) -> None:
+        """Write a ready batch to `nid`'s storage (checking what it writes).
+        Raises DiskFull (having written only part of the batch) if the disk is
+        full: the caller must stop the node."""
+        if rd.install is not None:
+            self._install(nid, rd.install)
+        raft = rd.raft
+        if raft.hard_state is None and not raft.entries:
+            return
+        st = self.storage[nid]
+        if not st.writing():
+            torn = raft.entries[: self.rng.randrange(len(raft.entries) + 1)]
+            self._persist_raft(nid, Ready(entries=torn))
+            raise DiskFull(f"{nid}: no space left on the simulated disk")
+        self._persist_raft(nid, raft)
+
+    def _persist_raft(self, nid: str, rd: Ready) -> None:
+        st = self.storage[nid]
+        if rd.hard_state is not None:
+            old, new = st.hard_state, rd.hard_state
+            if new.term < old.term:
+                self._fail(f"{nid}: term went back from {old.term} to {new.term}")
+            if new.term == old.term and old.vote is not None and new.vote != old.vote:
+                self._fail(f"{nid}: voted for {old.vote} then {new.vote} in term {new.term}")
+            st.hard_state = new
+        if rd.entries:
+            first, last = rd.entries[0].index, st.last_index()
+            if first > last + 1:
+                self._fail(f"{nid}: persisting from {first} leaves a gap after {last}")
+            if first <= self._durable_commit[nid] and first <= last:
+                self._fail(
+                    f"{nid}: overwrites entry {first} but had committed up to "
+                    f"{self._durable_commit[nid]}"
+                )
+            base = st.base
+            added = [e for e in rd.entries if e.index > base] if first <= base else rd.entries
+            del st.entries[max(first - base - 1, 0) :]
+            st.entries.extend(added)
+            self._check_new_entries(nid, st, added)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _background(self, nid: str, work: Callback) -> None:
+        """Work the node process does off its event loop: it finishes a little
+        later, and not at all if the node dies meanwhile."""
+        life = self._lives[nid]
+        lo, hi = self.background
+        if hi <= 0:
+            work()
+            return
+
+        def done() -> None:
+            if nid in self.alive and self._lives[nid] == life:
+                work()
+
+        self.schedule(self.now + self.rng.uniform(lo, hi), done)
+
+    def _save_capture(self, nid: str, capture: SnapshotCapture) -> None:
+        snap = MemorySnapshot.build(capture.meta, capture.lines)
+        self._check_snapshot(nid, snap)
+        st = self.storage[nid]
+        if not st.writing():
+            self.storage_failures += 1
+            self.events.append((self.now, nid, {"event": "storage_failed"}))
+            self.crash(nid)
+            return
+        self._save_snapshot(nid, snap)
+        self.snapshots_taken += 1
+        self._sync(nid).snapshot_saved(snap)
+        self.flush(nid)
+
+    def _decode(self, nid: str, source: SnapshotSource) -> None:
+        server = self._sync(nid)
+        try:
+            kv = decode_lines(source.payload())
+        except ValueError as exc:
+            server.snapshot_load_failed(source, str(exc))
+        else:
+            server.snapshot_loaded(source, kv)
+        self.flush(nid)
+
+    def _save_snapshot(self, nid: str, snap: MemorySnapshot) -> None:
+        """Storage keeps the newest snapshot, and the entries after it only if
+        its own entry at the snapshot's index agrees (InstallSnapshot's rule)."""
+        st = self.storage[nid]
+        index, term = snap.meta.index, snap.meta.term
+        if index <= st.base:
+            return
+        if st.term_at(index) == term:
+            del st.entries[: index - st.base]
+        else:
+            st.entries.clear()
+        st.snapshot = snap
+        self._durable_commit[nid] = max(self._durable_commit[nid], index)
+
+    def _install(self, nid: str, source: SnapshotSource) -> None:
+        """A follower persists the snapshot its leader sent, replacing its state."""
+        snap = source
+        if not isinstance(snap, MemorySnapshot):
+            snap = MemorySnapshot.parse(source.read(0, source.size))
+        self._check_snapshot(nid, snap)
+        st = self.storage[nid]
+        if not st.writing():
+            raise DiskFull(f"{nid}: no space left for a snapshot")
+        self._save_snapshot(nid, snap)
+        self.applied[nid] = []
+        self.applied_from[nid] = snap.meta.index
+        self.snapshots_installed += 1
 
     # ------------------------------------------------------------------ network
 
@@ -636,7 +743,7 @@ class RaftNet:
             self.dropped += 1
             return
         self.delivered += 1
-        self._sync(m.dst).step(m)
+        self._sync(m.dst).step((m,), self.local_time(m.dst))
         self.flush(m.dst)
 
     def _pop_due(self, pred: MessagePredicate | None) -> Message | None:
@@ -709,6 +816,8 @@ class RaftNet:
 
     # ------------------------------------------------------------------ time
 
+    # ------------------------------------------------------------------ time
+
     def advance(self, dt: float, until: Callable[[], bool] | None = None) -> bool:
         """Let `dt` seconds pass (or stop as soon as `until()` holds, returning True).
 
@@ -743,7 +852,7 @@ class RaftNet:
                 now = self.now
                 for nid in self._alive_sorted:
                     if deadline.get(nid, inf) <= now:
-                        self.nodes[nid].tick(self.local_time(nid))
+                        self.servers[nid].tick(self.local_time(nid))
                         self.flush(nid)
             elif t_msg <= t_timer:
                 self._deliver(heapq.heappop(queue)[2])
@@ -763,203 +872,3 @@ class RaftNet:
             raise AssertionError(f"{nid} did not become leader (leader: {self.leader()})")
         self.deliver_all()
         return node
-
-    # ------------------------------------------------------------------ checks
-
-    def _fail(self, what: str) -> None:
-        raise InvariantViolation(f"[seed {self.seed}, t={self.now:.4f}] {what}")
-
-    def _persist(self, nid: str, rd: Ready) -> None:
-        st = self.storage[nid]
-        if rd.hard_state is not None:
-            old, new = st.hard_state, rd.hard_state
-            if new.term < old.term:
-                self._fail(f"{nid}: term went back from {old.term} to {new.term}")
-            if new.term == old.term and old.vote is not None and new.vote != old.vote:
-                self._fail(f"{nid}: voted for {old.vote} then {new.vote} in term {new.term}")
-            st.hard_state = new
-        if rd.entries:
-            first, last = rd.entries[0].index, st.last_index()
-            if first > last + 1:
-                self._fail(f"{nid}: persisting from {first} leaves a gap after {last}")
-            if first <= self._durable_commit[nid] and first <= last:
-                self._fail(
-                    f"{nid}: overwrites entry {first} but had committed up to "
-                    f"{self._durable_commit[nid]}"
-                )
-            base = st.base
-            added = [e for e in rd.entries if e.index > base] if first <= base else rd.entries
-            del st.entries[max(first - base - 1, 0) :]
-            st.entries.extend(added)
-            self._check_new_entries(nid, st, added)
-
-    def _check_commit_is_durable(self, nid: str, index: int) -> None:
-        """Leader completeness as a state invariant (the one its proof rests on):
-        once an entry is committed, no node lacking it is at least as up to date
-        as a majority of voters, so none can ever win an election without it.
-        This catches an unsafe commit when it happens, not only in the rare
-        schedule where such a node then does win (Figure 8).
-
-        Judged on persisted logs with the bootstrap voters; skipped once
-        membership changed or a node lost its state (other rules apply then)."""
-        if self._config_seen or self._amnesiac:
-            return
-        term = self.nodes[nid].log.term_at(index)
-        voters = self._voters
-        tips = {v: self.storage[v].tip() for v in voters}
-        quorum = len(voters) // 2 + 1
-        for cand in voters:
-            st = self.storage[cand]
-            if index <= st.base or st.term_at(index) == term:
-                continue  # it holds the entry (a snapshot covers only committed ones)
-            electors = [v for v in voters if tips[cand] >= tips[v]]
-            if len(electors) >= quorum:
-                self._fail(
-                    f"leader completeness: {nid} commits index {index} (term {term}), but "
-                    f"{cand}, whose log lacks it, could be elected by {electors}"
-                )
-
-    def _check_new_entries(self, nid: str, st: Storage, new: list[Entry]) -> None:
-        for e in new:
-            if e.kind is EntryKind.CONFIG:
-                self._config_seen = True
-            if st.entry(e.index) is not e:
-                self._fail(f"{nid}: entry {e.index} persisted at the wrong position")
-            prev_term = st.term_at(e.index - 1) or 0
-            seen = self._entry_at.setdefault((e.index, e.term), (e, prev_term))
-            if seen != (e, prev_term):
-                self._fail(
-                    f"log matching: {nid} has {e} after term {prev_term}, "
-                    f"another log has {seen[0]} after term {seen[1]}"
-                )
-
-    def _apply(self, nid: str, entries: list[Entry]) -> None:
-        node = self.nodes[nid]
-        applied = self.applied[nid]
-        st = self.storage[nid]
-        for e in entries:
-            if e.index != self.applied_from[nid] + len(applied) + 1:
-                self._fail(
-                    f"{nid}: applies {e.index} after {self.applied_from[nid] + len(applied)}"
-                )
-            known = self.committed.get(e.index)
-            if known is None:
-                self.committed[e.index] = e
-                self._commit_term[e.index] = node.term
-            elif known != e:
-                self._fail(f"state machine safety: {nid} applies {e}, another node applied {known}")
-            if e.index > st.base and st.entry(e.index) != e:
-                self._fail(f"{nid}: applies {e} which is not in its storage")
-            applied.append(e)
-        if entries:
-            self._durable_commit[nid] = max(self._durable_commit[nid], entries[-1].index)
-
-    def _check_vote_grant(self, nid: str) -> None:
-        """A node that lost its state votes only once its log names it a voter
-        under its new incarnation (it may have voted in this term already, or
-        helped commit entries it no longer has)."""
-        if nid not in self._amnesiac:
-            return
-        node = self.nodes[nid]
-        st = self.storage[nid]
-        named = any(
-            Membership.from_dict(e.data).is_voter(nid, node.incarnation)
-            for e in st.entries
-            if e.kind is EntryKind.CONFIG
-        ) or (
-            st.snapshot is not None
-            and Membership.from_dict(st.snapshot.membership).is_voter(nid, node.incarnation)
-        )
-        if not named:
-            self._fail(f"{nid} lost its state, and votes before the log names it a voter again")
-
-    def _check_node(self, nid: str) -> None:
-        node = self.nodes[nid]
-        if node.commit > node.log.last_index():
-            self._fail(f"{nid}: commit {node.commit} beyond its last index {node.log.last_index()}")
-        seen = self._commit_seen.get(node, 0)
-        if node.commit < seen:
-            self._fail(f"{nid}: commit index went back to {node.commit}")
-        if node.commit > seen and node.role is Role.LEADER:
-            self._check_commit_is_durable(nid, node.commit)
-        self._commit_seen[node] = node.commit
-        if node.role is Role.LEADER:
-            tip = self._leader_tip.get(nid)
-            last = node.log.last_index()
-            if tip is not None and tip[0] == node.term:
-                _, entry = tip
-                # (Entries a snapshot now covers are committed: compaction is no loss.)
-                compacted = node.log.snapshot_index
-                if entry is not None and (
-                    entry.index > last
-                    or (entry.index > compacted and node.log.entry(entry.index) is not entry)
-                    or (entry.index == compacted and node.log.snapshot_term != entry.term)
-                ):
-                    self._fail(f"leader append-only: {nid} lost or changed {entry} in its log")
-            tip_entry = node.log.entry(last) if last > node.log.snapshot_index else None
-            self._leader_tip[nid] = (node.term, tip_entry)
-            known = self.leaders.setdefault(node.term, nid)
-            if known != nid:
-                self._fail(f"election safety: {known} and {nid} both lead term {node.term}")
-            if (nid, node.term) not in self._leader_checked:
-                self._leader_checked.add((nid, node.term))
-                compacted = node.log.snapshot_index  # before it: in a checked snapshot
-                for i, e in self.committed.items():
-                    if (
-                        self._commit_term[i] < node.term
-                        and i >= compacted
-                        and (
-                            node.log.term_at(i) != e.term
-                            or (i > compacted and node.log.entry(i) != e)
-                        )
-                    ):
-                        self._fail(
-                            f"leader completeness: {nid} leads term {node.term} "
-                            f"without committed {e}"
-                        )
-
-    def _read_done(self, nid: str, ctx: int, index: int | None) -> None:
-        rec = self.reads.get((nid, ctx))
-        if rec is None:
-            self._fail(f"{nid}: answers read {ctx} that was never asked")
-            return
-        if rec.done:
-            self._fail(f"{nid}: answers read {ctx} twice")
-        if index is None:
-            rec.failed = True
-            return
-        rec.index = index
-        if index < rec.floor and self.check_reads:
-            self._fail(
-                f"stale read: {nid} read {ctx} at index {index}, but {rec.floor} was "
-                f"committed before it was requested"
-            )
-        if index > max(self.committed, default=0) and self.check_reads:
-            self._fail(f"{nid}: read {ctx} at index {index} that is not committed anywhere")
-
-    def check_logs(self) -> None:
-        """Full pairwise check of the stored logs (slow; end of a test)."""
-        stores = self.storage
-        for a, b in itertools.combinations(sorted(stores), 2):
-            sa, sb = stores[a], stores[b]
-            lo, hi = max(sa.base, sb.base) + 1, min(sa.last_index(), sb.last_index())
-            same = [i for i in range(lo, hi + 1) if sa.term_at(i) == sb.term_at(i)]
-            if same and any(sa.entry(i) != sb.entry(i) for i in range(lo, same[-1] + 1)):
-                self._fail(f"log matching: {a} and {b} differ before index {same[-1]}")
-        for i, e in self.committed.items():
-            for nid, st in stores.items():
-                if st.base < i <= self._durable_commit[nid] and st.entry(i) != e:
-                    self._fail(f"{nid} lost committed entry {e}")
-
-    def converged(self, nids: Iterable[str] | None = None) -> bool:
-        """All (live) nodes have applied the same entries."""
-        ids = sorted(self.alive if nids is None else nids)
-        first = ids[0]
-        if any(self.nodes[i].applied != self.nodes[first].applied for i in ids):
-            return False
-        # Where snapshots cut the lists short, applying checked them against each other.
-        return all(
-            self.applied[i] == self.applied[first]
-            for i in ids
-            if self.applied_from[i] == self.applied_from[first]
-        )

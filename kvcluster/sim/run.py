@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..check import HistoryRecorder, Operation, check
+from ..node import NodeOptions
 from ..raft import RaftOptions
 from .clients import ClientOptions, SimClient
-from .cluster import READ_MODES, ReadMode, SimCluster
 from .faults import FAULT_KINDS, Nemesis, NetworkFaults
-from .net import InvariantViolation
+from .net import InvariantViolation, RaftNet
+
+ReadMode = Literal["proxy", "read_index", "lease"]
+READ_MODES: tuple[ReadMode, ...] = ("proxy", "read_index", "lease")
 
 ViolationKind = Literal["safety", "linearizability", "liveness", "error"]
 
@@ -122,14 +125,24 @@ class Simulation:
         self._trace: deque[tuple[float, str]] = deque(maxlen=None if verbose else 400)
         every = rng.choice([0, 3, 10, 30])
         self.snapshot_every = every if cfg.snapshot_every is None else cfg.snapshot_every
-        self.cluster = SimCluster(
+        self.node_options = NodeOptions(
+            read_mode=self.read_mode,
+            request_timeout=rng.choice([0.3, 1.0, 3.0]),
+            snapshot_every=self.snapshot_every,
+            snapshot_keep=rng.choice([0, 2]),
+            # Tiny chunks: a simulated store is a few hundred bytes, and every
+            # transfer should take several chunks, some lost or reordered.
+            snapshot_chunk=rng.choice([16, 64, 4096]),
+            snapshot_window=rng.choice([1, 2, 4]),
+        )
+        self.cluster = RaftNet(
             self.n,
             seed=seed,
             options=self.options,
-            read_mode=self.read_mode,
+            node_options=self.node_options,
             latency=self.network.latency,
-            snapshot_every=self.snapshot_every,
-            snapshot_keep=rng.choice([0, 2]),
+            background=rng.choice([(0.0, 0.0), (0.0, 0.05), (0.01, 0.3)]),
+            record=False,
         )
         self.network.apply(self.cluster)
         self.nemesis = Nemesis(
@@ -156,12 +169,15 @@ class Simulation:
             for i in range(1, cfg.clients + 1)
         ]
         by_name = {c.name: c for c in self.clients}
-        self.cluster.reply_to = lambda req, reply: by_name[req.client].on_reply(req, reply)
+        self.cluster.reply_to = lambda wire, answer: by_name[wire[0]].on_answer(wire[1], answer)
         self.setup = (
             f"{self.n} nodes, read mode {self.read_mode}, pre-vote {self.options.pre_vote}, "
             f"check-quorum {self.options.check_quorum}, max_inflight {self.options.max_inflight}, "
             f"max_append_entries {self.options.max_append_entries}, "
-            f"snapshot every {self.snapshot_every or 'never'}; {self.network.describe()}; "
+            f"snapshot every {self.snapshot_every or 'never'} "
+            f"(chunk {self.node_options.snapshot_chunk} B), "
+            f"request timeout {self.node_options.request_timeout:g}s; "
+            f"{self.network.describe()}; "
             f"faults: {', '.join(sorted(cfg.faults)) or 'none'}, "
             f"every {interval[0]:g}-{interval[1]:g}s"
         )

@@ -1,0 +1,39 @@
+"""The sans-IO node layer between client requests and the Raft core (see node.py)."""
+
+from .node import Node, NodeReady, SnapshotCapture, decode_lines
+from .options import READ_MODES, NodeOptions
+from .requests import (
+    ADD_MEMBER,
+    DELETE,
+    GET,
+    LIST,
+    PUT,
+    REMOVE_MEMBER,
+    Answer,
+    Failure,
+    Forward,
+    Request,
+)
+from .snapshots import SnapshotMeta, SnapshotReceiver, SnapshotSource
+
+__all__ = [
+    "ADD_MEMBER",
+    "DELETE",
+    "GET",
+    "LIST",
+    "PUT",
+    "READ_MODES",
+    "REMOVE_MEMBER",
+    "Answer",
+    "Failure",
+    "Forward",
+    "Node",
+    "NodeOptions",
+    "NodeReady",
+    "Request",
+    "SnapshotCapture",
+    "SnapshotMeta",
+    "SnapshotReceiver",
+    "SnapshotSource",
+    "decode_lines",
+]

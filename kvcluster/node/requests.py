@@ -1,0 +1,139 @@
+"""What a client asks a node, and what the node answers: the node layer's vocabulary.
+
+A `Request` is a client operation as the node layer sees it, already parsed
+and validated by whoever received it (the HTTP routes, or a simulated client).
+An `Answer` is what goes back. Statuses are HTTP's because that is the wire in
+production, and because a client's next move depends on exactly these
+distinctions, in the simulator as much as in the real thing:
+
+- 200: done; 404: no such key or member; 409: the store refused the command;
+- 503: certainly not applied, retry (no leader, not the leader, not reachable);
+- 504: the outcome is unknown (a write may still take effect);
+- 307: ask the leader (only for /register, whose caller follows redirects).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..raft import Member
+
+PUT = "put"
+DELETE = "delete"
+GET = "get"
+LIST = "list"
+ADD_MEMBER = "add_member"
+REMOVE_MEMBER = "remove_member"
+
+READS = frozenset({GET, LIST})
+WRITES = frozenset({PUT, DELETE})
+OPS = READS | WRITES | {ADD_MEMBER, REMOVE_MEMBER}
+
+
+@dataclass(slots=True)
+class Request:
+    """One client operation. `id` is the caller's handle: the answer carries it.
+
+    `key` is the key (get/put/delete), the prefix (list) or the member id
+    (add/remove member). `client_id` and `seq` make a retried write apply at
+    most once. `forwarded` marks a request another node relayed to us: it is
+    never relayed again. `wire` is opaque to the node layer: what the driver
+    needs to relay the request to the leader (the HTTP request, or the
+    simulator's request object).
+    """
+
+    id: int
+    op: str
+    key: str = ""
+    value: str | None = None
+    client_id: str | None = None
+    seq: int | None = None
+    serializable: bool = False
+    limit: int | None = None
+    member: Member | None = None
+    forwarded: bool = False
+    wire: Any = None
+
+    def command(self) -> dict[str, Any]:
+        """The kv command this write appends to the log."""
+        cmd: dict[str, Any] = {"op": self.op, "key": self.key}
+        if self.op == PUT:
+            cmd["value"] = self.value
+        if self.client_id is not None:
+            cmd["client_id"], cmd["seq"] = self.client_id, self.seq
+        return cmd
+
+    @property
+    def session(self) -> tuple[str, int] | None:
+        if self.client_id is None or self.seq is None:
+            return None
+        return self.client_id, self.seq
+
+
+@dataclass(slots=True)
+class Answer:
+    """The node's answer to request `id`.
+
+    `body` is a JSON-able object, or None when `raw` carries a relayed answer
+    as the leader sent it. `leader` is the leader's base address as this node
+    knows it (or the node a relayed answer came from); `redirect` is the
+    leader's base address for a 307.
+    """
+
+    id: int
+    status: int
+    body: dict[str, Any] | None = None
+    raw: bytes | None = None
+    leader: str | None = None
+    redirect: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(slots=True)
+class Forward:
+    """Relay `request` to the leader `leader` at `address`; report back with
+    `Node.forward_answered` or `Node.forward_failed`."""
+
+    request: Request
+    leader: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An error answer's parts: the status, a code a program can test, and a
+    message that tells a person what to do next."""
+
+    status: int
+    code: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+# The failures the node layer itself decides, in one place so that every
+# route and the simulator's clients see the same ones.
+NO_LEADER = Failure(503, "no_leader", "no leader is elected right now; retry shortly")
+NOT_LEADER = Failure(503, "not_leader", "this node is no longer the leader; retry")
+NOT_APPLIED = Failure(503, "not_leader", "the entry was replaced by a new leader; retry")
+READ_UNCONFIRMED = Failure(503, "no_leader", "no leader could confirm this read; retry")
+WRITE_TIMEOUT = Failure(
+    504, "timeout", "the write was not committed in time; the outcome is unknown"
+)
+MEMBERSHIP_BUSY = Failure(
+    503, "membership_busy", "another membership change is still committing; retry"
+)
+
+
+def unreachable(reason: str) -> Failure:
+    return Failure(503, "unavailable", f"cannot reach the leader: {reason}; retry")
+
+
+def leader_silent(reason: str) -> Failure:
+    return Failure(504, "timeout", f"the leader did not answer: {reason}; the outcome is unknown")
