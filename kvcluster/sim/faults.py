@@ -2,7 +2,8 @@
 
 Message loss, duplication, long delays and reordering are network settings
 chosen per seed (`NetworkFaults`); partitions (symmetric and one-way), crashes
-and restarts, and clock steps are actions the `Nemesis` takes at random times.
+and restarts, clock steps and full disks are actions the `Nemesis` takes at
+random times.
 
 Clocks stay within the timing assumptions the lease (and check-quorum) rest on:
 a node's clock drifts by at most `CLOCK_DRIFT` and steps forward by at most
@@ -29,6 +30,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "one_way",
     "crash",
     "clock",
+    "disk",
 )
 CLOCK_DRIFT = 0.01  # a clock's rate is within 1 +- this
 CLOCK_STEP = 0.03  # the largest forward step, in shortest election timeouts
@@ -105,6 +107,7 @@ class Nemesis:
             ("one_way", [self._one_way, self._heal]),
             ("crash", [self._crash, self._crash_leader, self._restart, self._restart]),
             ("clock", [self._clock]),
+            ("disk", [self._fill_disk]),
         ]
         self._choices: list[Callable[[], None]] = []
         self._weights: list[float] = []
@@ -134,7 +137,9 @@ class Nemesis:
         self.stop()
         net = self.net
         net.heal()
-        for nid in sorted(self.down):
+        for st in net.storage.values():
+            st.fail_after = None  # disks that were about to fill up get their space
+        for nid in sorted(set(net.nodes) - net.alive):  # crashed, or stopped by a full disk
             net.restart(nid)
         self.down.clear()
         net.drop_rate = net.dup_rate = net.delay_rate = 0.0
@@ -194,12 +199,27 @@ class Nemesis:
             self.log(f"nemesis: crash {nid} (a leader)")
 
     def _restart(self) -> None:
-        if self.down:
-            nid = self.rng.choice(sorted(self.down))
+        down = sorted(set(self.net.nodes) - self.net.alive)
+        if down:
+            nid = self.rng.choice(down)
             self.down.discard(nid)
             self.net.restart(nid)
             self.net.faults["restart"] += 1
             self.log(f"nemesis: restart {nid}")
+
+    def _fill_disk(self) -> None:
+        """A node's disk fills up a few writes from now (a leader's, half the
+        time): the node must stop at the failed write, and lose nothing it
+        acknowledged. A restart (with space again) brings it back."""
+        net = self.net
+        leaders = [i for i in sorted(net.alive) if net.nodes[i].is_leader]
+        up = leaders if leaders and self.rng.random() < 0.5 else sorted(net.alive)
+        if up:
+            nid = self.rng.choice(up)
+            after = self.rng.randrange(4)
+            net.fail_storage(nid, after=after)
+            net.faults["disk"] += 1
+            self.log(f"nemesis: {nid}'s disk fills up after {after} more writes")
 
     def _clock(self) -> None:
         net, rng = self.net, self.rng

@@ -549,9 +549,7 @@ class RaftNet(SafetyChecks):
                 self._persist(nid, rd)
             except DiskFull:
                 # Fail-stop: the process exits; nothing of this batch leaves it.
-                self.storage_failures += 1
-                self.events.append((self.now, nid, {"event": "storage_failed"}))
-                self.crash(nid)
+                self._storage_failed(nid)
                 return
             raft = rd.raft
             for m in rd.messages:
@@ -582,6 +580,13 @@ class RaftNet(SafetyChecks):
         for obs in self.observers:
             obs(self, nid)
 
+    def _storage_failed(self, nid: str) -> None:
+        """Fail-stop: a write failed, so the process exits there and then."""
+        self.storage_failures += 1
+        self.faults["storage_failed"] += 1
+        self.events.append((self.now, nid, {"event": "storage_failed"}))
+        self.crash(nid)
+
     def _persist(self, nid: str, rd: NodeReady) -> None:
         """Write a ready batch to `nid`'s storage (checking what it writes).
         Raises DiskFull (having written only part of the batch) if the disk is
@@ -593,8 +598,13 @@ class RaftNet(SafetyChecks):
             return
         st = self.storage[nid]
         if not st.writing():
-            torn = raft.entries[: self.rng.randrange(len(raft.entries) + 1)]
-            self._persist_raft(nid, Ready(entries=torn))
+            # A torn write: a prefix of the batch's records made it (the hard
+            # state is the first record, as in the write-ahead log).
+            records = (raft.hard_state is not None) + len(raft.entries)
+            kept = self.rng.randrange(records + 1)
+            hs = raft.hard_state if kept and raft.hard_state is not None else None
+            torn = raft.entries[: kept - (raft.hard_state is not None)] if kept else []
+            self._persist_raft(nid, Ready(hard_state=hs, entries=torn))
             raise DiskFull(f"{nid}: no space left on the simulated disk")
         self._persist_raft(nid, raft)
 
@@ -629,24 +639,19 @@ class RaftNet(SafetyChecks):
         later, and not at all if the node dies meanwhile."""
         life = self._lives[nid]
         lo, hi = self.background
-        if hi <= 0:
-            work()
-            return
 
         def done() -> None:
             if nid in self.alive and self._lives[nid] == life:
                 work()
 
-        self.schedule(self.now + self.rng.uniform(lo, hi), done)
+        self.schedule(self.now + (self.rng.uniform(lo, hi) if hi > 0 else 0.0), done)
 
     def _save_capture(self, nid: str, capture: SnapshotCapture) -> None:
         snap = MemorySnapshot.build(capture.meta, capture.lines)
         self._check_snapshot(nid, snap)
         st = self.storage[nid]
         if not st.writing():
-            self.storage_failures += 1
-            self.events.append((self.now, nid, {"event": "storage_failed"}))
-            self.crash(nid)
+            self._storage_failed(nid)
             return
         self._save_snapshot(nid, snap)
         self.snapshots_taken += 1

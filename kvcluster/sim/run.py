@@ -54,6 +54,8 @@ class SimConfig:
     liveness_bound: float = 10.0  # simulated seconds to elect a leader once faults stop
     settle_time: float = 1.0  # load after that, all of which must succeed
     checker_steps: int = 200_000  # linearizability search budget (deterministic)
+    client_options: ClientOptions | None = None  # None: the defaults, with `keys`
+    node_options: NodeOptions | None = None  # None: drawn from the seed
     trace_lines: int = 40  # of a failing run's trace, in the report
 
     def __post_init__(self) -> None:
@@ -125,7 +127,7 @@ class Simulation:
         self._trace: deque[tuple[float, str]] = deque(maxlen=None if verbose else 400)
         every = rng.choice([0, 3, 10, 30])
         self.snapshot_every = every if cfg.snapshot_every is None else cfg.snapshot_every
-        self.node_options = NodeOptions(
+        self.node_options = cfg.node_options or NodeOptions(
             read_mode=self.read_mode,
             request_timeout=rng.choice([0.3, 1.0, 3.0]),
             snapshot_every=self.snapshot_every,
@@ -154,7 +156,9 @@ class Simulation:
         )
         self.recorder = HistoryRecorder(clock=lambda: self.cluster.now)
         serializable = 0.2 if cfg.serializable_reads else 0.0
-        self.client_options = copts = ClientOptions(keys=cfg.keys, serializable_ratio=serializable)
+        self.client_options = copts = cfg.client_options or ClientOptions(
+            keys=cfg.keys, serializable_ratio=serializable
+        )
         self.clients = [
             SimClient(
                 f"c{i}",
