@@ -1,5 +1,6 @@
 """The sans-IO node layer between client requests and the Raft core (see node.py)."""
 
+from ..storage import SnapshotMeta, SnapshotReceiver, SnapshotSource
 from .node import Node, NodeReady, SnapshotCapture, decode_lines
 from .options import READ_MODES, NodeOptions
 from .requests import (
@@ -14,7 +15,6 @@ from .requests import (
     Forward,
     Request,
 )
-from .snapshots import SnapshotMeta, SnapshotReceiver, SnapshotSource
 
 __all__ = [
     "ADD_MEMBER",

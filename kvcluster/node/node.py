@@ -60,6 +60,7 @@ from ..raft import (
     Ready,
     Role,
 )
+from ..storage import SnapshotMeta, SnapshotReceiver, SnapshotSource
 from .options import NodeOptions
 from .proposals import Proposals
 from .requests import (
@@ -86,8 +87,6 @@ from .snapshots import (
     Incoming,
     OpenReceiver,
     Outgoing,
-    SnapshotMeta,
-    SnapshotSource,
     ack_message,
     chunk_data,
     chunk_message,
@@ -139,7 +138,7 @@ class NodeReady:
     forwards: list[Forward] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
     capture: SnapshotCapture | None = None
-    load: SnapshotSource | None = None
+    load: SnapshotReceiver | None = None
     membership: Membership | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -222,7 +221,7 @@ class Node:
         self._capturing = False
         self._outgoing: dict[str, Outgoing] = {}
         self._incoming: Incoming | None = None
-        self._load: SnapshotSource | None = None  # received, for the driver to decode
+        self._load: SnapshotReceiver | None = None  # received: to verify and decode
         self._install_kv: tuple[int, int, KVStore, SnapshotSource] | None = None
 
         self._pending: dict[int, _Pending] = {}
@@ -378,10 +377,13 @@ class Node:
             {"event": "snapshot_taken", "term": self.raft.term, "index": meta.index}
         )
 
-    def snapshot_loaded(self, source: SnapshotSource, kv: KVStore) -> None:
-        """The driver decoded a snapshot the leader sent (a `load`): install it."""
+    def snapshot_loaded(
+        self, receiver: SnapshotReceiver, source: SnapshotSource, kv: KVStore
+    ) -> None:
+        """The driver verified (`receiver.finish()`) and decoded a snapshot the
+        leader sent (a `load`): install it."""
         inc = self._incoming
-        if inc is None or inc.loading is not source:
+        if inc is None or inc.receiver is not receiver or not inc.loading:
             return  # given up on meanwhile
         self._incoming = None
         meta = source.meta
@@ -398,10 +400,10 @@ class Node:
         self.raft.step(m)
         self._after_input()
 
-    def snapshot_load_failed(self, source: SnapshotSource, reason: str) -> None:
-        """A received snapshot did not decode: start its transfer over."""
+    def snapshot_load_failed(self, receiver: SnapshotReceiver, reason: str) -> None:
+        """A received snapshot failed its check or did not decode: start over."""
         inc = self._incoming
-        if inc is None or inc.loading is not source:
+        if inc is None or inc.receiver is not receiver or not inc.loading:
             return
         self._incoming = None
         self._events.append(
@@ -878,35 +880,34 @@ class Node:
             meta = SnapshotMeta(m.index, m.log_term, membership)
             receiver = self._open_receiver(meta, m.commit)
             inc = self._incoming = Incoming(m.src, m.term, meta, m.commit, receiver)
-        if inc.loading is not None:
+        if inc.loading:
             self._messages.append(ack_message(self.id, m.src, m, inc.size))
             return
         receiver = inc.receiver
         if m.ctx == receiver.received:
             try:
                 data = chunk_data(m)
-            except ValueError:
-                return  # a damaged chunk: the leader resends it
-            if receiver.received + len(data) > inc.size:
+                if receiver.received + len(data) > inc.size:
+                    raise ValueError("more bytes than the snapshot's announced size")
+                receiver.write(data)
+            except ValueError as exc:
+                # Bytes that cannot be this snapshot: start it over.
+                self._events.append(
+                    {"event": "snapshot_rejected", "term": core.term, "reason": str(exc)}
+                )
                 self._drop_incoming()
                 self._messages.append(ack_message(self.id, m.src, m, 0))
                 return
-            receiver.write(data)
             if receiver.received == inc.size:
-                try:
-                    inc.loading = self._load = receiver.finish()
-                except ValueError as exc:
-                    self._events.append(
-                        {"event": "snapshot_rejected", "term": core.term, "reason": str(exc)}
-                    )
-                    self._incoming = None
-                    self._messages.append(ack_message(self.id, m.src, m, 0))
-                    return
+                inc.loading = True
+                self._load = receiver  # the driver verifies and decodes it off the loop
         self._messages.append(ack_message(self.id, m.src, m, receiver.received))
 
     def _drop_incoming(self) -> None:
         inc, self._incoming = self._incoming, None
-        if inc is not None and inc.loading is None:
+        if inc is not None:
+            if self._load is inc.receiver:
+                self._load = None
             inc.receiver.abort()
 
     def _install(self, m: Message, rd: NodeReady) -> None:

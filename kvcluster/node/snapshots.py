@@ -22,50 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from ..raft import Message, MessageType
+from ..storage import SnapshotMeta, SnapshotReceiver, SnapshotSource
 
 MT = MessageType
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotMeta:
-    """Which state a snapshot holds: the log up to `index` (whose entry had
-    `term`) applied, under `membership` (Membership.to_dict())."""
-
-    index: int
-    term: int
-    membership: dict[str, Any]
-
-
-class SnapshotSource(Protocol):
-    """A complete, verified snapshot, readable in chunks."""
-
-    @property
-    def meta(self) -> SnapshotMeta: ...
-
-    @property
-    def size(self) -> int: ...
-
-    def read(self, offset: int, length: int) -> bytes: ...
-
-    def payload(self) -> Iterator[bytes]: ...
-
-
-class SnapshotReceiver(Protocol):
-    """A snapshot arriving in chunks; `received` is the next offset it needs."""
-
-    @property
-    def received(self) -> int: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    def finish(self) -> SnapshotSource: ...
-
-    def abort(self) -> None: ...
 
 
 OpenReceiver = Callable[[SnapshotMeta, int], SnapshotReceiver]  # (meta, size)
@@ -91,7 +54,7 @@ class Incoming:
     meta: SnapshotMeta
     size: int
     receiver: SnapshotReceiver
-    loading: SnapshotSource | None = None  # complete, being decoded by the driver
+    loading: bool = False  # complete: the driver verifies and decodes it
 
 
 def chunk_message(

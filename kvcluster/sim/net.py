@@ -59,6 +59,7 @@ from ..node import (
     NodeReady,
     Request,
     SnapshotCapture,
+    SnapshotReceiver,
     SnapshotSource,
     decode_lines,
 )
@@ -658,14 +659,15 @@ class RaftNet(SafetyChecks):
         self._sync(nid).snapshot_saved(snap)
         self.flush(nid)
 
-    def _decode(self, nid: str, source: SnapshotSource) -> None:
+    def _decode(self, nid: str, receiver: SnapshotReceiver) -> None:
         server = self._sync(nid)
         try:
+            source = receiver.finish()
             kv = decode_lines(source.payload())
         except ValueError as exc:
-            server.snapshot_load_failed(source, str(exc))
+            server.snapshot_load_failed(receiver, str(exc))
         else:
-            server.snapshot_loaded(source, kv)
+            server.snapshot_loaded(receiver, source, kv)
         self.flush(nid)
 
     def _save_snapshot(self, nid: str, snap: MemorySnapshot) -> None:
@@ -684,9 +686,11 @@ class RaftNet(SafetyChecks):
 
     def _install(self, nid: str, source: SnapshotSource) -> None:
         """A follower persists the snapshot its leader sent, replacing its state."""
-        snap = source
-        if not isinstance(snap, MemorySnapshot):
-            snap = MemorySnapshot.parse(source.read(0, source.size))
+        snap = (
+            source
+            if isinstance(source, MemorySnapshot)
+            else MemorySnapshot.parse(source.read(0, source.size))
+        )
         self._check_snapshot(nid, snap)
         st = self.storage[nid]
         if not st.writing():

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..node import SnapshotMeta
 from ..raft import Entry, HardState
+from ..storage import SnapshotMeta
 
 
 class DiskFull(OSError):
@@ -62,6 +62,9 @@ class MemorySnapshot:
     def payload(self) -> Iterator[bytes]:
         lines = self.data.split(b"\n")
         return iter(lines[1:-1])  # after the metadata; the last "line" is empty
+
+    def close(self) -> None:
+        pass
 
     def __repr__(self) -> str:
         return f"MemorySnapshot({self._meta.index}, {self._meta.term}, {self.size} bytes)"
