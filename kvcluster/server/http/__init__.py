@@ -1,0 +1,39 @@
+"""kvcluster's one HTTP stack: a bounded HTTP/1.1 server and the one internal client.
+
+- `server`: `HttpServer` (llhttp framing on asyncio.Protocol), `Request`,
+  `Route`, `Reply`, `Router`.
+- `limits`: `Limits`, every bound the server puts on what clients send.
+- `errors`: `error_body`, the one JSON error envelope.
+- `client`: `HttpConnection`, `ConnectionPool`, `open_stream`/`RequestStream`,
+  `Response`, `ConnectionFailed`.
+
+This package imports nothing from the rest of kvcluster: it is protocol code.
+"""
+
+from .client import (
+    ConnectionFailed,
+    ConnectionPool,
+    HttpConnection,
+    RequestStream,
+    Response,
+    open_stream,
+)
+from .errors import error_body
+from .limits import Limits
+from .server import HttpServer, Reply, Request, Route, Router
+
+__all__ = [
+    "ConnectionFailed",
+    "ConnectionPool",
+    "HttpConnection",
+    "HttpServer",
+    "Limits",
+    "Reply",
+    "Request",
+    "RequestStream",
+    "Response",
+    "Route",
+    "Router",
+    "error_body",
+    "open_stream",
+]
