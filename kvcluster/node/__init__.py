@@ -1,7 +1,7 @@
 """The sans-IO node layer between client requests and the Raft core (see node.py)."""
 
 from ..storage import SnapshotMeta, SnapshotReceiver, SnapshotSource
-from .node import Node, NodeReady, SnapshotCapture, decode_lines
+from .node import Node, NodeReady, SnapshotCapture
 from .options import READ_MODES, NodeOptions
 from .requests import (
     ADD_MEMBER,
@@ -35,5 +35,4 @@ __all__ = [
     "SnapshotMeta",
     "SnapshotReceiver",
     "SnapshotSource",
-    "decode_lines",
 ]

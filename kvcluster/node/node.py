@@ -44,8 +44,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..kv import KVStore
 from ..raft import (
     ConfigChangeError,
@@ -154,23 +152,6 @@ class NodeReady:
             or self.membership is not None
             or self.events
         )
-
-
-def capture_lines(kv: KVStore) -> list[bytes]:
-    """The store as snapshot payload lines, as of now (the driver encodes them
-    later, while the store moves on)."""
-    return [orjson.dumps(kv.snapshot())]
-
-
-def decode_lines(lines: Iterable[bytes]) -> KVStore:
-    """A store from snapshot payload lines; ValueError if they are malformed."""
-    try:
-        data = orjson.loads(b"".join(lines))
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"a snapshot's payload is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError("a snapshot's payload must be a JSON object")
-    return KVStore.restore(data)
 
 
 class Node:
@@ -796,7 +777,8 @@ class Node:
         term = core.log.term_at(index)
         assert term is not None, "applied entries are still in the log"
         meta = SnapshotMeta(index, term, core.membership_at(index).to_dict())
-        return SnapshotCapture(meta, capture_lines(self.kv), len(self.kv))
+        frozen = self.kv.freeze()  # a copy of references: the encoding comes later
+        return SnapshotCapture(meta, frozen.lines(), len(frozen))
 
     def _send_snapshot(self, peer: str) -> None:
         """The core wants `peer` to get a snapshot: start (or go on with) a transfer."""

@@ -61,7 +61,6 @@ from ..node import (
     SnapshotCapture,
     SnapshotReceiver,
     SnapshotSource,
-    decode_lines,
 )
 from ..raft import (
     Entry,
@@ -235,7 +234,7 @@ class RaftNet(SafetyChecks):
         self.clock_offset.setdefault(nid, 0.0)
         self.clock_rate.setdefault(nid, 1.0)
         snap = st.snapshot
-        kv = decode_lines(snap.payload()) if snap is not None else KVStore()
+        kv = KVStore.from_lines(snap.payload()) if snap is not None else KVStore()
         server = Node(
             nid,
             options=self.node_options,
@@ -663,7 +662,7 @@ class RaftNet(SafetyChecks):
         server = self._sync(nid)
         try:
             source = receiver.finish()
-            kv = decode_lines(source.payload())
+            kv = KVStore.from_lines(source.payload())
         except ValueError as exc:
             server.snapshot_load_failed(receiver, str(exc))
         else:
