@@ -151,12 +151,18 @@ KV_PUT = [
             ("bool", b"true"),
             ("string", b'"1"'),
             ("float", b"1.5"),
-            ("nan", b"NaN"),
-            ("infinity", b"1e400"),
             ("list", b"[1]"),
             # Valid JSON, but more than the 64 bits a log entry carries between nodes.
             ("2-to-the-63", str(2**63).encode()),
             ("2-to-the-80", str(2**80).encode()),
+        ]
+    ),
+    *(
+        # Not JSON at all (JSON has no NaN, and 1e400 is no finite number).
+        Bad(f"put-seq-{label}", "PUT", "/v1/kv/x", 400, "bad_request", "JSON", body)
+        for label, body in [
+            ("nan", b'{"value": "v", "client_id": "c", "seq": NaN}'),
+            ("infinity", b'{"value": "v", "client_id": "c", "seq": 1e400}'),
         ]
     ),
     Bad(
@@ -227,15 +233,15 @@ KV_PUT = [
         "limit",
         js({"value": "é" * (MAX_VALUE_BYTES // 2) + "x"}),  # 1 byte over in half the chars
     ),
-    # Bigger than the server's whole-body limit: tornado alone would answer a
-    # bare, body-less 400 and close the connection.
+    # Bigger than the route's whole-body limit: refused from its Content-Length,
+    # before the body is read (and the connection closed).
     Bad(
         "put-value-far-too-large",
         "PUT",
         "/v1/kv/x",
         413,
-        "value_too_large",
-        "limit",
+        "payload_too_large",
+        "bytes",
         js({"value": "v" * (10 * MAX_VALUE_BYTES)}),
     ),
 ]
@@ -316,9 +322,10 @@ METHODS = [
         ("GET", "register", "/register"),
         ("GET", "raft", "/raft/messages"),
         ("OPTIONS", "kv-key", "/v1/kv/x"),
-        ("BREW", "status", "/v1/status"),  # not an HTTP method tornado knows
     ]
 ]
+# Not an HTTP method at all: the parser refuses the request line.
+METHODS.append(Bad("brew-status", "BREW", "/v1/status", 400, "bad_request", "method"))
 
 ROUTES = [
     Bad(f"no-route-{label}", method, path, 404, "not_found", "route")

@@ -5,34 +5,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
-import urllib.request
 from typing import Any
 
-from tornado.netutil import bind_sockets
+import orjson
 
-from .api import make_app
 from .config import NodeConfig
-from .fasthttp import HttpServer
-from .key_routes import KeyRoutes
-from .node import NodeServer
-from .operations import body_limit
+from .driver import NodeDriver
+from .http import ConnectionFailed, HttpConnection, HttpServer, Limits
+from .join import join
+from .routes import Routes
+
+# Descriptors kept for the node's own use whatever its clients do: WAL segments,
+# snapshot files being written and received, peer links out, logs, the loop.
+RESERVED_FDS = 256
+
+
+class BindError(SystemExit):
+    """The node cannot listen where it was told to: it exits rather than listen
+    anywhere else (its peers would send the cluster token to whoever holds that
+    address)."""
 
 
 def bind(config: NodeConfig) -> list[socket.socket]:
-    """Bind the client/peer port; 0 lets the OS choose a free one."""
+    """Bind exactly the configured address (port 0: the OS picks a free one)."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        return bind_sockets(config.port, config.host, family=family)
-    except OSError:
-        if config.port == 0:
-            raise
-        return bind_sockets(0, config.host, family=family)  # the old port is taken
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(1024)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        where = f"{config.host}:{config.port}"
+        raise BindError(
+            f"cannot listen on {where}: {exc}. Free that port, or choose another "
+            f"with --listen HOST:PORT (the other members must know the new address)."
+        ) from exc
+    sock.setblocking(False)
+    return [sock]
+
+
+def limits_for_descriptors() -> Limits:
+    """Connection limits that leave the node its own descriptors: the soft
+    RLIMIT_NOFILE is raised to the hard one, and client connections get what
+    is left after RESERVED_FDS (a flood of clients then meets a quick 503,
+    never an EMFILE in the middle of writing a snapshot)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    peer_reserve = 64
+    clients = max(16, min(10_000, soft - RESERVED_FDS - peer_reserve))
+    return Limits(max_connections=clients, peer_reserve=peer_reserve)
 
 
 def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = None) -> None:
@@ -46,12 +80,12 @@ def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = N
         os.dup2(fd, 2)
         os.close(fd)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    has_disk_state = bool(config.data_dir and os.path.isdir(config.data_dir)) and bool(
-        os.listdir(config.data_dir or ".")
-    )
-    if handshake is None and not has_disk_state:
-        _refuse_unsafe_bootstrap(config)
-    sockets = bind(config)
+    try:
+        sockets = bind(config)
+    except BindError as exc:
+        if handshake is not None:
+            handshake.send(("bind_failed", str(exc)))
+        raise
     config.port = sockets[0].getsockname()[1]
     if handshake is not None:
         handshake.send(("bound", config.port))
@@ -78,10 +112,16 @@ def _choose_event_loop(name: str) -> None:
 
 
 async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any = None) -> None:
-    node = NodeServer(config)
-    server = HttpServer(KeyRoutes(node), make_app(node), max_body=body_limit(node))
+    has_disk_state = bool(config.data_dir and os.path.isdir(config.data_dir)) and bool(
+        os.listdir(config.data_dir or ".")
+    )
+    if handshake is None and not has_disk_state:
+        await _refuse_unsafe_bootstrap(config)
+    driver = NodeDriver(config)
+    server = HttpServer(Routes(driver), token=config.token, limits=limits_for_descriptors())
     await server.listen(sockets)
-    node.start()
+    driver.start()
+    join_task = _start_joining(driver)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,27 +130,59 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
         handshake.send(("serving", config.port))
         handshake.close()
     else:
-        print(f"kvcluster node {config.name} serving at {node.address}", file=sys.stderr)
+        print(f"kvcluster node {config.name} serving at {driver.address}", file=sys.stderr)
     await stop.wait()
-    server.stop()
-    node.stop()
+    if join_task is not None:
+        join_task.cancel()
+    server.close()
+    driver.stop()
 
 
-def _refuse_unsafe_bootstrap(config: NodeConfig) -> None:
+def _start_joining(driver: NodeDriver) -> asyncio.Task[None] | None:
+    """A new node (or one back on a new address) asks to be added."""
+    config = driver.config
+    known = driver.node.raft.membership.address(config.name)
+    if not config.join or (driver.recovered and known == driver.address):
+        return None
+
+    def joined(via: str) -> None:
+        driver.events.emit("joined", via=via)
+
+    return asyncio.ensure_future(
+        join(
+            config.join,
+            config.name,
+            driver.address,
+            driver.incarnation,
+            config.token,
+            joined=joined,
+        )
+    )
+
+
+async def _refuse_unsafe_bootstrap(config: NodeConfig) -> None:
     """A node that lost its state must not bootstrap again as its old self.
 
     It would vote with a forgotten term and log, which can elect two leaders
     in one term or drop a committed entry. If any peer already has a term,
     the cluster exists, and the node must come back through --join.
     """
+    from urllib.parse import urlsplit
+
     for name, url in config.initial_members.items():
         if name == config.name:
             continue
-        try:
-            with urllib.request.urlopen(f"{url}/v1/status", timeout=1.0) as r:
-                term = int(json.load(r).get("term", 0))
-        except (OSError, ValueError):
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.port:
             continue
+        conn = HttpConnection(parts.hostname, parts.port)
+        try:
+            resp = await conn.request("GET", "/v1/status", timeout=1.0)
+            term = int(orjson.loads(resp.body).get("term", 0))
+        except (ConnectionFailed, ValueError, AttributeError, TypeError):
+            continue
+        finally:
+            conn.close()
         if term > 0:
             raise SystemExit(
                 f"{name} at {url} already runs a cluster (term {term}), and this node has "
@@ -127,7 +199,3 @@ def _die_with_parent() -> None:
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:
         os._exit(1)
-
-
-# Quiet tornado's per-request access log: it would dominate the node's CPU.
-logging.getLogger("tornado.access").setLevel(logging.ERROR)

@@ -1,0 +1,56 @@
+"""A new node asks the cluster to add it: POST /register, following redirects.
+
+Any member answers; a follower answers 307 with the leader's address (307
+keeps the method and the body), and the leader adds the node as a learner
+through the log. The node keeps asking, round the members it was given, until
+one says yes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import orjson
+
+from .http import ConnectionFailed, HttpConnection
+
+MAX_HOPS = 5
+
+
+async def join(
+    members: list[str],
+    node_id: str,
+    address: str,
+    incarnation: str,
+    token: str,
+    *,
+    joined: Callable[[str], None],
+) -> None:
+    """Register with the cluster through `members`; call `joined(via)` once added."""
+    body = orjson.dumps({"id": node_id, "address": address, "incarnation": incarnation})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    attempt = 0
+    while True:
+        target = members[attempt % len(members)]
+        attempt += 1
+        for _hop in range(MAX_HOPS):
+            parts = urlsplit(target)
+            if not parts.hostname or not parts.port:
+                break
+            conn = HttpConnection(parts.hostname, parts.port)
+            try:
+                resp = await conn.request("POST", "/register", body, headers, timeout=10.0)
+            except ConnectionFailed:
+                break
+            finally:
+                conn.close()
+            if resp.status == 307 and "location" in resp.headers:
+                target = resp.headers["location"]
+                continue
+            if resp.status == 200:
+                joined(f"{parts.scheme}://{parts.netloc}")
+                return
+            break
+        await asyncio.sleep(min(0.05 * attempt, 1.0))
