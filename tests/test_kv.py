@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from typing import Any
@@ -434,3 +435,207 @@ def test_large_store_listing() -> None:
     assert len(s) == len(set(keys))
     assert [kv.key for kv in s.list("user/", limit=5)] == sorted(set(keys))[:5]
     assert [kv.key for kv in s.list("user/1")] == sorted(k for k in set(keys) if k[5] == "1")
+
+
+# ---- freeze and the line encoding ---------------------------------------------------
+
+
+def _lines(store: KVStore, **options: Any) -> list[bytes]:
+    return list(store.freeze().lines(**options))
+
+
+def test_freeze_is_a_consistent_capture_later_applies_do_not_change() -> None:
+    f = _busy_feeder()
+    frozen = f.store.freeze()
+    expected = KVStore.restore(json.loads(json.dumps(f.store.snapshot())))
+    before = list(frozen.lines(rows_per_line=1))
+    f(put("x/1", "changed", client_id="c1", seq=3))  # overwrite + session update
+    f(delete("z"))  # delete
+    f(put("a", "new", client_id="c9", seq=1))  # create + evict a session
+    assert list(frozen.lines(rows_per_line=1)) == before
+    assert len(frozen) == 3 and frozen.meta["revision"] == expected.revision
+    assert KVStore.from_lines(before) == expected != f.store
+
+
+def test_lines_round_trip_including_sessions_and_continue_identically() -> None:
+    original = _busy_feeder()
+    restored = Feeder(KVStore.from_lines(_lines(original.store, rows_per_line=2)))
+    assert restored.store == original.store
+    assert restored.store.max_sessions == 3
+    for cmd in [
+        put("x/1", "3", client_id="c1", seq=2),  # duplicate: stored result
+        put("x/1", "3", client_id="c1", seq=1),  # stale
+        put("x/1", "3", client_id="c2", seq=4),  # c2 was evicted: applies
+        put("new", "n", client_id="c5", seq=0),  # evicts the LRU session
+        delete("日本"),
+    ]:
+        assert original(cmd) == restored(cmd)
+    assert original.store == restored.store
+
+
+def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -> None:
+    f = Feeder(KVStore(max_sessions=5))
+    for i in range(10):
+        f(put(f"k{9 - i}", "line\nbreak ✓", client_id=f"c{i % 3}", seq=i))
+    lines = _lines(f.store, rows_per_line=4)
+    assert all(b"\n" not in line for line in lines)
+    header = json.loads(lines[0])
+    assert header == {
+        "format": 2,
+        "revision": 10,
+        "applied_index": 10,
+        "max_sessions": 5,
+        "sessions": 3,
+        "keys": 10,
+    }
+    sessions = json.loads(lines[1])
+    assert [row[:2] for row in sessions] == [["c1", 7], ["c2", 8], ["c0", 9]]  # LRU order
+    flat = [x for line in lines[2:] for x in json.loads(line)]  # rows of five, flat
+    key_rows = [flat[i : i + 5] for i in range(0, len(flat), 5)]
+    assert [len(json.loads(line)) for line in lines[2:]] == [20, 20, 10]
+    assert [r[0] for r in key_rows] == sorted(f"k{i}" for i in range(10))
+    assert key_rows[0] == ["k0", "line\nbreak ✓", 10, 10, 1]
+
+
+def test_lines_stay_bounded_with_large_values_and_session_results() -> None:
+    f = Feeder(KVStore(max_sessions=100))
+    big = "v" * 100_000
+    for i in range(20):
+        f(put(f"k{i:02d}", big))
+        f(put(f"k{i:02d}", big, client_id=f"c{i}", seq=1))  # the result holds prev_value
+    lines = _lines(f.store, max_line_bytes=250_000)
+    assert max(len(line) for line in lines) < 250_000 + 100_100
+    assert len(lines) > 1 + 20 // 3
+    assert KVStore.from_lines(lines) == f.store
+
+
+def test_empty_store_lines() -> None:
+    lines = _lines(KVStore())
+    assert len(lines) == 1
+    assert KVStore.from_lines(lines) == KVStore()
+    with pytest.raises(ValueError):
+        KVStore().freeze().lines(rows_per_line=0).__next__()
+
+
+def test_from_lines_reads_a_format_1_document() -> None:
+    """What save_snapshot stored before the switch to lines stays loadable."""
+    f = _busy_feeder()
+    doc = json.dumps(f.store.snapshot()).encode()
+    assert KVStore.from_lines([doc]) == f.store
+    with pytest.raises(ValueError):
+        KVStore.from_lines([doc, doc])
+
+
+def test_apply_refuses_a_seq_beyond_63_bits() -> None:
+    f = Feeder()
+    result = f(put("a", "1", client_id="c", seq=1 << 63))
+    assert result["error"] == "invalid_command"
+    assert f.store.get("a") is None and f.store.snapshot()["sessions"] == []
+    assert "error" not in f(put("a", "1", client_id="c", seq=(1 << 63) - 1))
+    assert KVStore.from_lines(_lines(f.store)) == f.store
+
+
+def _good_lines() -> list[bytes]:
+    f = Feeder(KVStore(max_sessions=3))
+    f(put("a", "1", client_id="c1", seq=1))
+    f(put("b", "2"))
+    f(put("a", "3"))
+    lines = _lines(f.store)
+    assert lines == [
+        b'{"format":2,"revision":3,"applied_index":3,"max_sessions":3,"sessions":1,"keys":2}',
+        b'[["c1",1,{"key":"a","revision":1,"created":true,"prev_value":null}]]',
+        b'["a","3",1,3,2,"b","2",2,2,1]',
+    ]
+    return lines
+
+
+HEADER = b'{"format":2,"revision":3,"applied_index":3,"max_sessions":3,"sessions":1,"keys":2}'
+SESSIONS = b'[["c1",1,{"key":"a","revision":1,"created":true,"prev_value":null}]]'
+KEYS = b'["a","3",1,3,2,"b","2",2,2,1]'
+
+
+def _header(**changes: Any) -> bytes:
+    d = json.loads(HEADER)
+    d.update(changes)
+    for k in [k for k, v in changes.items() if v is Ellipsis]:
+        del d[k]
+    return json.dumps(d).encode()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [],
+        [b"{not json"],
+        [b"[1, 2]", SESSIONS, KEYS],
+        [_header(format=3), SESSIONS, KEYS],
+        [_header(keys=...), SESSIONS, KEYS],
+        [_header(extra=1), SESSIONS, KEYS],
+        [_header(revision=True), SESSIONS, KEYS],
+        [_header(revision=-1), SESSIONS, KEYS],
+        [_header(revision=1 << 63, applied_index=1 << 63), SESSIONS, KEYS],
+        [_header(applied_index=18446744073709551616), SESSIONS, KEYS],
+        [_header(revision=3.0), SESSIONS, KEYS],
+        [_header(applied_index=2), SESSIONS, KEYS],  # revision beyond what was applied
+        [_header(max_sessions=0, sessions=0), KEYS],
+        [_header(sessions=4), SESSIONS, KEYS],  # more than max_sessions
+        [HEADER, SESSIONS],  # truncated
+        [HEADER, KEYS],  # no session line
+        [HEADER, SESSIONS, KEYS, KEYS],  # a line too many
+        [_header(keys=1), SESSIONS, KEYS],  # more rows than announced
+        [HEADER, SESSIONS, b"[]"],
+        [HEADER, SESSIONS, b'{"a": 1}'],
+        [HEADER, SESSIONS, b'[["a","3",1,3,2],["b","2",2,2,1]]'],  # rows must be flat
+        [HEADER, SESSIONS, b'["a","3",1,3,2,"b","2",2,2]'],  # not rows of five
+        [HEADER, SESSIONS, b'["b","2",2,2,1,"a","3",1,3,2]'],  # out of order
+        [HEADER, SESSIONS, b'["a","3",1,3,2,"a","2",2,2,1]'],  # repeated
+        [HEADER, SESSIONS, b'["","3",1,3,2,"b","2",2,2,1]'],  # empty key
+        [HEADER, SESSIONS, b'["a","3",1,3,"b","2",2,2,1]'],  # short row
+        [HEADER, SESSIONS, b'["a",3,1,3,2,"b","2",2,2,1]'],  # value not a string
+        [HEADER, SESSIONS, b'["a","3",0,3,2,"b","2",2,2,1]'],  # create 0
+        [HEADER, SESSIONS, b'["a","3",1,4,2,"b","2",2,2,1]'],  # mod > revision
+        [HEADER, SESSIONS, b'["a","3",2,1,1,"b","2",2,2,1]'],  # create > mod
+        [HEADER, SESSIONS, b'["a","3",1,3,4,"b","2",2,2,1]'],  # too many versions
+        [HEADER, SESSIONS, b'["a","3",1,3,true,"b","2",2,2,1]'],
+        [HEADER, SESSIONS, b'["a","3",1,3,2.0,"b","2",2,2,1]'],
+        [HEADER, SESSIONS, b'["a","\\ud800",1,3,2,"b","2",2,2,1]'],  # lone surrogate
+        [HEADER, b'[["c1",1]]', KEYS],
+        [HEADER, b'[["c1",-1,{}]]', KEYS],
+        [HEADER, b'[["c1",9223372036854775808,{}]]', KEYS],
+        [HEADER, b'[["c1",1,[]]]', KEYS],
+        [HEADER, b'[["",1,{}]]', KEYS],
+        [_header(sessions=2), b'[["c1",1,{}],["c1",2,{}]]', KEYS],  # repeated client
+        [HEADER, b'[["c1",1,{}],["c2",2,{}]]', KEYS],  # more sessions than announced
+    ],
+)
+def test_from_lines_rejects_malformed_input(lines: list[bytes]) -> None:
+    assert KVStore.from_lines(_good_lines()) is not None
+    with pytest.raises(ValueError):
+        KVStore.from_lines(lines)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_follower_from_lines_matches_leader(seed: int) -> None:
+    """As test_same_commands_give_identical_stores, through the line encoding."""
+    rng = random.Random(seed)
+    commands = [_random_command(rng) for _ in range(3000)]
+    a, b = Feeder(KVStore(max_sessions=5)), Feeder(KVStore(max_sessions=5))
+    for i, cmd in enumerate(commands):
+        assert a(cmd) == b(cmd)
+        if i % 1000 == 500:
+            rows = rng.choice([1, 3, 4096])
+            b = Feeder(KVStore.from_lines(b.store.freeze().lines(rows_per_line=rows)))
+    assert a.store == b.store
+    assert a.store.snapshot() == b.store.snapshot()
+
+
+def test_stored_rows_are_invisible_to_the_cyclic_gc() -> None:
+    """Why rows are tuples: a million tracked objects make every full collection
+    hold the GIL for hundreds of ms (measured in bench/snapshot_gil.py)."""
+    f = _busy_feeder()
+    rebuilt = KVStore.from_lines(_lines(f.store, rows_per_line=1))
+    gc.collect()
+    for store in (f.store, rebuilt):
+        assert store._rows and not any(gc.is_tracked(row) for row in store._rows)
+        kv = store.get("x/1")
+        assert kv is not None and kv == KeyValue("x/1", "again", 1, 3, 2)

@@ -25,6 +25,7 @@ from kvcluster.storage import (
     MemoryStorage,
     PersistedState,
     Snapshot,
+    SnapshotMeta,
     Storage,
     StorageIdentityError,
 )
@@ -46,13 +47,18 @@ def snap(index: int, term: int = 1, **data: Any) -> Snapshot:
 
 
 def same(a: PersistedState, b: PersistedState) -> bool:
+    """Equal states, snapshot bytes included (memory and disk encode the same stream)."""
+
+    def stream(st: PersistedState) -> bytes | None:
+        return None if st.source is None else st.source.read(0, st.source.size)
+
     return (a.hard_state, a.entries, a.snapshot, a.snapshot_index, a.snapshot_term) == (
         b.hard_state,
         b.entries,
         b.snapshot,
         b.snapshot_index,
         b.snapshot_term,
-    )
+    ) and stream(a) == stream(b)
 
 
 class Backend:
@@ -248,8 +254,13 @@ def test_disk_matches_memory_under_random_operations(tmp_path: Path, seed: int) 
                 t = cur.entries[index - base - 1].term  # agrees with our log
             else:
                 t = term = term + rng.randint(0, 1)  # a leader's snapshot
-            for s in (model, st):
-                s.save_snapshot(snap(index, t, step=step))
+            if rng.random() < 0.5:
+                for s in (model, st):
+                    s.save_snapshot(snap(index, t, step=step))
+            else:  # the streamed path: written (as if in a worker), then adopted
+                lines = [f"step {step} line {i}".encode() for i in range(rng.randint(0, 3))]
+                for s in (model, st):
+                    s.adopt_snapshot(s.write_snapshot(SnapshotMeta(index, t, MEMBERSHIP), lines))
             snapshots += 1
         else:
             restarts += 1

@@ -3,10 +3,23 @@
 `MemoryStorage` forgets everything with the process (experiments); `DiskStorage`
 is a write-ahead log with snapshots and compaction (durability). Both implement
 `Storage`, so the node and the core never know which one they have.
+`FailingStorage` wraps either to fail like a disk, for fail-stop tests.
 """
 
-from .base import CorruptLogError, PersistedState, Snapshot, Storage, StorageIdentityError
+from .base import (
+    CorruptLogError,
+    PersistedState,
+    Snapshot,
+    SnapshotMeta,
+    SnapshotReceiver,
+    SnapshotSource,
+    Storage,
+    StorageError,
+    StorageFailed,
+    StorageIdentityError,
+)
 from .disk import DiskStorage
+from .faulty import FailingStorage
 from .memory import MemoryStorage
 from .wal import FSYNC_POLICIES, FsyncPolicy
 
@@ -14,10 +27,16 @@ __all__ = [
     "FSYNC_POLICIES",
     "CorruptLogError",
     "DiskStorage",
+    "FailingStorage",
     "FsyncPolicy",
     "MemoryStorage",
     "PersistedState",
     "Snapshot",
+    "SnapshotMeta",
+    "SnapshotReceiver",
+    "SnapshotSource",
     "Storage",
+    "StorageError",
+    "StorageFailed",
     "StorageIdentityError",
 ]

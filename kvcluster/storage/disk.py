@@ -16,6 +16,22 @@ state of its time and each snapshot leaves a marker record in the log:
 Compaction deletes the oldest segments once every entry in them is covered by
 the oldest kept snapshot and they precede that snapshot's marker, so the other
 kept snapshot remains a complete fallback if the newest file is damaged.
+
+Snapshots (snapshots.py) are written by `write_snapshot` in a worker thread,
+which touches only its own `.tmp` file; `adopt_snapshot` (loop thread) renames
+it, writes the marker and compacts. Received snapshots go the same way from a
+`.part` file.
+
+Fail-stop: every public call runs under one FailStop (base.py). The first
+OSError propagates unchanged and every later call raises StorageFailed; `close`
+then only releases descriptors (no sync: that would be the retried fsync).
+What a failed save leaves on disk: any prefix of its records, possibly ending
+in a torn or zeroed one, in the last segment, and nothing after it (no later
+call writes). Recovery keeps the whole records and truncates the rest, as after
+a crash mid-write, which is safe because the node acted on none of them: it
+stops on the error, before sending or acknowledging anything that depended on
+the save. Nothing can be appended behind a torn record, since a restarted
+storage always opens a fresh segment after cutting the torn tail.
 """
 
 from __future__ import annotations
@@ -23,13 +39,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..raft import Entry, HardState
-from .base import CorruptLogError, PersistedState, Snapshot, StorageIdentityError
-from .snapshots import SnapshotStore
+from .base import (
+    CorruptLogError,
+    FailStop,
+    PersistedState,
+    Snapshot,
+    SnapshotMeta,
+    SnapshotSource,
+    StorageIdentityError,
+)
+from .snapshots import FileReceiver, FileSnapshot, SnapshotStore
 from .terms import TermRuns, check_batch
 from .wal import (
     FSYNC_POLICIES,
@@ -41,6 +65,7 @@ from .wal import (
     encode_mark,
     fsync_dir,
     list_segments,
+    os_fsync,
     read_segment,
     truncate,
 )
@@ -51,6 +76,7 @@ META = "meta.json"
 @dataclass(slots=True)
 class _Recovered:
     state: PersistedState
+    source: FileSnapshot | None
     segment_max: dict[int, int]  # segment seq -> highest entry index in it (0: none)
     missing_mark: SnapshotMark | None  # the snapshot's marker never made it to the log
 
@@ -66,6 +92,10 @@ class DiskStorage:
     `name` must match the one stored at first start (a directory belongs to one
     node); `incarnation` is only used at first start: afterwards the stored one
     wins, so a node restarted on its disk rejoins as its old self.
+
+    `fsync_fn` performs every fsync (segments, snapshot files, directories);
+    None means os.fsync. Replaceable on a live storage (`storage.fsync_fn =
+    ...`), which is how FailingStorage fails the Nth one.
     """
 
     def __init__(
@@ -79,6 +109,7 @@ class DiskStorage:
         segment_size: int = 16 << 20,
         keep_snapshots: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        fsync_fn: Callable[[int], None] | None = None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {fsync!r}")
@@ -86,17 +117,25 @@ class DiskStorage:
             raise ValueError("keep_snapshots must be at least 1")
         self.path = Path(path)
         self.fsync = fsync
+        self.fsync_fn = fsync_fn
         self.keep_snapshots = keep_snapshots
+        self._fail_stop = FailStop()
         durable = fsync != "never"
         self.path.mkdir(parents=True, exist_ok=True)
         self._wal_dir = self.path / "wal"
-        self.name, self.incarnation = _identity(self.path, name, incarnation, durable=durable)
+        self.name, self.incarnation = _identity(
+            self.path, name, incarnation, durable=durable, fsync=self._fsync
+        )
         self._wal_dir.mkdir(exist_ok=True)
-        self._snaps = SnapshotStore(self.path / "snap", durable=durable)
+        self._snaps = SnapshotStore(
+            self.path / "snap", durable=durable, fsync=self._fsync, fail_stop=self._fail_stop
+        )
+        self._snaps.refuse_old_format()
         self._snaps.remove_temporaries()
 
         rec = self._replay(repair=True)
         st = rec.state
+        self._latest: FileSnapshot | None = rec.source
         self._hard_state = st.hard_state
         self._terms = TermRuns(st.snapshot_index, st.snapshot_term)
         for e in st.entries:
@@ -113,49 +152,78 @@ class DiskStorage:
             segment_size=segment_size,
             clock=clock,
             header=self._segment_header,
+            fsync=self._fsync,
         )
         self._loaded: PersistedState | None = st
+
+    def _fsync(self, fd: int) -> None:
+        (self.fsync_fn or os_fsync)(fd)
 
     # ------------------------------------------------------------ the Storage protocol
 
     def load(self) -> PersistedState:
-        if self._loaded is not None:  # recovery already read it all
-            st, self._loaded = self._loaded, None
-            return st
-        return self._replay(repair=False).state
+        with self._fail_stop:
+            if self._loaded is not None:  # recovery already read it all
+                st, self._loaded = self._loaded, None
+                return st
+            return self._replay(repair=False).state
 
     def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
-        check_batch(entries, self._terms.last_index)
-        self._loaded = None
-        parts = [encode_entry(e) for e in entries]
-        if hard_state is not None:
-            parts.insert(0, encode_hard_state(hard_state))
-        if not parts:
-            return
-        self._writer.rotate_if_full()
-        self._writer.append(b"".join(parts))
-        if hard_state is not None:
-            self._hard_state = hard_state
-        if entries:
-            for e in entries:
-                self._terms.append(e.index, e.term)
-            seq = self._writer.seq
-            self._segment_max[seq] = max(self._segment_max.get(seq, 0), entries[-1].index)
+        with self._fail_stop:
+            check_batch(entries, self._terms.last_index)
+            self._loaded = None
+            parts = [encode_entry(e) for e in entries]
+            if hard_state is not None:
+                parts.insert(0, encode_hard_state(hard_state))
+            if not parts:
+                return
+            self._writer.rotate_if_full()
+            self._writer.append(b"".join(parts))
+            if hard_state is not None:
+                self._hard_state = hard_state
+            if entries:
+                for e in entries:
+                    self._terms.append(e.index, e.term)
+                seq = self._writer.seq
+                self._segment_max[seq] = max(self._segment_max.get(seq, 0), entries[-1].index)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        terms = self._terms
-        if snapshot.index <= terms.base_index:
-            return
-        self._loaded = None
-        keep = terms.term_at(snapshot.index) == snapshot.term
-        self._writer.rotate_if_full()  # so the marker lands in the segment the name records
-        self._snaps.write(snapshot, keep=keep, wal_seq=self._writer.seq)
-        self._writer.append(encode_mark(SnapshotMark(snapshot.index, snapshot.term, keep)))
-        terms.compact(snapshot.index, snapshot.term, keep)
-        self._compact()
+        """The one-object path: encode, write, fsync and adopt, all inline."""
+        with self._fail_stop:
+            if snapshot.index <= self._terms.base_index:
+                return
+            meta = SnapshotMeta(snapshot.index, snapshot.term, snapshot.membership)
+            src = self._snaps.write(meta, [_encode_data(snapshot.data)], "json")
+            self._adopt(src)
+
+    def write_snapshot(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> FileSnapshot:
+        """Write `<index>-<term>-<n>.tmp` and fsync it. Thread-safe against the
+        loop's `save()`: it shares nothing with the log but the fail-stop flag."""
+        return self._snaps.write(meta, lines, "lines")
+
+    def open_receiver(self, meta: SnapshotMeta, size: int | None = None) -> FileReceiver:
+        self._fail_stop.check()
+        return self._snaps.receiver(meta, size)
+
+    def adopt_snapshot(self, source: SnapshotSource) -> bool:
+        with self._fail_stop:
+            if not isinstance(source, FileSnapshot) or source.store is not self._snaps:
+                raise ValueError("only a snapshot this storage wrote or received can be adopted")
+            if source.adopted:
+                raise ValueError(f"{source} was adopted already")
+            if source.meta.index <= self._terms.base_index:
+                self._snaps.discard(source)
+                return False
+            self._adopt(source)
+            return True
+
+    def latest_snapshot(self) -> FileSnapshot | None:
+        self._fail_stop.check()
+        return self._latest
 
     def sync(self) -> None:
-        self._writer.sync()
+        with self._fail_stop:
+            self._writer.sync()
 
     @property
     def sync_interval(self) -> float | None:
@@ -163,7 +231,17 @@ class DiskStorage:
         return self._writer.interval if self.fsync == "batch" else None
 
     def close(self) -> None:
-        self._writer.close()
+        """Sync and close; after a failure only release the descriptors."""
+        if self._fail_stop.error is not None:
+            self._writer.abandon()
+            return
+        with self._fail_stop:
+            self._writer.close()
+
+    @property
+    def failed(self) -> OSError | None:
+        """The I/O error that stopped this storage, if one did."""
+        return self._fail_stop.error
 
     # ------------------------------------------------------------ introspection
 
@@ -176,6 +254,20 @@ class DiskStorage:
         return [f.path for f in self._snaps.files()]
 
     # ------------------------------------------------------------ internals
+
+    def _adopt(self, src: FileSnapshot) -> None:
+        """Rename into place (durably), then log the marker, then compact: a crash
+        between the first two is repaired at recovery from the name's `keep`."""
+        index, term = src.meta.index, src.meta.term
+        self._loaded = None
+        terms = self._terms
+        keep = terms.term_at(index) == term
+        self._writer.rotate_if_full()  # so the marker lands in the segment the name records
+        self._snaps.install(src, wal_seq=self._writer.seq, keep=keep)
+        self._writer.append(encode_mark(SnapshotMark(index, term, keep)))
+        terms.compact(index, term, keep)
+        self._latest = src
+        self._compact()
 
     def _segment_header(self) -> bytes:
         """What starts every segment: the hard state (so deleting older segments
@@ -210,7 +302,9 @@ class DiskStorage:
 
     def _replay(self, *, repair: bool) -> _Recovered:
         found = self._snaps.load_newest(repair=repair)
-        snap, keep = (found[1], found[2]) if found else (None, True)
+        source = found[1] if found else None
+        snap = source.meta if source else None
+        keep = found[0].keep if found else True
         base = snap.index if snap else 0
         hard_state = HardState()
         entries: list[Entry] = []
@@ -220,7 +314,7 @@ class DiskStorage:
         for i, (seq, path) in enumerate(segments):
             records, torn = read_segment(path, last=i == len(segments) - 1, skip_data_upto=base)
             if torn is not None and repair:
-                truncate(path, torn, durable=self.fsync != "never")
+                truncate(path, torn, durable=self.fsync != "never", fsync=self._fsync)
             top = 0
             for off, r in records:
                 if isinstance(r, HardState):
@@ -254,11 +348,25 @@ class DiskStorage:
             if not keep:
                 entries.clear()
             missing = SnapshotMark(snap.index, snap.term, keep)
-        state = PersistedState(hard_state, entries, snapshot=snap, incarnation=self.incarnation)
-        return _Recovered(state, segment_max, missing)
+        legacy = None
+        if source is not None and source.kind == "json":
+            data = json.loads(b"".join(source.payload()).decode("utf-8", "surrogatepass"))
+            legacy = Snapshot(source.meta.index, source.meta.term, source.meta.membership, data)
+        state = PersistedState(
+            hard_state, entries, snapshot=legacy, incarnation=self.incarnation, source=source
+        )
+        return _Recovered(state, source, segment_max, missing)
 
 
-def _identity(path: Path, name: str, incarnation: str, *, durable: bool) -> tuple[str, str]:
+def _encode_data(data: object) -> bytes:
+    """`Snapshot.data` as one payload line (json escapes every newline)."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _identity(
+    path: Path, name: str, incarnation: str, *, durable: bool, fsync: Callable[[int], None]
+) -> tuple[str, str]:
     """The (name, incarnation) this directory belongs to, recorded at first start."""
     meta = path / META
     if meta.exists():
@@ -278,8 +386,8 @@ def _identity(path: Path, name: str, incarnation: str, *, durable: bool) -> tupl
     tmp.write_text(json.dumps({"name": name, "incarnation": incarnation}), "utf-8")
     if durable:
         with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+            fsync(f.fileno())
     os.replace(tmp, meta)
     if durable:
-        fsync_dir(path)
+        fsync_dir(path, fsync)
     return name, incarnation

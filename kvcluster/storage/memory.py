@@ -3,13 +3,19 @@
 A node restarted on memory storage remembers nothing, so it must come back as a
 new incarnation (see kvcluster.raft.membership), never as its old self.
 It follows exactly the semantics of DiskStorage (the tests run both), so an
-experiment on memory storage exercises the same node code paths.
+experiment on memory storage exercises the same node code paths. Snapshots are
+the same byte streams as on disk (stream.py), held as bytes, so `read(offset,
+length)` is exact however small the simulator's chunks are.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
 from ..raft import Entry, HardState
-from .base import PersistedState, Snapshot
+from .base import PersistedState, Snapshot, SnapshotMeta, SnapshotSource
+from .stream import MemoryReceiver, MemorySnapshot
 from .terms import check_batch
 
 
@@ -17,14 +23,27 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._hard_state = HardState()
         self._entries: list[Entry] = []  # all after the snapshot
+        self._base = 0  # the snapshot's index and term (0, 0: none)
+        self._base_term = 0
+        # From save_snapshot: the object, its stream encoded only when asked for (the
+        # node on memory storage does not pay for a JSON encoding it never reads).
         self._snapshot: Snapshot | None = None
-
-    @property
-    def _base(self) -> int:
-        return self._snapshot.index if self._snapshot else 0
+        self._source: MemorySnapshot | None = None
 
     def load(self) -> PersistedState:
-        return PersistedState(self._hard_state, list(self._entries), snapshot=self._snapshot)
+        source = self.latest_snapshot()
+        legacy = self._snapshot
+        if legacy is None and source is not None and source.kind == "json":
+            data = json.loads(b"".join(source.payload()).decode("utf-8", "surrogatepass"))
+            legacy = Snapshot(source.meta.index, source.meta.term, source.meta.membership, data)
+        return PersistedState(
+            self._hard_state,
+            list(self._entries),
+            snapshot_index=self._base,
+            snapshot_term=self._base_term,
+            snapshot=legacy,
+            source=source,
+        )
 
     def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
         base, log = self._base, self._entries
@@ -38,15 +57,46 @@ class MemoryStorage:
             log.extend(e for e in entries if e.index > base)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
+        if self._compact(snapshot.index, snapshot.term):
+            self._snapshot, self._source = snapshot, None
+
+    def write_snapshot(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> MemorySnapshot:
+        """Encode the stream into bytes; touches no state, so any thread may call it."""
+        return MemorySnapshot.encode(meta, lines, "lines", self)
+
+    def open_receiver(self, meta: SnapshotMeta, size: int | None = None) -> MemoryReceiver:
+        return MemoryReceiver(meta, size, self)
+
+    def adopt_snapshot(self, source: SnapshotSource) -> bool:
+        if not isinstance(source, MemorySnapshot) or source.owner is not self:
+            raise ValueError("only a snapshot this storage wrote or received can be adopted")
+        if not self._compact(source.meta.index, source.meta.term):
+            return False
+        self._snapshot, self._source = None, source
+        return True
+
+    def latest_snapshot(self) -> MemorySnapshot | None:
+        if self._source is None and self._snapshot is not None:
+            s = self._snapshot
+            line = json.dumps(s.data, separators=(",", ":"), ensure_ascii=False)
+            meta = SnapshotMeta(s.index, s.term, s.membership)
+            self._source = MemorySnapshot.encode(
+                meta, [line.encode("utf-8", "surrogatepass")], "json", self
+            )
+        return self._source
+
+    def _compact(self, index: int, term: int) -> bool:
+        """Drop the entries a snapshot at (index, term) covers; False if it is not newer."""
         base, log = self._base, self._entries
-        if snapshot.index <= base:
-            return
-        pos = snapshot.index - base - 1
-        if pos < len(log) and log[pos].term == snapshot.term:
+        if index <= base:
+            return False
+        pos = index - base - 1
+        if pos < len(log) and log[pos].term == term:
             del log[: pos + 1]
         else:
             log.clear()  # our log disagrees with the snapshot: it restarts after it
-        self._snapshot = snapshot
+        self._base, self._base_term = index, term
+        return True
 
     def sync(self) -> None:
         pass

@@ -164,7 +164,9 @@ def read_segment(
     return records, None
 
 
-def truncate(path: Path, offset: int, *, durable: bool) -> None:
+def truncate(
+    path: Path, offset: int, *, durable: bool, fsync: Callable[[int], None] | None = None
+) -> None:
     """Cut a torn tail, saying so: losing an unacknowledged write is expected,
     but it should never be silent."""
     size = path.stat().st_size
@@ -178,7 +180,7 @@ def truncate(path: Path, offset: int, *, durable: bool) -> None:
         f.truncate(offset)
         if durable:
             f.flush()
-            os.fsync(f.fileno())
+            (fsync or os_fsync)(f.fileno())
 
 
 # ---------------------------------------------------------------- writing
@@ -197,11 +199,16 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def fsync_dir(directory: Path) -> None:
+def os_fsync(fd: int) -> None:
+    """os.fsync, looked up when called (so a test may patch it after import)."""
+    os.fsync(fd)
+
+
+def fsync_dir(directory: Path, fsync: Callable[[int], None] | None = None) -> None:
     """Make a created, renamed or removed name durable: fsyncing the file is not enough."""
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        (fsync or os_fsync)(fd)
     finally:
         os.close(fd)
 
@@ -216,6 +223,9 @@ class SegmentWriter:
       fsyncs whatever is pending. Data survives a process crash at once (it is
       in the page cache) and an OS crash after at most about `interval`.
     - never: no fsync at all; survives process crashes, not OS crashes.
+
+    `fsync` is injectable so tests can fail the Nth one. Any error leaves the
+    writer to its owner's fail-stop: it is never retried here.
     """
 
     def __init__(
@@ -228,6 +238,7 @@ class SegmentWriter:
         segment_size: int,
         clock: Callable[[], float],
         header: Callable[[], bytes],
+        fsync: Callable[[int], None] = os_fsync,
     ) -> None:
         if policy not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}, not {policy!r}")
@@ -237,6 +248,7 @@ class SegmentWriter:
         self.segment_size = segment_size
         self._clock = clock
         self._header = header
+        self._fsync_fn = fsync
         self._pending_since: float | None = None  # time of the oldest unsynced write
         self.seq = seq
         self._fd = -1
@@ -252,7 +264,7 @@ class SegmentWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
         if self.policy != "never":
-            fsync_dir(self.directory)
+            fsync_dir(self.directory, self._fsync_fn)
         head = self._header()
         if head:
             self._write(head)  # durable with the next append (or sync)
@@ -295,7 +307,7 @@ class SegmentWriter:
             self._fsync()
 
     def _fsync(self) -> None:
-        os.fsync(self._fd)
+        self._fsync_fn(self._fd)
         self._pending_since = None
 
     def close(self) -> None:
@@ -303,3 +315,12 @@ class SegmentWriter:
             self.sync()
             os.close(self._fd)
             self._fd = -1
+
+    def abandon(self) -> None:
+        """Close without syncing, after an I/O error: a second fsync proves nothing."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError as e:  # the storage already failed; this one adds nothing
+                log.warning("closing %s after a failure: %s", self.path, e)
