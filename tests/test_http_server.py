@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ class App:
     """The routes the tests talk to, and what their handlers saw."""
 
     held: list[tuple[Request, Reply]] = field(default_factory=list)  # /slow, not yet answered
+    requests: list[Request] = field(default_factory=list)  # what /echo saw
     calls: list[str] = field(default_factory=list)  # "METHOD target" in dispatch order
     lines: list[bytes] = field(default_factory=list)  # /stream's lines, in order
     streams_ended: int = 0
@@ -75,10 +77,13 @@ class App:
             return 418
         if path == "/router-raises":
             raise RuntimeError("router failure (on purpose)")
+        if path == "/router-nonsense":
+            return 42
         return None
 
     def echo(self, request: Request, reply: Reply) -> None:
         self.calls.append(f"{request.method} {request.target}")
+        self.requests.append(request)
         body = {
             "method": request.method,
             "target": request.target,
@@ -523,6 +528,8 @@ def test_expect_100_continue() -> None:
         (b"GARBAGE\r\n\r\n", "method"),
         (b"GET /ec ho HTTP/1.1\r\n\r\n", "target"),
         (b"GET /echo HTTP/2.0\r\n\r\n", "HTTP/2.0"),
+        (b"GET /echo HTTP/0.9\r\n\r\n", "HTTP/0.9"),
+        (b"GET /echo HTTP/1.2\r\n\r\n", "HTTP/1.2"),
         (b"GET /echo HTTP/1.1\r\nBad Header: 1\r\n\r\n", "header name"),
         (b"GET /echo HTTP/1.1\r\nX: a\x00b\r\n\r\n", "header value"),
         (b"GET /echo HTTP/1.1\nHost: x\n\n", "bare LF"),
@@ -577,6 +584,9 @@ def test_routing_errors() -> None:
         )
         assert_error(
             await c.request(http("GET", "/router-raises")), 500, "internal_error", closes=False
+        )
+        assert_error(
+            await c.request(http("GET", "/router-nonsense")), 500, "internal_error", closes=False
         )
         await c.assert_open()
 
@@ -1196,5 +1206,135 @@ def test_buffered_bytes_are_released_when_connections_go() -> None:
         await until(lambda: h.server.buffered >= 2000, "the partial head to be counted")
         c.close()
         await until(lambda: h.server.buffered == 0, "the partial head to be released")
+
+    run(scenario)
+
+
+def test_requests_are_frozen_request_instances() -> None:
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        assert (
+            await c.request(http("PUT", "/echo?a=1", b"xyz", headers=("X-A: 1",)))
+        ).status == 200
+        (request,) = h.app.requests
+        assert type(request) is Request
+        assert request == Request(
+            "PUT",
+            "/echo?a=1",
+            "/echo",
+            "a=1",
+            request.headers,
+            b"xyz",
+            False,
+            request.remote,
+        )
+        assert request.headers["x-a"] == "1" and request.headers["content-length"] == "3"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            request.body = b"other"  # type: ignore[misc]
+
+    run(scenario)
+
+
+def test_100_continue_for_a_pipelined_request_comes_after_the_answer_before_it() -> None:
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        await c.send(
+            http("GET", "/slow")
+            + http("PUT", "/echo", headers=("Content-Length: 4", "Expect: 100-continue"))
+        )
+        await until(lambda: len(h.app.held) == 1, "the first request")
+        h.app.release()
+        assert (await c.answer()).json() == {"slow": "/slow"}
+        assert (await c.answer()).status == 100
+        assert (await c.request(b"body")).json()["body"] == "body"
+
+    run(scenario)
+
+
+def test_write_backpressure_pauses_and_resumes_in_order() -> None:
+    limits = Limits(max_unsent=16 << 10)
+
+    async def scenario(h: Harness) -> None:
+        c = await h.connect(rcvbuf=4096)
+        n = 400  # 400 answers of 8 KiB: far more than the client's and server's buffers
+        await c.send(b"".join(http("GET", f"/blob?{i}") for i in range(n)))
+        await until(lambda: 0 < h.app.calls.count("blob") < n, "some answers")
+        await until(lambda: h.server.unsent() > 0, "answers to wait for the client")
+        assert h.server.unsent() <= limits.max_unsent + 8300
+        for _ in range(n):  # now the client reads: everything comes, in order
+            answer = await c.answer()
+            assert answer.status == 200 and len(answer.body) == 8192
+        assert h.app.calls.count("blob") == n
+        await c.assert_open()
+
+    run(scenario, limits)
+
+
+def test_peers_are_not_refused_for_the_clients_buffered_bytes() -> None:
+    limits = Limits(max_head=4096, max_buffered=200_000)
+
+    async def scenario(h: Harness) -> None:
+        peer = await h.connect()
+        await peer.send(stream_head())
+        await until(lambda: h.server.peers == 1, "the peer link")
+        filler = await h.connect()
+        await filler.send(
+            http("PUT", "/big", headers=("Content-Length: 1000000",)) + b"f" * 199_500
+        )
+        await until(lambda: h.server.buffered >= 199_500, "the filler's bytes")
+        # each of the peer's lines would pass the bound: a peer is not refused...
+        for i in range(50):
+            line = b"%04d" % i + b"p" * 995 + b"\n"
+            await peer.send(b"%x\r\n%s\r\n" % (len(line), line))
+        await until(lambda: len(h.app.lines) == 50, "the peer's lines")
+        # ...a client is
+        client = await h.connect()
+        await client.send(http("PUT", "/big", b"c" * 20_000))
+        assert_error(await client.answer(), 503, "server_busy")
+        assert h.server.peers == 1 and h.server.refused["server_busy"] == 1
+
+    run(scenario, limits)
+
+
+def test_a_connection_over_the_cap_that_says_nothing_gets_the_head_timeout() -> None:
+    limits = Limits(max_connections=1, peer_reserve=1, head_timeout=0.3, idle_timeout=30.0)
+
+    async def scenario(h: Harness) -> None:
+        first = await h.connect()
+        assert (await first.request(http("GET", "/echo"))).status == 200
+        silent = await h.connect()
+        await until(lambda: h.server.pending == 1, "the pending connection")
+        await silent.assert_closed()  # closed after head_timeout, not idle_timeout
+        assert h.server.refused["idle"] == 1
+        await first.assert_open()
+
+    run(scenario, limits)
+
+
+def test_an_error_answer_survives_a_client_still_sending() -> None:
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        # the whole over-long body is sent before reading: the 413 must still arrive
+        # (the server shuts its side and drains instead of resetting the connection)
+        c.writer.write(http("PUT", "/small", b"z" * 2_000_000))
+        answer = await c.answer()
+        assert_error(answer, 413, "payload_too_large")
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(c.writer.drain(), READ_TIMEOUT)
+        await c.assert_closed()
+        await until(lambda: h.server.connections == 0, "the connection to close")
+
+    run(scenario)
+
+
+def test_a_request_cut_short_by_the_client_is_dropped() -> None:
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        await c.send(b"PUT /echo HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        await until(lambda: h.server.buffered > 0, "the partial request")
+        c.writer.write_eof()
+        await c.assert_closed()
+        assert h.app.calls == []
+        await until(lambda: h.server.buffered == 0, "the partial request to be released")
 
     run(scenario)

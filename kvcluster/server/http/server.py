@@ -248,29 +248,27 @@ class HttpServer:
         elif conn.kind == _PENDING:
             self.pending -= 1
 
-    def _route(self, method: str, path: str) -> tuple[Route, tuple[int, str, str] | None]:
-        """The route for a request, or one that answers the routing error (and the error)."""
-        try:
-            found = self._router(method, path)
-        except Exception:
-            log.exception("the router failed on %s %s", method, path[:200])
-            found = 500
-        if isinstance(found, Route):
+    def _miss(
+        self, method: str, path: str, found: object
+    ) -> tuple[Route, tuple[int, str, str] | None]:
+        """What the router said, when it is not a Route: a route that answers the error."""
+        if isinstance(found, Route):  # a subclass
             return found, None
         shown = path if len(path) <= 200 else path[:200] + "..."
         if found is None:
             miss = (404, "not_found", f"no route {shown}; see the README for the API")
-        elif found == 500:
-            miss = (500, "internal_error", INTERNAL_MESSAGE)
         elif found == 405:
             miss = (405, "method_not_allowed", f"{method} is not allowed on {shown}")
-        else:
-            status = int(found)
+        elif type(found) is int and 400 <= found <= 599 and found != 500:
             try:
-                phrase = HTTPStatus(status).phrase
+                phrase = HTTPStatus(found).phrase
             except ValueError:
-                phrase = f"status {status}"
-            miss = (status, code_for(status), f"{method} {shown}: {phrase}")
+                phrase = f"status {found}"
+            miss = (found, code_for(found), f"{method} {shown}: {phrase}")
+        else:
+            if found != 500:
+                log.error("the router answered %r for %s %s", found, method, shown)
+            miss = (500, "internal_error", INTERNAL_MESSAGE)
         return Route(functools.partial(_answer_error, *miss)), miss
 
 
@@ -308,17 +306,16 @@ def _response(
     """One whole answer: always a Content-Length, never chunked."""
     extra = b""
     if headers:
-        lines = []
-        for name, value in headers:
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
-                raise ValueError(f"a header with CR, LF or a colon in its name: {name!r}")
-            lines.append(f"{name}: {value}\r\n")
-        extra = "".join(lines).encode("latin-1")
+        text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+            raise ValueError(f"a header name or value with CR or LF: {headers!r}")
+        extra = text.encode("latin-1")
     if close:
         extra += b"Connection: close\r\n"
     elif http10:
         extra += b"Connection: keep-alive\r\n"
-    return b"%s%d\r\n%s\r\n%s" % (_prefix(status), len(body), extra, body)
+    prefix = _PREFIXES.get(status) or _prefix(status)
+    return b"%s%d\r\n%s\r\n%s" % (prefix, len(body), extra, body)
 
 
 class _Reply:
@@ -477,13 +474,17 @@ class _Connection(asyncio.Protocol):
             # must not cut the node's peer links.
             self._fail(503, "server_busy", "the node holds too many unfinished requests; retry")
             return
-        if self._raw or self._inflight is not None or self._queue or self._write_paused:
-            self._raw += data
+        if self._inflight is not None or self._queue or self._write_paused:
+            self._raw += data  # parsed once the answers before it are written
             self._account()
             self._update_reading()
             return
         self._now = time.monotonic()
-        self._pump(data)
+        if self._raw:
+            self._raw += data
+            self._pump(None)
+        else:
+            self._pump(data)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -586,7 +587,10 @@ class _Connection(asyncio.Protocol):
         self._pumping = True
         try:
             if data is not None:
-                self._feed(data)
+                if len(data) <= _SLICE:
+                    self._feed_slice(data)
+                else:
+                    self._feed(data)
             while (self._queue or self._raw or self._continue_owed) and not (
                 self._closed or self._inflight is not None or self._write_paused
             ):
@@ -649,6 +653,8 @@ class _Connection(asyncio.Protocol):
                 self._fail(400, "bad_request", f"malformed request: {exc}")
             return
         phase = self._phase
+        if not phase:
+            return
         limits = self.limits
         if phase == _HEAD:
             # The parser keeps a header it has not finished inside itself: bound
@@ -791,9 +797,16 @@ class _Connection(asyncio.Protocol):
         if size > limits.max_head:
             message = f"the request head is over {limits.max_head} bytes"
             self._refuse(431, "request_header_too_large", message)
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            self._refuse(400, "bad_request", f"HTTP/{version} is not supported; use HTTP/1.1")
+        keep = parser.should_keep_alive()
+        if keep and "connection" not in headers:
+            # llhttp reads only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection
+            # open without a Connection header only for 1.1: no need to ask
+            # (get_http_version formats a string: a fifth of this function).
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                self._refuse(400, "bad_request", f"HTTP/{version} is not supported; use HTTP/1.1")
         if parser.should_upgrade():
             self._refuse(400, "bad_request", "protocol upgrades (and CONNECT) are not supported")
         raw_method = parser.get_method()
@@ -806,7 +819,15 @@ class _Connection(asyncio.Protocol):
         server = self.server
         peer = auth is not None and hmac.compare_digest(auth.encode("latin-1"), server._bearer)
 
-        route, miss = server._route(method, path)
+        try:
+            found = server._router(method, path)
+        except Exception:
+            log.exception("the router failed on %s %s", method, path[:200])
+            found = 500
+        if type(found) is Route:
+            route, miss = found, None
+        else:
+            route, miss = server._miss(method, path, found)
         if self.kind != _CLIENT:
             if self.kind == _PENDING and not (route.token and peer):
                 message = "the node is at its connection limit; retry later"
@@ -843,7 +864,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(_CONTINUE)
             else:
                 self._continue_owed = True
-        self._keep = parser.should_keep_alive()
+        self._keep = keep
         self._http10 = version == "1.0"
         self._route = route
         if route.lines is not None:
