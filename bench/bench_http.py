@@ -1,38 +1,52 @@
-"""The client-facing hot path, without sockets: HTTP parsing, the key routes, the peer codec.
+"""The client-facing hot path: HTTP framing stacks side by side, and the peer codec.
 
-    python -m pytest bench/bench_http.py
+    python -m pytest bench/bench_http.py -o python_files='bench_*.py'
+    python -m pytest bench/bench_http.py -o python_files='bench_*.py' -k stack
 
-- `HttpProtocol` (kvcluster/server/fasthttp.py) is fed one keep-alive GET's bytes
-  through a fake transport that collects what it writes: parsing, routing to
-  `KeyRoutes.get`, the read and the answer's serialization, one request per round.
-- `KeyRoutes.get` alone, for a serializable read (answered without a coroutine).
-- A PUT's validation up to the proposal: the key check, the JSON body, the value
-  check and the client session (kvcluster/server/operations.py).
-- The peer codec (kvcluster/server/codec.py): one AppendEntries batch of 64
-  entries carrying 64-byte values, encoded and decoded.
+Three HTTP/1.1 stacks answer the same requests with the same handler work (a
+fixed JSON answer with the leader header), so the difference between them is
+the stack: parsing, the request object, dispatch and the answer's framing.
 
-The node is a single-member, memory-storage `NodeServer` that is never started:
-no servers, no timers, no loop. Its core is ticked past an election timeout
-once so that it leads, and every answer carries the leader header as a real
-leader's would.
+- `httptools`: kvcluster/server/http (llhttp via httptools, on asyncio.Protocol).
+- `fasthttp`: the hand-written framing it replaces (kvcluster/server/fasthttp.py),
+  measured while that module exists (skipped once it is deleted).
+- `h11`: h11's sans-IO state machine on an asyncio.Protocol (pure Python).
+
+Per stack:
+- `parse_pipelined`: BATCH requests (half GETs, half PUTs with a 64-byte value)
+  arrive in one read; all are parsed, dispatched and answered (into a
+  transport that keeps what is written). No socket, no loop.
+- `parse_one_by_one`: the same BATCH requests, one read each (a client that
+  waits for its answer before the next request: the common case).
+- `loopback_pipelined`: BATCH requests written at once to a real server on
+  127.0.0.1 (uvloop, as the node runs), all answers read back.
+- `loopback_sequential`: SEQUENTIAL round trips, one request at a time.
+
+Every stack's answers are checked byte for byte against the same expected bytes
+before timing. The loopback rounds include the client's side (the same for
+every stack).
+
+Also here, unchanged: a PUT's validation up to the proposal, and the peer codec.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import h11
+import pytest
+
 from kvcluster.raft import Entry, EntryKind, Message, MessageType
-from kvcluster.server.api import make_app
 from kvcluster.server.codec import decode_batch, encode_batch
 from kvcluster.server.config import NodeConfig
-from kvcluster.server.fasthttp import HttpProtocol, HttpServer, Request, Response
-from kvcluster.server.key_routes import KeyRoutes
+from kvcluster.server.http import HttpServer, Limits, Reply, Request, Route
+from kvcluster.server.http.connection import ServerConnection
 from kvcluster.server.node import NodeServer
 from kvcluster.server.operations import (
-    LEADER_HEADER,
-    body_limit,
     check_key,
     check_value,
     dump,
@@ -40,37 +54,143 @@ from kvcluster.server.operations import (
     with_session,
 )
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None  # type: ignore[assignment]
+
 ADDRESS = "http://127.0.0.1:2379"
+LEADER_HEADER = "X-Kvcluster-Leader"
 KEY = "key7"
 VALUE = "v" * 64
 BATCH = 64
+PIPELINED = 100  # requests per pipelined round
+SEQUENTIAL = 20  # round trips per sequential round
+TOKEN = "bench"
 
-
-def leader_node(keys: int = 16) -> NodeServer:
-    """A single-member node that leads and holds `keys` keys (key0..), each once written."""
-    config = NodeConfig(name="n1", token="bench", initial_members={"n1": ADDRESS}, seed=0)
-    node = NodeServer(config)
-    node.core.tick(time.monotonic() + 100.0)  # past any election timeout: it elects itself
-    assert node.core.is_leader and node.leader_address() == ADDRESS
-    for i in range(keys):
-        node.kv.apply(i + 1, {"op": "put", "key": f"key{i}", "value": VALUE})
-    return node
-
-
-def expected_get_body(node: NodeServer, key: str) -> bytes:
-    """What a GET of `key` must answer, built from the store rather than the route."""
-    item = node.kv.get(key)
-    assert item is not None
-    body = {
-        "key": key,
-        "value": item.value,
-        "create_revision": item.create_revision,
-        "mod_revision": item.mod_revision,
-        "version": item.version,
-        "revision": node.kv.revision,
+ANSWER = dump(
+    {
+        "key": KEY,
+        "value": VALUE,
+        "create_revision": 3,
+        "mod_revision": 7,
+        "version": 2,
+        "revision": 42,
     }
-    assert item.to_dict() | {"revision": node.kv.revision} == body
-    return dump(body)
+)
+ANSWER_HEADERS = [(LEADER_HEADER, ADDRESS)]
+PUT_BODY = dump({"value": VALUE})
+
+
+def requests(n: int) -> list[bytes]:
+    """n requests as a kvcluster client sends them: half GETs, half PUTs."""
+    out = []
+    for i in range(n):
+        if i % 2:
+            head = (
+                f"PUT /v1/kv/key{i} HTTP/1.1\r\nHost: 127.0.0.1:2379\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(PUT_BODY)}\r\n\r\n"
+            )
+            out.append(head.encode() + PUT_BODY)
+        else:
+            out.append(
+                f"GET /v1/kv/key{i}?consistency=serializable HTTP/1.1\r\n"
+                "Host: 127.0.0.1:2379\r\nContent-Type: application/json\r\n\r\n".encode()
+            )
+    return out
+
+
+EXPECTED = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"%s: %s\r\n\r\n%s" % (len(ANSWER), LEADER_HEADER.encode(), ADDRESS.encode(), ANSWER)
+)
+
+
+# ---------------------------------------------------------------------- the three stacks
+
+
+def httptools_server() -> HttpServer:
+    def answer(request: Request, reply: Reply) -> None:
+        reply(200, ANSWER, ANSWER_HEADERS)
+
+    route = Route(answer)
+
+    def router(method: str, path: str) -> Route | None:
+        return route if path.startswith("/v1/kv/") else None
+
+    return HttpServer(router, token=TOKEN, limits=Limits())
+
+
+def fasthttp_server() -> Any:
+    fasthttp = pytest.importorskip("kvcluster.server.fasthttp")
+    import tornado.web
+
+    def answer(request: Any) -> Any:
+        return fasthttp.Response(200, ANSWER, ANSWER_HEADERS)
+
+    def too_large(size: int) -> Any:
+        return fasthttp.Response(413, b"{}")
+
+    route = fasthttp.FastRoute(answer, 1 << 20, 1 << 20, too_large)
+
+    def router(method: str, path: str) -> Any:
+        return route if path.startswith("/v1/kv/") else None
+
+    return fasthttp.HttpServer(router, tornado.web.Application([]), max_body=1 << 20)
+
+
+class H11Protocol(asyncio.Protocol):
+    """h11's state machine behind the same handler work, as a node would use it."""
+
+    def __init__(self) -> None:
+        self.conn = h11.Connection(h11.SERVER)
+        self.transport: asyncio.Transport | None = None
+        self.request: h11.Request | None = None
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Request):
+                self.request = event
+                self.body = []
+            elif isinstance(event, h11.Data):
+                self.body.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                # the request as the handler would see it: path, query, headers, body
+                assert self.request is not None
+                target = self.request.target.decode("latin-1")
+                path, _, query = target.partition("?")
+                headers = {
+                    k.decode("latin-1"): v.decode("latin-1") for k, v in self.request.headers
+                }
+                body = b"".join(self.body)
+                assert path and headers is not None and body is not None and query is not None
+                out = conn.send(
+                    h11.Response(
+                        status_code=200,
+                        reason=b"OK",
+                        headers=[
+                            ("Content-Type", "application/json"),
+                            ("Content-Length", str(len(ANSWER))),
+                            *ANSWER_HEADERS,
+                        ],
+                    )
+                )
+                assert out is not None and self.transport is not None
+                out += conn.send(h11.Data(data=ANSWER)) or b""
+                out += conn.send(h11.EndOfMessage()) or b""
+                self.transport.write(out)
+                conn.start_next_cycle()
+            else:  # ConnectionClosed, PAUSED: not in this benchmark
+                return
 
 
 class CollectingTransport(asyncio.Transport):
@@ -85,7 +205,16 @@ class CollectingTransport(asyncio.Transport):
         self.written.append(bytes(data))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default  # no socket: HttpProtocol skips TCP_NODELAY
+        return default  # no socket
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return True
 
     def close(self) -> None:
         self.closed = True
@@ -100,49 +229,172 @@ class CollectingTransport(asyncio.Transport):
         pass
 
 
-def test_http_get(benchmark: Any) -> None:
-    """One serializable GET on a keep-alive connection: bytes in, the whole answer out."""
-    node = leader_node()
-    server = HttpServer(KeyRoutes(node), make_app(node), max_body=body_limit(node))
-    protocol = HttpProtocol(server)
+def in_process(stack: str) -> tuple[asyncio.Protocol, CollectingTransport, Any]:
+    """A connection of `stack` on a collecting transport (and what keeps it alive)."""
+    server: Any
+    if stack == "httptools":
+        server = httptools_server()
+        protocol: asyncio.Protocol = ServerConnection(server)
+    elif stack == "fasthttp":
+        server = fasthttp_server()
+        protocol = pytest.importorskip("kvcluster.server.fasthttp").HttpProtocol(server)
+    else:
+        server = None
+        protocol = H11Protocol()
     transport = CollectingTransport()
     protocol.connection_made(transport)
-    request = (
-        f"GET /v1/kv/{KEY}?consistency=serializable HTTP/1.1\r\n"
-        "Host: 127.0.0.1:2379\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-    body = expected_get_body(node, KEY)
-    expected = (
-        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"{LEADER_HEADER}: {ADDRESS}\r\n\r\n"
-    ).encode() + body
+    return protocol, transport, server
+
+
+STACKS = ["httptools", "fasthttp", "h11"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_parse_pipelined(benchmark: Any, stack: str) -> None:
+    """PIPELINED requests in one read: parsed, dispatched and answered."""
+    protocol, transport, _ = in_process(stack)
+    data = b"".join(requests(PIPELINED))
     written = transport.written
 
-    def get_once() -> None:
-        protocol.data_received(request)
-        assert written == [expected]
+    def once() -> None:
+        protocol.data_received(data)
+        assert len(written) == PIPELINED
         written.clear()
 
-    benchmark(get_once)
-    assert not transport.closed and not protocol._buf  # kept alive, nothing left over
-    benchmark.extra_info["request_bytes"] = len(request)
-    benchmark.extra_info["response_bytes"] = len(expected)
+    protocol.data_received(data)
+    assert written == [EXPECTED] * PIPELINED and not transport.closed
+    written.clear()
+    benchmark(once)
+    benchmark.extra_info.update(requests=PIPELINED, request_bytes=len(data))
 
 
-def test_key_routes_get(benchmark: Any) -> None:
-    """KeyRoutes.get for a serializable read: key, query argument, read, JSON answer."""
-    node = leader_node()
-    routes = KeyRoutes(node)
-    path = f"/v1/kv/{KEY}"
-    query = "consistency=serializable"
-    request = Request("GET", f"{path}?{query}", path, query, "HTTP/1.1", {}, [])
-    expected = Response(200, expected_get_body(node, KEY), [(LEADER_HEADER, ADDRESS)])
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_parse_one_by_one(benchmark: Any, stack: str) -> None:
+    """PIPELINED requests, one read each (a client waiting for each answer)."""
+    protocol, transport, _ = in_process(stack)
+    reads = requests(PIPELINED)
+    written = transport.written
 
-    def get_once() -> None:
-        response = routes.get(request)
-        assert response == expected
+    def once() -> None:
+        for data in reads:
+            protocol.data_received(data)
+        assert len(written) == PIPELINED
+        written.clear()
 
-    benchmark(get_once)
+    once()
+    benchmark(once)
+    benchmark.extra_info.update(requests=PIPELINED)
+
+
+# ---------------------------------------------------------------------- loopback
+
+
+class Loopback:
+    """A server of one stack on 127.0.0.1 and one client socket, on a uvloop loop."""
+
+    def __init__(self, stack: str) -> None:
+        self.loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+        self.stack = stack
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self.server: Any = None
+        self.aserver: asyncio.AbstractServer | None = None
+        self.loop.run_until_complete(self._start(listener))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.loop.run_until_complete(self.loop.sock_connect(self.sock, ("127.0.0.1", self.port)))
+
+    async def _start(self, listener: socket.socket) -> None:
+        if self.stack == "httptools":
+            self.server = httptools_server()
+            await self.server.listen([listener])
+        elif self.stack == "fasthttp":
+            self.server = fasthttp_server()
+            await self.server.listen([listener])
+        else:
+            listener.setblocking(False)
+            self.aserver = await asyncio.get_running_loop().create_server(
+                H11Protocol, sock=listener
+            )
+
+    async def exchange(self, data: bytes, expected: int) -> bytes:
+        await self.loop.sock_sendall(self.sock, data)
+        got = bytearray()
+        while len(got) < expected:
+            chunk = await self.loop.sock_recv(self.sock, 1 << 20)
+            assert chunk, "the server closed the connection"
+            got += chunk
+        return bytes(got)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.stack == "fasthttp":
+            self.server.stop()
+        elif self.stack == "httptools":
+            self.server.close()
+        elif self.aserver is not None:
+            self.aserver.close()
+        self.loop.run_until_complete(asyncio.sleep(0.01))
+        self.loop.close()
+
+
+@pytest.fixture(params=STACKS)
+def loopback(request: pytest.FixtureRequest) -> Iterator[Loopback]:
+    if request.param == "fasthttp":
+        pytest.importorskip("kvcluster.server.fasthttp")
+    lb = Loopback(request.param)
+    yield lb
+    lb.close()
+
+
+def test_stack_loopback_pipelined(benchmark: Any, loopback: Loopback) -> None:
+    """PIPELINED requests written at once through loopback; every answer read back."""
+    data = b"".join(requests(PIPELINED))
+    expected = len(EXPECTED) * PIPELINED
+    run = loopback.loop.run_until_complete
+    assert run(loopback.exchange(data, expected)) == EXPECTED * PIPELINED
+
+    def once() -> None:
+        run(loopback.exchange(data, expected))
+
+    benchmark.pedantic(once, rounds=300, warmup_rounds=20)
+    benchmark.extra_info.update(requests=PIPELINED, stack=loopback.stack)
+
+
+def test_stack_loopback_sequential(benchmark: Any, loopback: Loopback) -> None:
+    """SEQUENTIAL round trips through loopback, one request at a time."""
+    reads = requests(SEQUENTIAL)
+    size = len(EXPECTED)
+
+    async def round_trips() -> None:
+        for data in reads:
+            await loopback.exchange(data, size)
+
+    run = loopback.loop.run_until_complete
+    assert run(loopback.exchange(reads[0], size)) == EXPECTED
+
+    def once() -> None:
+        run(round_trips())
+
+    benchmark.pedantic(once, rounds=200, warmup_rounds=20)
+    benchmark.extra_info.update(requests=SEQUENTIAL, stack=loopback.stack)
+
+
+# ---------------------------------------------------------------------- node and codec
+
+
+def leader_node(keys: int = 16) -> NodeServer:
+    """A single-member node that leads and holds `keys` keys (key0..), each once written."""
+    config = NodeConfig(name="n1", token="bench", initial_members={"n1": ADDRESS}, seed=0)
+    node = NodeServer(config)
+    node.core.tick(time.monotonic() + 100.0)  # past any election timeout: it elects itself
+    assert node.core.is_leader and node.leader_address() == ADDRESS
+    for i in range(keys):
+        node.kv.apply(i + 1, {"op": "put", "key": f"key{i}", "value": VALUE})
+    return node
 
 
 def test_put_validation(benchmark: Any) -> None:

@@ -1,7 +1,8 @@
 """kvcluster's one HTTP stack: a bounded HTTP/1.1 server and the one internal client.
 
-- `server`: `HttpServer` (llhttp framing on asyncio.Protocol), `Request`,
-  `Route`, `Reply`, `Router`.
+- `request`: `Request`, `Route`, `Reply`, `Router`: what routes see and do.
+- `server`: `HttpServer` (listening, admission, the deadline sweep), and
+  `connection`: one connection (llhttp framing on asyncio.Protocol).
 - `limits`: `Limits`, every bound the server puts on what clients send.
 - `errors`: `error_body`, the one JSON error envelope.
 - `client`: `HttpConnection`, `ConnectionPool`, `open_stream`/`RequestStream`,
@@ -20,7 +21,8 @@ from .client import (
 )
 from .errors import error_body
 from .limits import Limits
-from .server import HttpServer, Reply, Request, Route, Router
+from .request import Reply, Request, Route, Router
+from .server import HttpServer
 
 __all__ = [
     "ConnectionFailed",

@@ -1,125 +1,40 @@
-"""The node's HTTP/1.1 server: llhttp framing (httptools) on an asyncio.Protocol.
+"""The node's HTTP/1.1 server: llhttp framing (httptools) on asyncio.Protocol.
 
 Why this shape: framing is not ours to hand-write (llhttp is the parser of
 Node.js and uvicorn), and a Protocol costs no task and no coroutine per
 request, which mattered at 15k requests/s on a leader (issue #6). The stack
-knows nothing of keys or Raft: a router maps (method, path) to a `Route`, whose
-handler gets a `Request` and a `reply` callable, and answers now or later.
+knows nothing of keys or Raft: a router maps (method, path) to a `Route`
+(see `request`), whose handler answers through a `Reply`.
 
 Every input is bounded (see `Limits`): the head's size and time, the body's
 size and time, the bytes all unfinished requests hold together, the number of
-client connections, and the answers a client leaves unread. The deadlines are
-checked by one periodic sweep per server rather than a timer per request.
-
-How bytes flow on one connection: received bytes are fed to the parser in
-slices of at most `_SLICE` bytes while no request is being answered; a complete
-request is dispatched at once if none is in flight, else queued. While a
-request is in flight, received bytes wait unparsed (counted, and reading pauses
-past `max_head` of them), so requests are answered in order, one at a time, and
-a pipelined request's head and body clocks start only once the previous answer
-was written.
+client connections, and the answers a client leaves unread. This module holds
+what is per server: listening, admitting connections (clients, peers, and the
+reserve kept for peers), the routing errors, and the one periodic sweep that
+checks every connection's deadline (a timer per request costs measurable CPU
+at 15k requests/s). One connection's work is in `connection`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import logging
 import socket
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, make_dataclass
+from collections import Counter
 from http import HTTPStatus
-from typing import Final, TypeAlias, cast
+from typing import Final
 
-import httptools
-
+from .connection import CLIENT, PEER, PENDING, REFUSED, ServerConnection
 from .errors import INTERNAL_MESSAGE, code_for, error_body
 from .limits import Limits
+from .request import Reply, Request, Route, Router
 
 log = logging.getLogger("kvcluster.server.http")
 
-# Bytes handed to the parser at once. It bounds how far the parser can run
-# ahead of the answers (the rest of a slice is parsed even if a request in it
-# is still being answered) and how far a head's size is over-estimated (the
-# parser does not say where in a slice a request began).
-_SLICE: Final = 16 << 10
-# A refused connection is shut for writing, and what the client still sends is
-# read and dropped for up to this long, so that a reset does not destroy the
-# error answer before the client has read it.
-_LINGER: Final = 1.0
-
-_IDLE, _HEAD, _BODY = 0, 1, 2  # where the connection is in the request being read
-_CLIENT, _PEER, _PENDING, _REFUSED = "client", "peer", "pending", "refused"
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DEFAULT_LIMITS: Final = Limits()
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    target: str  # as sent (percent-encoded path + "?" + query)
-    path: str  # percent-encoded path, no query
-    query: str  # raw query string ("" if none)
-    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
-    body: bytes
-    peer: bool  # the request carried the cluster token
-    remote: str  # the client's address, for logs
-
-
-# A frozen dataclass's __init__ sets each field through object.__setattr__:
-# 0.9 us for Request's eight, a tenth of a small request's whole cost here.
-# The stack builds the same fields on an unfrozen twin (same slots, 0.2 us)
-# and makes it a Request; handlers get a true, frozen Request.
-_Twin = make_dataclass("_Twin", [(f.name, f.type) for f in fields(Request)], slots=True)
-
-
-def _request(
-    method: str,
-    target: str,
-    path: str,
-    query: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    peer: bool,
-    remote: str,
-) -> Request:
-    twin = _Twin(method, target, path, query, headers, body, peer, remote)
-    twin.__class__ = Request
-    return cast(Request, twin)
-
-
-Reply: TypeAlias = Callable[[int, bytes, Sequence[tuple[str, str]]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """How one (method, path) is served.
-
-    `lines`: the body is a stream of newline-terminated lines (a peer link: one
-    long chunked POST). Each complete line, without its newline, is passed as
-    it arrives; `handler` is called when the body ends. `max_body` then bounds
-    one line, and there is no body deadline. Only for token routes.
-    """
-
-    handler: Callable[[Request, Reply], None]
-    max_body: int = 64 << 10
-    token: bool = False
-    lines: Callable[[Request, bytes], None] | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_body, bool) or not isinstance(self.max_body, int):
-            raise ValueError("Route.max_body must be an integer")
-        if self.max_body < 0:
-            raise ValueError("Route.max_body must not be negative")
-        if self.lines is not None and not self.token:
-            raise ValueError("a streamed (lines) route must be a token route")
-
-
-Router: TypeAlias = Callable[[str, str], "Route | int | None"]
 
 
 class HttpServer:
@@ -129,8 +44,9 @@ class HttpServer:
     (connections accepted beyond max_connections, until their first request
     says whether they are a peer), `buffered` (bytes held for unfinished
     requests, all connections), `refused` (counts by error code, plus
-    "connection_limit" for connections closed at accept and "idle" for idle
-    connections closed), and `unsent()`.
+    "connection_limit" for connections closed at accept, "idle" for idle
+    connections closed and "unread" for clients that left their answers
+    unread for idle_timeout), and `unsent()`.
     """
 
     def __init__(self, router: Router, *, token: str, limits: Limits = _DEFAULT_LIMITS) -> None:
@@ -144,9 +60,9 @@ class HttpServer:
         self.pending = 0
         self.buffered = 0
         self.refused: Counter[str] = Counter()
-        self._router = router
+        self.router = router  # read by the connections, per request
         self._bearer = f"Bearer {token}".encode("latin-1")
-        self._connections: set[_Connection] = set()
+        self._connections: set[ServerConnection] = set()
         self._listeners: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -182,7 +98,9 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             sock.setblocking(False)
-            listener = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+            listener = await loop.create_server(
+                lambda: ServerConnection(self), sock=sock, backlog=1024
+            )
             self._listeners.append(listener)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.limits.sweep_interval, self._sweep)
@@ -199,8 +117,6 @@ class HttpServer:
         for conn in list(self._connections):
             conn.abort()
 
-    # ------------------------------------------------------------ for connections
-
     def _sweep(self) -> None:
         # One timer per server: each connection's deadline is a timestamp,
         # checked here a few times per timeout.
@@ -215,40 +131,50 @@ class HttpServer:
             self.limits.sweep_interval, self._sweep
         )
 
-    def _admit(self, conn: _Connection) -> str:
+    # ------------------------------------------------------------ for its connections
+
+    def token_matches(self, authorization: str) -> bool:
+        """Whether an Authorization header is `Bearer <token>` (in constant time)."""
+        return hmac.compare_digest(authorization.encode("latin-1"), self._bearer)
+
+    def admit(self, conn: ServerConnection) -> str:
+        """A new connection's kind: a client while under max_connections, then
+        pending (kept only if its first request is a peer's), then refused."""
         limits = self.limits
         if len(self._connections) >= limits.max_connections + limits.peer_reserve:
             self.refused["connection_limit"] += 1
-            return _REFUSED
+            return REFUSED
         self._connections.add(conn)
         if self.clients < limits.max_connections:
             self.clients += 1
-            return _CLIENT
+            return CLIENT
         self.pending += 1
-        return _PENDING
+        return PENDING
 
-    def _promote(self, conn: _Connection) -> None:
-        if conn.kind == _CLIENT:
+    def promote(self, conn: ServerConnection) -> None:
+        """The connection carried the token: it counts as a peer from now on."""
+        if conn.kind == CLIENT:
             self.clients -= 1
-        elif conn.kind == _PENDING:
+        elif conn.kind == PENDING:
             self.pending -= 1
         else:
             return
         self.peers += 1
-        conn.kind = _PEER
+        conn.kind = PEER
 
-    def _forget(self, conn: _Connection) -> None:
+    def forget(self, conn: ServerConnection) -> None:
+        """The connection is gone (connection_lost)."""
         if conn not in self._connections:
             return
         self._connections.discard(conn)
-        if conn.kind == _CLIENT:
+        if conn.kind == CLIENT:
             self.clients -= 1
-        elif conn.kind == _PEER:
+        elif conn.kind == PEER:
             self.peers -= 1
-        elif conn.kind == _PENDING:
+        elif conn.kind == PENDING:
             self.pending -= 1
 
-    def _miss(
+    def route_error(
         self, method: str, path: str, found: object
     ) -> tuple[Route, tuple[int, str, str] | None]:
         """What the router said, when it is not a Route: a route that answers the error."""
@@ -274,688 +200,3 @@ class HttpServer:
 
 def _answer_error(status: int, code: str, message: str, request: Request, reply: Reply) -> None:
     reply(status, error_body(code, message), ())
-
-
-class _Stop(Exception):
-    """Raised in a parser callback to stop the parser (the connection is done)."""
-
-
-_METHODS: dict[bytes, str] = {}  # llhttp only accepts the methods it knows: a small cache
-_PREFIXES: dict[int, bytes] = {}
-
-
-def _prefix(status: int) -> bytes:
-    prefix = _PREFIXES.get(status)
-    if prefix is None:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        if not 100 <= status <= 999:
-            raise ValueError(f"not an HTTP status: {status!r}")
-        prefix = (
-            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: "
-        ).encode("latin-1")
-        _PREFIXES[status] = prefix
-    return prefix
-
-
-def _response(
-    status: int, body: bytes, headers: Sequence[tuple[str, str]], close: bool, http10: bool
-) -> bytes:
-    """One whole answer: always a Content-Length, never chunked."""
-    extra = b""
-    if headers:
-        text = "".join([f"{name}: {value}\r\n" for name, value in headers])
-        if text.count("\n") != len(headers) or text.count("\r") != len(headers):
-            raise ValueError(f"a header name or value with CR or LF: {headers!r}")
-        extra = text.encode("latin-1")
-    if close:
-        extra += b"Connection: close\r\n"
-    elif http10:
-        extra += b"Connection: keep-alive\r\n"
-    prefix = _PREFIXES.get(status) or _prefix(status)
-    return b"%s%d\r\n%s\r\n%s" % (prefix, len(body), extra, body)
-
-
-class _Reply:
-    """`reply(status, body, headers)` for one request: answers it once."""
-
-    __slots__ = ("conn", "done", "http10", "keep")
-
-    def __init__(self, conn: _Connection, keep: bool, http10: bool) -> None:
-        self.conn = conn
-        self.keep = keep
-        self.http10 = http10
-        self.done = False
-
-    def __call__(self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
-        if self.done:
-            log.error("a second reply to one request was ignored (status %s)", status)
-            return
-        self.done = True
-        self.conn.answer(self, status, body, headers)
-
-
-_Queued: TypeAlias = tuple[Request, Route, bool, bool, int]  # request, route, keep, http10, size
-
-
-class _Connection(asyncio.Protocol):
-    """One accepted connection: parse, dispatch in order, answer, bound everything."""
-
-    __slots__ = (
-        "_began",
-        "_body",
-        "_body_size",
-        "_closed",
-        "_continue_owed",
-        "_eof",
-        "_final",
-        "_head",
-        "_head_count",
-        "_head_size",
-        "_headers",
-        "_held",
-        "_http10",
-        "_inflight",
-        "_keep",
-        "_line",
-        "_line_len",
-        "_linger_until",
-        "_lingering",
-        "_now",
-        "_overhead",
-        "_parser",
-        "_phase",
-        "_pumping",
-        "_queue",
-        "_queued_bytes",
-        "_raw",
-        "_read_paused",
-        "_remote",
-        "_route",
-        "_since",
-        "_slice_body",
-        "_stopped",
-        "_stream_request",
-        "_url",
-        "_write_paused",
-        "_write_paused_at",
-        "kind",
-        "limits",
-        "server",
-        "transport",
-    )
-
-    def __init__(self, server: HttpServer) -> None:
-        self.server = server
-        self.limits = server.limits
-        self.transport: asyncio.Transport | None = None
-        self.kind = _CLIENT
-        self._parser = httptools.HttpRequestParser(self)
-        self._remote = ""
-        self._closed = False  # closing or closed: nothing more is written
-        self._stopped = False  # no more requests are parsed (refused, Connection: close, ...)
-        self._lingering = False
-        self._linger_until = 0.0
-        self._eof = False
-        self._final: bytes | None = None  # an error to write after the answer in flight
-        # answering, in order
-        self._inflight: _Reply | None = None
-        self._queue: deque[_Queued] = deque()
-        self._queued_bytes = 0
-        self._raw = bytearray()  # received, not yet parsed: a request is being answered
-        self._pumping = False
-        self._read_paused = False
-        self._write_paused = False
-        self._write_paused_at = 0.0
-        self._continue_owed = False
-        self._held = 0  # this connection's share of server.buffered
-        # the request being read
-        self._phase = _IDLE
-        self._now = self._since = time.monotonic()  # _now: when the bytes being parsed came
-        self._began = False  # a request began in the slice being parsed
-        self._head_count = 0  # bytes of the head so far (over-estimated by < one slice)
-        self._head_size = 0  # the complete head's size
-        self._url: list[bytes] = []
-        self._headers: list[bytes] = []  # names and values, in turn, as they came
-        self._route: Route | None = None
-        self._head: tuple[str, str, str, str, bool, dict[str, str]] = ("", "", "", "", False, {})
-        self._stream_request: Request | None = None
-        self._keep = True
-        self._http10 = False
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._slice_body = 0
-        self._overhead = 0  # chunk framing and trailer bytes since the last chunk header
-        self._line: list[bytes] = []
-        self._line_len = 0
-
-    # ------------------------------------------------------------ asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
-        self.kind = self.server._admit(self)
-        if self.kind == _REFUSED:
-            # At max_connections + peer_reserve: not even a peer gets this one.
-            self._closed = self._stopped = True
-            transport.close()
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=self.limits.max_unsent)  # type: ignore[attr-defined]
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self._remote = f"{peer[0]}:{peer[1]}"
-        elif peer:
-            self._remote = str(peer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = self._stopped = True
-        self._inflight = None
-        self._queue.clear()
-        self._raw = bytearray()
-        self._body = []
-        self._line = []
-        self._queued_bytes = self._head_count = self._head_size = 0
-        self._body_size = self._line_len = 0
-        self.server.buffered -= self._held
-        self._held = 0
-        self.server._forget(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self._stopped:
-            return  # refused, lingering or told to close: what follows is dropped
-        server = self.server
-        if self.kind != _PEER and server.buffered + len(data) > self.limits.max_buffered:
-            # Authenticated peers are exempt: an attack on the clients' side
-            # must not cut the node's peer links.
-            self._fail(503, "server_busy", "the node holds too many unfinished requests; retry")
-            return
-        if self._inflight is not None or self._queue or self._write_paused:
-            self._raw += data  # parsed once the answers before it are written
-            self._account()
-            self._update_reading()
-            return
-        self._now = time.monotonic()
-        if self._raw:
-            self._raw += data
-            self._pump(None)
-        else:
-            self._pump(data)
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        if self._lingering or (self._inflight is None and not self._queue):
-            self._close()  # nothing to answer (a request cut short can never complete)
-            return False
-        return True  # answer what was sent before the end, then close
-
-    def pause_writing(self) -> None:
-        # The client does not read its answers: stop reading its requests and
-        # answering them until it does (its unsent answers stay under max_unsent).
-        self._write_paused = True
-        self._write_paused_at = time.monotonic()
-        self._update_reading()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._update_reading()
-        self._pump(None)
-
-    # ------------------------------------------------------------ the server's calls
-
-    def abort(self) -> None:
-        self._closed = self._stopped = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def check_deadlines(self, now: float) -> None:
-        """Called by the server's sweep: enforce the deadline of the current state."""
-        if self._closed:
-            return
-        limits = self.limits
-        if self._lingering:
-            if now > self._linger_until:
-                self._close()
-            return
-        if self._write_paused:
-            # A client that reads nothing for a whole idle timeout is gone or hostile.
-            if now - self._write_paused_at > limits.idle_timeout:
-                self.server.refused["unread"] += 1
-                self.abort()
-            return
-        if self._inflight is not None or self._queue:
-            return  # the node is answering: the client waits for us
-        waited = now - self._since
-        phase = self._phase
-        if phase == _IDLE:
-            limit = limits.head_timeout if self.kind == _PENDING else limits.idle_timeout
-            if waited > limit:
-                self.server.refused["idle"] += 1
-                self._close()
-        elif phase == _HEAD:
-            if waited > limits.head_timeout:
-                message = f"the request head was not complete within {limits.head_timeout:g} s"
-                self._fail(408, "request_timeout", message)
-        elif waited > limits.body_timeout and self._route is not None and not self._route.lines:
-            message = f"the request body was not complete within {limits.body_timeout:g} s"
-            self._fail(408, "request_timeout", message)
-
-    def answer(
-        self, reply: _Reply, status: int, body: bytes, headers: Sequence[tuple[str, str]]
-    ) -> None:
-        """Write the answer to the request in flight, then go on with the next one."""
-        transport = self.transport
-        if self._closed or transport is None or reply is not self._inflight:
-            return
-        close = not reply.keep
-        try:
-            data = _response(status, body, headers, close, reply.http10)
-        except Exception:
-            log.exception("a handler replied with something that is not an answer")
-            data = _response(
-                500, error_body("internal_error", INTERNAL_MESSAGE), (), close, reply.http10
-            )
-        transport.write(data)
-        self._inflight = None
-        # a pipelined request's clock starts now (answered at once: when its bytes came)
-        self._since = self._now if self._pumping else time.monotonic()
-        final, self._final = self._final, None
-        if close:
-            self._close()
-            return
-        if final is not None:
-            transport.write(final)
-            self._linger()
-            return
-        if not self._pumping:
-            self._pump(None)
-
-    # ------------------------------------------------------------ flow
-
-    def _pump(self, data: bytes | None) -> None:
-        """Parse `data` (nothing is in flight), then dispatch queued requests and
-        parse held bytes, in order, while nothing is being answered and the
-        client reads its answers."""
-        if self._pumping:
-            if data:
-                self._raw += data
-            return
-        self._pumping = True
-        try:
-            if data is not None:
-                if len(data) <= _SLICE:
-                    self._feed_slice(data)
-                else:
-                    self._feed(data)
-            while (self._queue or self._raw or self._continue_owed) and not (
-                self._closed or self._inflight is not None or self._write_paused
-            ):
-                if self._queue:
-                    request, route, keep, http10, size = self._queue.popleft()
-                    self._queued_bytes -= size
-                    self._dispatch(request, route, keep, http10)
-                elif self._stopped:
-                    self._raw.clear()
-                    self._continue_owed = False
-                elif self._continue_owed:
-                    self._continue_owed = False
-                    if self.transport is not None:
-                        self.transport.write(_CONTINUE)
-                else:
-                    data = bytes(self._raw)
-                    self._raw.clear()
-                    self._now = time.monotonic()
-                    self._feed(data)
-        finally:
-            self._pumping = False
-        if self._eof and not self._closed and self._inflight is None and not self._queue:
-            self._close()  # the client ended its side and everything is answered
-        if self._held or self._phase or self._raw or self._queue:
-            self._account()
-        if self._read_paused or self._write_paused or self._raw:
-            self._update_reading()
-
-    def _feed(self, data: bytes) -> None:
-        n = len(data)
-        if n <= _SLICE:
-            self._feed_slice(data)
-            return
-        view = memoryview(data)
-        offset = 0
-        while offset < n and not self._stopped:
-            if self._inflight is not None or self._queue or self._write_paused:
-                self._raw += view[offset:]
-                return
-            self._feed_slice(view[offset : offset + _SLICE])
-            offset += _SLICE
-
-    def _feed_slice(self, piece: bytes | memoryview) -> None:
-        before = self._phase
-        self._began = False
-        self._slice_body = 0
-        try:
-            self._parser.feed_data(piece)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "bad_request", "protocol upgrades (and CONNECT) are not supported")
-            return
-        except httptools.HttpParserError as exc:
-            if self._stopped or self._closed:
-                return  # a callback stopped the parser on purpose
-            cause = exc.__context__
-            if cause is not None and not isinstance(cause, _Stop):
-                log.error("internal error in the HTTP stack", exc_info=cause)
-                self._fail(500, "internal_error", INTERNAL_MESSAGE)
-            else:
-                self._fail(400, "bad_request", f"malformed request: {exc}")
-            return
-        phase = self._phase
-        if not phase:
-            return
-        limits = self.limits
-        if phase == _HEAD:
-            # The parser keeps a header it has not finished inside itself: bound
-            # what it may hold by counting the slices fed since the request began.
-            count = len(piece) if self._began else self._head_count + len(piece)
-            self._head_count = count
-            if count > limits.max_head + _SLICE:
-                message = f"the request head is over {limits.max_head} bytes"
-                self._fail(431, "request_header_too_large", message)
-        elif phase == _BODY and before == _BODY and not self._began:
-            # Chunk extensions and trailers are framing, not body: bound them too.
-            self._overhead += len(piece) - self._slice_body
-            if self._overhead > limits.max_head + _SLICE:
-                message = f"chunk framing or trailers over {limits.max_head} bytes"
-                self._fail(400, "bad_request", message)
-
-    def _dispatch(self, request: Request, route: Route, keep: bool, http10: bool) -> None:
-        reply = _Reply(self, keep, http10)
-        self._inflight = reply
-        try:
-            route.handler(request, reply)
-        except Exception:
-            log.exception("internal error in %s %s", request.method, request.path[:200])
-            if not reply.done:
-                reply(500, error_body("internal_error", INTERNAL_MESSAGE), ())
-
-    def _account(self) -> None:
-        held = (
-            len(self._raw)
-            + self._head_count
-            + self._head_size
-            + self._body_size
-            + self._line_len
-            + self._queued_bytes
-        )
-        if held != self._held:
-            self.server.buffered += held - self._held
-            self._held = held
-
-    def _update_reading(self) -> None:
-        if not (self._read_paused or self._write_paused or self._raw):
-            return  # reading, and no reason to stop
-        transport = self.transport
-        if transport is None or self._closed:
-            return
-        pause = not self._lingering and (
-            self._write_paused or len(self._raw) > self.limits.max_head
-        )
-        if pause != self._read_paused:
-            self._read_paused = pause
-            if pause:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
-
-    def _fail(self, status: int, code: str, message: str) -> None:
-        """Answer an error the stack found, and close: what follows is unreadable
-        or unwanted. Whatever was held for unfinished requests is dropped."""
-        if self._closed or self._lingering or self._final is not None:
-            return
-        self.server.refused[code] += 1
-        self._stopped = True
-        self._phase = _IDLE
-        self._continue_owed = False
-        self._queue.clear()
-        self._raw = bytearray()
-        self._body, self._line = [], []
-        self._queued_bytes = self._head_count = self._head_size = 0
-        self._body_size = self._line_len = 0
-        self._account()
-        data = _response(status, error_body(code, message), (), True, False)
-        if self._inflight is not None:
-            self._final = data  # after the answer being prepared, in order
-            return
-        if self.transport is not None:
-            self.transport.write(data)
-        self._linger()
-
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """`_fail` from inside a parser callback: also stops the parser."""
-        self._fail(status, code, message)
-        raise _Stop
-
-    def _linger(self) -> None:
-        transport = self.transport
-        if transport is None or self._closed:
-            return
-        self._stopped = self._lingering = True
-        self._linger_until = time.monotonic() + _LINGER
-        if self._eof or not transport.can_write_eof():
-            self._close()
-            return
-        transport.write_eof()
-        if self._read_paused:
-            self._read_paused = False
-            transport.resume_reading()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = self._stopped = True
-            if self.transport is not None:
-                self.transport.close()
-
-    # ------------------------------------------------------------ parser callbacks
-
-    def on_message_begin(self) -> None:
-        self._phase = _HEAD
-        self._began = True
-        self._since = self._now
-        self._url = []
-        self._headers = []
-        self._head_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._phase == _HEAD:  # else a trailer: ignored (its bytes are bounded as framing)
-            self._headers += (name, value)
-
-    def on_headers_complete(self) -> None:
-        self._phase = _BODY
-        self._since = self._now
-        self._overhead = self._head_count = 0
-        parser = self._parser
-        limits = self.limits
-        url = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        # lower-case names; repeats joined with ", "
-        raw = self._headers
-        headers: dict[str, str] = {}
-        pairs = iter(raw)
-        for name, value in zip(pairs, pairs, strict=False):
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1").rstrip(" \t")
-            if key in headers:
-                headers[key] = f"{headers[key]}, {text}"
-            else:
-                headers[key] = text
-        self._head_size = size = len(url) + sum(map(len, raw)) + 2 * len(raw) + 16
-        if size > limits.max_head:
-            message = f"the request head is over {limits.max_head} bytes"
-            self._refuse(431, "request_header_too_large", message)
-        keep = parser.should_keep_alive()
-        if keep and "connection" not in headers:
-            # llhttp reads only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection
-            # open without a Connection header only for 1.1: no need to ask
-            # (get_http_version formats a string: a fifth of this function).
-            version = "1.1"
-        else:
-            version = parser.get_http_version()
-            if version != "1.1" and version != "1.0":
-                self._refuse(400, "bad_request", f"HTTP/{version} is not supported; use HTTP/1.1")
-        if parser.should_upgrade():
-            self._refuse(400, "bad_request", "protocol upgrades (and CONNECT) are not supported")
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method)
-        if method is None:
-            method = _METHODS.setdefault(raw_method, raw_method.decode("ascii"))
-        target = url.decode("latin-1")
-        path, _, query = target.partition("?")
-        auth = headers.get("authorization")
-        server = self.server
-        peer = auth is not None and hmac.compare_digest(auth.encode("latin-1"), server._bearer)
-
-        try:
-            found = server._router(method, path)
-        except Exception:
-            log.exception("the router failed on %s %s", method, path[:200])
-            found = 500
-        if type(found) is Route:
-            route, miss = found, None
-        else:
-            route, miss = server._miss(method, path, found)
-        if self.kind != _CLIENT:
-            if self.kind == _PENDING and not (route.token and peer):
-                message = "the node is at its connection limit; retry later"
-                self._refuse(503, "too_many_connections", message)
-            server._promote(self)
-        elif peer:
-            server._promote(self)
-        if route.token and not peer:
-            # Before the body is read: an unauthenticated client cannot make
-            # the node buffer a peer-sized body.
-            message = "this route needs the cluster token (Authorization: Bearer <token>)"
-            self._refuse(401, "unauthorized", message)
-        te = headers.get("transfer-encoding")
-        if te is not None and te.lower() != "chunked":
-            self._refuse(400, "bad_request", f"unsupported Transfer-Encoding {te[:40]!r}")
-        cl = headers.get("content-length")
-        length = 0
-        if cl is not None:
-            try:
-                length = int(cl)
-            except ValueError:
-                self._refuse(400, "bad_request", f"bad Content-Length {cl[:40]!r}")
-            if length > route.max_body and route.lines is None:
-                message = f"the request body is over {route.max_body} bytes"
-                self._refuse(413, "payload_too_large", message)
-        expect = headers.get("expect")
-        if expect is not None and (length or te is not None):
-            if expect.lower() != "100-continue":
-                self._refuse(417, "expectation_failed", f"unsupported Expect {expect[:40]!r}")
-            if miss is not None:
-                self._refuse(*miss)  # why have the body sent at all
-            if self._inflight is None and not self._queue and not self._write_paused:
-                assert self.transport is not None
-                self.transport.write(_CONTINUE)
-            else:
-                self._continue_owed = True
-        self._keep = keep
-        self._http10 = version == "1.0"
-        self._route = route
-        if route.lines is not None:
-            self._stream_request = _request(
-                method, target, path, query, headers, b"", peer, self._remote
-            )
-        else:
-            self._head = (method, target, path, query, peer, headers)
-
-    def on_chunk_header(self) -> None:
-        self._overhead = 0
-
-    def on_body(self, body: bytes) -> None:
-        route = self._route
-        assert route is not None
-        self._slice_body += len(body)
-        if route.lines is not None:
-            self._take_lines(route, body)
-            return
-        self._body_size += len(body)
-        if self._body_size > route.max_body:
-            message = f"the request body is over {route.max_body} bytes"
-            self._refuse(413, "payload_too_large", message)
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        route = self._route
-        assert route is not None
-        size = self._head_size + self._body_size
-        if route.lines is not None:
-            if self._line_len:
-                self._refuse(400, "bad_request", "the streamed body ends inside a line")
-            request = self._stream_request
-            assert request is not None
-            self._stream_request = None
-        else:
-            parts = self._body
-            body = parts[0] if len(parts) == 1 else b"".join(parts)
-            method, target, path, query, peer, headers = self._head
-            request = _request(method, target, path, query, headers, body, peer, self._remote)
-        keep, http10 = self._keep, self._http10
-        self._phase = _IDLE
-        self._since = self._now
-        self._route = None
-        self._body = []
-        self._body_size = self._head_size = 0
-        if not keep:
-            self._stopped = True  # the client sends nothing after this request
-        if self._inflight is None and not self._queue and not self._write_paused:
-            self._dispatch(request, route, keep, http10)
-        else:
-            self._queue.append((request, route, keep, http10, size))
-            self._queued_bytes += size
-        if self._stopped or self._closed:
-            raise _Stop
-
-    def _take_lines(self, route: Route, data: bytes) -> None:
-        """Pass each complete line of a streamed body on, as it arrives."""
-        limit = route.max_body
-        newline = data.find(b"\n")
-        if newline < 0:
-            self._line.append(data)
-            self._line_len += len(data)
-            if self._line_len > limit:
-                self._refuse(400, "bad_request", f"a streamed line is over {limit} bytes")
-            return
-        request = self._stream_request
-        assert request is not None and route.lines is not None
-        deliver = route.lines
-        start = 0
-        while newline >= 0:
-            if self._line:
-                self._line.append(data[start:newline])
-                line = b"".join(self._line)
-                self._line = []
-                self._line_len = 0
-            else:
-                line = data[start:newline]
-            if len(line) > limit:
-                self._refuse(400, "bad_request", f"a streamed line is over {limit} bytes")
-            try:
-                deliver(request, line)
-            except Exception:
-                log.exception("internal error in a line of %s %s", request.method, request.path)
-            if self._closed or self._stopped:
-                raise _Stop
-            start = newline + 1
-            newline = data.find(b"\n", start)
-        if start < len(data):
-            rest = data[start:]
-            self._line.append(rest)
-            self._line_len = len(rest)
-            if self._line_len > limit:
-                self._refuse(400, "bad_request", f"a streamed line is over {limit} bytes")
