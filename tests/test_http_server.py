@@ -67,6 +67,8 @@ class App:
             return Route(self.twice)
         if path == "/bad-header":
             return Route(self.bad_header)
+        if path == "/bad-status":
+            return Route(self.bad_status)
         if path == "/peer":
             return Route(self.echo, token=True, max_body=1 << 20)
         if path == "/stream":
@@ -120,6 +122,9 @@ class App:
     def twice(self, request: Request, reply: Reply) -> None:
         reply(200, b'{"n": 1}', ())
         reply(200, b'{"n": 2}', ())
+
+    def bad_status(self, request: Request, reply: Reply) -> None:
+        reply(int(request.query), b"{}", ())
 
     def bad_header(self, request: Request, reply: Reply) -> None:
         reply(200, b"{}", [("X-Evil", "a\r\nSet-Cookie: x=1")])
@@ -228,13 +233,14 @@ class Client:
         self.writer.write(data)
         await asyncio.wait_for(self.writer.drain(), READ_TIMEOUT)
 
-    async def answer(self, timeout: float = READ_TIMEOUT) -> Answer:
-        """The next response on the wire, a 1xx included (without a body)."""
+    async def answer(self, timeout: float = READ_TIMEOUT, *, head: bool = False) -> Answer:
+        """The next response on the wire, a 1xx included (without a body); `head`:
+        the answer to a HEAD request (no body, whatever Content-Length says)."""
         try:
-            head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+            raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
         except TimeoutError:
             raise AssertionError(f"no response within {timeout} s") from None
-        lines = head[:-4].decode("latin-1").split("\r\n")
+        lines = raw[:-4].decode("latin-1").split("\r\n")
         version, status, reason = lines[0].split(" ", 2)
         assert version == "HTTP/1.1", lines[0]
         headers: dict[str, str] = {}
@@ -248,7 +254,8 @@ class Client:
             assert "transfer-encoding" not in headers  # never chunked
             assert headers["content-type"] == "application/json"
             n = int(headers["content-length"])
-            body = await asyncio.wait_for(self.reader.readexactly(n), timeout)
+            if not head:
+                body = await asyncio.wait_for(self.reader.readexactly(n), timeout)
         return Answer(code, reason, headers, body)
 
     async def request(self, data: bytes) -> Answer:
@@ -607,6 +614,10 @@ def test_handler_errors_answer_500_and_the_connection_keeps_working(
             # a second reply is ignored (and logged); the next request gets its own answer
             assert (await c.request(http("GET", "/twice"))).json() == {"n": 1}
             await c.assert_open()
+            # statuses that cannot carry a JSON body: 500
+            for status in (100, 204, 304, 99, 600):
+                answer = await c.request(http("GET", f"/bad-status?{status}"))
+                assert_error(answer, 500, "internal_error", closes=False)
             # a header that would split the response is refused: 500, not injected
             assert_error(
                 await c.request(http("GET", "/bad-header")), 500, "internal_error", closes=False
@@ -1336,5 +1347,23 @@ def test_a_request_cut_short_by_the_client_is_dropped() -> None:
         await c.assert_closed()
         assert h.app.calls == []
         await until(lambda: h.server.buffered == 0, "the partial request to be released")
+
+    run(scenario)
+
+
+def test_head_requests_get_the_head_only() -> None:
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        answer = await c.request(http("GET", "/echo"))
+        length = len(answer.body)
+        await c.send(http("HEAD", "/echo"))
+        answer = await c.answer(head=True)
+        assert (
+            answer.status == 200 and int(answer.headers["content-length"]) == length + 1
+        )  # "HEAD"
+        await c.send(http("HEAD", "/nowhere"))
+        answer = await c.answer(head=True)
+        assert answer.status == 404 and int(answer.headers["content-length"]) > 0
+        await c.assert_open()  # no stray body bytes were sent
 
     run(scenario)

@@ -62,12 +62,13 @@ _PREFIXES: dict[int, bytes] = {}
 def _prefix(status: int) -> bytes:
     prefix = _PREFIXES.get(status)
     if prefix is None:
+        if type(status) is not int or not 200 <= status <= 599 or status in (204, 304):
+            # 1xx, 204 and 304 answers have no body, and these always do
+            raise ValueError(f"not a status for a JSON answer: {status!r}")
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Unknown"
-        if not 100 <= status <= 999:
-            raise ValueError(f"not an HTTP status: {status!r}")
         prefix = (
             f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: "
         ).encode("latin-1")
@@ -76,9 +77,14 @@ def _prefix(status: int) -> bytes:
 
 
 def _response(
-    status: int, body: bytes, headers: Sequence[tuple[str, str]], close: bool, http10: bool
+    status: int,
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
+    close: bool,
+    http10: bool,
+    head: bool = False,
 ) -> bytes:
-    """One whole answer: always a Content-Length, never chunked."""
+    """One whole answer: always a Content-Length, never chunked (to HEAD: no body)."""
     extra = b""
     if headers:
         text = "".join([f"{name}: {value}\r\n" for name, value in headers])
@@ -90,18 +96,19 @@ def _response(
     elif http10:
         extra += b"Connection: keep-alive\r\n"
     prefix = _PREFIXES.get(status) or _prefix(status)
-    return b"%s%d\r\n%s\r\n%s" % (prefix, len(body), extra, body)
+    return b"%s%d\r\n%s\r\n%s" % (prefix, len(body), extra, b"" if head else body)
 
 
 class _Reply:
     """`reply(status, body, headers)` for one request: answers it once."""
 
-    __slots__ = ("conn", "done", "http10", "keep")
+    __slots__ = ("conn", "done", "head", "http10", "keep")
 
-    def __init__(self, conn: ServerConnection, keep: bool, http10: bool) -> None:
+    def __init__(self, conn: ServerConnection, keep: bool, http10: bool, head: bool) -> None:
         self.conn = conn
         self.keep = keep
         self.http10 = http10
+        self.head = head  # a HEAD request: the answer's head only
         self.done = False
 
     def __call__(self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> None:
@@ -328,12 +335,11 @@ class ServerConnection(asyncio.Protocol):
             return
         close = not reply.keep
         try:
-            data = _response(status, body, headers, close, reply.http10)
+            data = _response(status, body, headers, close, reply.http10, reply.head)
         except Exception:
             log.exception("a handler replied with something that is not an answer")
-            data = _response(
-                500, error_body("internal_error", INTERNAL_MESSAGE), (), close, reply.http10
-            )
+            error = error_body("internal_error", INTERNAL_MESSAGE)
+            data = _response(500, error, (), close, reply.http10, reply.head)
         transport.write(data)
         self._inflight = None
         # a pipelined request's clock starts now (answered at once: when its bytes came)
@@ -447,7 +453,7 @@ class ServerConnection(asyncio.Protocol):
                 self._fail(400, "bad_request", message)
 
     def _dispatch(self, request: Request, route: Route, keep: bool, http10: bool) -> None:
-        reply = _Reply(self, keep, http10)
+        reply = _Reply(self, keep, http10, request.method == "HEAD")
         self._inflight = reply
         try:
             route.handler(request, reply)
