@@ -7,7 +7,9 @@ POST /register, and by load generators. Lean on purpose: no task per request
 connected without the resolver's thread, and a reused keep-alive connection
 that the server closed while idle is noticed before a request is written on
 it (its `eof_received`/`connection_lost`), so that request is sent on a new
-connection instead of being lost.
+connection instead of being lost. (A close that reaches this process in the
+very loop iteration a request is written can still be missed; that request
+fails with `sent=True`, as any request whose connection breaks does.)
 
 Responses may have a Content-Length, a chunked body, or a body that ends with
 the connection; the head (64 KiB) and the body (`max_body`) are bounded.
