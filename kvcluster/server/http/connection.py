@@ -368,8 +368,17 @@ class ServerConnection(asyncio.Protocol):
         self._pumping = True
         try:
             if data is not None:
-                if len(data) <= _SLICE:
-                    self._feed_slice(data)
+                if len(data) <= _SLICE:  # _feed_slice, inline: the common case
+                    before = self._phase
+                    self._began = False
+                    self._slice_body = 0
+                    try:
+                        self._parser.feed_data(data)
+                    except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                        self._parse_error(exc)
+                    else:
+                        if self._phase:
+                            self._bound(len(data), before)
                 else:
                     self._feed(data)
             while (self._queue or self._raw or self._continue_owed) and not (
@@ -420,47 +429,56 @@ class ServerConnection(asyncio.Protocol):
         self._slice_body = 0
         try:
             self._parser.feed_data(piece)
-        except httptools.HttpParserUpgrade:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_error(exc)
+            return
+        if self._phase:
+            self._bound(len(piece), before)
+
+    def _parse_error(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._fail(400, "bad_request", "protocol upgrades (and CONNECT) are not supported")
             return
-        except httptools.HttpParserError as exc:
-            if self._stopped or self._closed:
-                return  # a callback stopped the parser on purpose
-            cause = exc.__context__
-            if cause is not None and not isinstance(cause, _Stop):
-                log.error("internal error in the HTTP stack", exc_info=cause)
-                self._fail(500, "internal_error", INTERNAL_MESSAGE)
-            else:
-                self._fail(400, "bad_request", f"malformed request: {exc}")
-            return
+        if self._stopped or self._closed:
+            return  # a callback stopped the parser on purpose
+        cause = exc.__context__
+        if cause is not None and not isinstance(cause, _Stop):
+            log.error("internal error in the HTTP stack", exc_info=cause)
+            self._fail(500, "internal_error", INTERNAL_MESSAGE)
+        else:
+            self._fail(400, "bad_request", f"malformed request: {exc}")
+
+    def _bound(self, fed: int, before: int) -> None:
+        """After a slice of `fed` bytes that ended inside a request (`before`: where
+        it began), bound what the parser may hold that the callbacks do not show."""
         phase = self._phase
-        if not phase:
-            return
         limits = self.limits
         if phase == _HEAD:
             # The parser keeps a header it has not finished inside itself: bound
             # what it may hold by counting the slices fed since the request began.
-            count = len(piece) if self._began else self._head_count + len(piece)
+            count = fed if self._began else self._head_count + fed
             self._head_count = count
             if count > limits.max_head + _SLICE:
                 message = f"the request head is over {limits.max_head} bytes"
                 self._fail(431, "request_header_too_large", message)
         elif phase == _BODY and before == _BODY and not self._began:
             # Chunk extensions and trailers are framing, not body: bound them too.
-            self._overhead += len(piece) - self._slice_body
+            self._overhead += fed - self._slice_body
             if self._overhead > limits.max_head + _SLICE:
                 message = f"chunk framing or trailers over {limits.max_head} bytes"
                 self._fail(400, "bad_request", message)
 
     def _dispatch(self, request: Request, route: Route, keep: bool, http10: bool) -> None:
-        reply = _Reply(self, keep, http10, request.method == "HEAD")
-        self._inflight = reply
+        reply = self._inflight = _Reply(self, keep, http10, request.method == "HEAD")
         try:
             route.handler(request, reply)
         except Exception:
-            log.exception("internal error in %s %s", request.method, request.path[:200])
-            if not reply.done:
-                reply(500, error_body("internal_error", INTERNAL_MESSAGE), ())
+            self._handler_failed(request, reply)
+
+    def _handler_failed(self, request: Request, reply: _Reply) -> None:
+        log.exception("internal error in %s %s", request.method, request.path[:200])
+        if not reply.done:
+            reply(500, error_body("internal_error", INTERNAL_MESSAGE), ())
 
     def _account(self) -> None:
         held = (
@@ -695,7 +713,12 @@ class ServerConnection(asyncio.Protocol):
         if not keep:
             self._stopped = True  # the client sends nothing after this request
         if self._inflight is None and not self._queue and not self._write_paused:
-            self._dispatch(request, route, keep, http10)
+            # _dispatch, inline: the common case
+            reply = self._inflight = _Reply(self, keep, http10, request.method == "HEAD")
+            try:
+                route.handler(request, reply)
+            except Exception:
+                self._handler_failed(request, reply)
         else:
             self._queue.append((request, route, keep, http10, size))
             self._queued_bytes += size
