@@ -1367,3 +1367,25 @@ def test_head_requests_get_the_head_only() -> None:
         await c.assert_open()  # no stray body bytes were sent
 
     run(scenario)
+
+
+def test_chunk_trailers_are_bounded() -> None:
+    limits = Limits(max_head=4096)
+
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        await c.send(http("PUT", "/big", headers=("Transfer-Encoding: chunked",)))
+        await c.send(b"3\r\nabc\r\n0\r\nX-Trailer: ")  # a trailer that never ends
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while sent < 10 << 20 and not (c.reader._buffer or c.reader.at_eof()):  # type: ignore[attr-defined]
+                c.writer.write(b"t" * 1000)
+                sent += 1000
+                await asyncio.wait_for(c.writer.drain(), READ_TIMEOUT)
+                await asyncio.sleep(0)
+        assert sent < 1 << 20, "the server kept reading a trailer that never ends"
+        body = assert_error(await c.answer(), 400, "bad_request")
+        assert "trailers" in body["message"]
+        await c.assert_closed()
+
+    run(scenario, limits)
