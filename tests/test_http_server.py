@@ -939,6 +939,8 @@ def test_idle_connections_are_closed_silently() -> None:
 
 
 def test_a_busy_connection_is_not_idle_and_a_pipelined_head_clock_starts_at_the_answer() -> None:
+    limits = Limits(head_timeout=1.0, body_timeout=0.5, idle_timeout=0.4)
+
     async def scenario(h: Harness) -> None:
         c = await h.connect()
         # /slow is held for longer than every timeout, with a partial next head behind it.
@@ -955,7 +957,7 @@ def test_a_busy_connection_is_not_idle_and_a_pipelined_head_clock_starts_at_the_
         answer = await c.request(b"\r\n")
         assert answer.json()["query"] == "next"
 
-    run(scenario, TIMED)
+    run(scenario, limits)
 
 
 # ---------------------------------------------------------------------- memory and connections
@@ -1266,11 +1268,20 @@ def test_write_backpressure_pauses_and_resumes_in_order() -> None:
     limits = Limits(max_unsent=16 << 10)
 
     async def scenario(h: Harness) -> None:
+        seen = [-1]
+
+        def answered() -> int:
+            """The count of answers, once it has stopped growing (else -1)."""
+            now = h.app.calls.count("blob")
+            stable, seen[0] = now == seen[0], now
+            return now if stable else -1
+
         c = await h.connect(rcvbuf=4096)
-        n = 400  # 400 answers of 8 KiB: far more than the client's and server's buffers
+        n = 2000  # 16 MiB of answers: more than the sockets' buffers hold
         await c.send(b"".join(http("GET", f"/blob?{i}") for i in range(n)))
-        await until(lambda: 0 < h.app.calls.count("blob") < n, "some answers")
         await until(lambda: h.server.unsent() > 0, "answers to wait for the client")
+        await until(lambda: h.app.calls.count("blob") == answered(), "the answers to stop")
+        assert h.app.calls.count("blob") < n
         assert h.server.unsent() <= limits.max_unsent + 8300
         for _ in range(n):  # now the client reads: everything comes, in order
             answer = await c.answer()
