@@ -209,6 +209,26 @@ def test_response_that_ends_with_the_connection_and_interim_responses() -> None:
     run(scenario)
 
 
+def test_bodyless_answers_keep_the_connection() -> None:
+    async def no_content(ex: Exchange) -> None:
+        while await ex.read_request() is not None:
+            await ex.write(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n")
+
+    async def scenario() -> None:
+        async with raw_server(no_content) as raw:
+            conn = HttpConnection("127.0.0.1", raw.port)
+            try:
+                for _ in range(3):
+                    response = await conn.request("POST", "/raft/messages", b"x")
+                    assert (response.status, response.body) == (204, b"")
+                    assert response.headers["x-a"] == "1"
+            finally:
+                conn.close()
+            assert raw.connections == 1
+
+    run(scenario)
+
+
 def test_keep_alive_reuse_and_connection_close() -> None:
     async def closing_third(ex: Exchange) -> None:
         n = 0

@@ -124,7 +124,8 @@ class App:
         reply(200, b'{"n": 2}', ())
 
     def bad_status(self, request: Request, reply: Reply) -> None:
-        reply(int(request.query), b"{}", ())
+        status, _, body = request.query.partition("&")
+        reply(int(status), body.encode(), ())
 
     def bad_header(self, request: Request, reply: Reply) -> None:
         reply(200, b"{}", [("X-Evil", "a\r\nSet-Cookie: x=1")])
@@ -250,7 +251,9 @@ class Client:
             headers[name.strip().lower()] = value.strip()
         code = int(status)
         body = b""
-        if code >= 200:
+        if code in (204, 304):
+            assert "content-length" not in headers and "content-type" not in headers
+        elif code >= 200:
             assert "transfer-encoding" not in headers  # never chunked
             assert headers["content-type"] == "application/json"
             n = int(headers["content-length"])
@@ -614,10 +617,14 @@ def test_handler_errors_answer_500_and_the_connection_keeps_working(
             # a second reply is ignored (and logged); the next request gets its own answer
             assert (await c.request(http("GET", "/twice"))).json() == {"n": 1}
             await c.assert_open()
-            # statuses that cannot carry a JSON body: 500
-            for status in (100, 204, 304, 99, 600):
-                answer = await c.request(http("GET", f"/bad-status?{status}"))
+            # statuses that are not answers, or a body where there can be none: 500
+            for query in ("100&{}", "199&{}", "99&{}", "600&{}", "204&{}", "304&x"):
+                answer = await c.request(http("GET", f"/bad-status?{query}"))
                 assert_error(answer, 500, "internal_error", closes=False)
+            # 204 and 304 without a body: no Content-Length, and the connection goes on
+            for query in ("204&", "304&"):
+                answer = await c.request(http("GET", f"/bad-status?{query}"))
+                assert answer.status == int(query[:3]) and answer.body == b""
             # a header that would split the response is refused: 500, not injected
             assert_error(
                 await c.request(http("GET", "/bad-header")), 500, "internal_error", closes=False

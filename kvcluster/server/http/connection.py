@@ -59,19 +59,24 @@ _METHODS: dict[bytes, str] = {}  # llhttp only accepts the methods it knows: a s
 _PREFIXES: dict[int, bytes] = {}
 
 
+_BODYLESS: Final = frozenset({204, 304})  # answers that have no body (nor its headers)
+
+
 def _prefix(status: int) -> bytes:
     prefix = _PREFIXES.get(status)
     if prefix is None:
-        if type(status) is not int or not 200 <= status <= 599 or status in (204, 304):
-            # 1xx, 204 and 304 answers have no body, and these always do
-            raise ValueError(f"not a status for a JSON answer: {status!r}")
+        if type(status) is not int or not 200 <= status <= 599:
+            raise ValueError(f"not a status for an answer: {status!r}")  # 1xx are the stack's
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Unknown"
-        prefix = (
-            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: "
-        ).encode("latin-1")
+        if status in _BODYLESS:
+            prefix = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+        else:
+            prefix = (
+                f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json\r\nContent-Length: "
+            ).encode("latin-1")
         _PREFIXES[status] = prefix
     return prefix
 
@@ -84,7 +89,8 @@ def _response(
     http10: bool,
     head: bool = False,
 ) -> bytes:
-    """One whole answer: always a Content-Length, never chunked (to HEAD: no body)."""
+    """One whole answer: a Content-Length (but for 204 and 304, which have no
+    body), never chunked; to HEAD, the head only."""
     extra = b""
     if headers:
         text = "".join([f"{name}: {value}\r\n" for name, value in headers])
@@ -96,6 +102,10 @@ def _response(
     elif http10:
         extra += b"Connection: keep-alive\r\n"
     prefix = _PREFIXES.get(status) or _prefix(status)
+    if status in _BODYLESS:
+        if body:
+            raise ValueError(f"a {status} answer has no body")
+        return b"%s%s\r\n" % (prefix, extra)
     return b"%s%d\r\n%s\r\n%s" % (prefix, len(body), extra, b"" if head else body)
 
 
