@@ -93,6 +93,10 @@ class ClusterError(RuntimeError):
     pass
 
 
+class PortTaken(ClusterError):
+    """A node could not bind the port it was given (and exited, as it must)."""
+
+
 class Cluster:
     """`with Cluster(n=5) as c:` starts five nodes on 127.0.0.1 and stops them after.
 
@@ -250,11 +254,14 @@ class Cluster:
         if not pipe.poll(self.start_timeout):
             raise ClusterError(f"node {h.name} did not start in time{self._log_tail(h)}")
         try:
-            kind, port = pipe.recv()
+            kind, value = pipe.recv()
         except EOFError as exc:
             raise ClusterError(f"node {h.name} exited while starting{self._log_tail(h)}") from exc
+        if kind == "bind_failed":
+            h.process.join(5)
+            raise PortTaken(f"node {h.name}: {value}")
         assert kind == expected, (kind, expected)
-        return int(port)
+        return int(value)
 
     def _log_tail(self, h: NodeHandle, lines: int = 20) -> str:
         """The end of a node's log, for errors: the work directory may be gone later."""
@@ -415,7 +422,15 @@ class Cluster:
     ) -> None:
         pipe = self._spawn(h, port=port, join=join)
         try:
-            h.port = self._recv(h, pipe, "bound")
+            try:
+                h.port = self._recv(h, pipe, "bound")
+            except PortTaken:
+                # Someone took its port while it was down. A node binds exactly
+                # its address or exits, so it comes back on a new port, and asks
+                # to be re-added there (its old address is void).
+                pipe.close()
+                pipe = self._spawn(h, port=0, join=join)
+                h.port = self._recv(h, pipe, "bound")
             pipe.send(("start", bootstrap if self.storage == "disk" else None))
             self._recv(h, pipe, "serving")
         finally:
@@ -494,6 +509,29 @@ class Cluster:
         t = self.mark("delay", src, to=self.nodes[dst].name, seconds=seconds)
         self._faults[src]["delay"][self.nodes[dst].name] = seconds
         self._push_faults()
+        return t
+
+    def break_disk(self, i: int, *, after: int = 1, kind: str = "save") -> float:
+        """Node i's disk fails at its `after`-th write from now ("save": ENOSPC,
+        as a full disk; "fsync": EIO from an fsync). The node must stop there
+        and lose nothing it acknowledged; `restart(i)` brings it back."""
+        t = self.mark("break_disk", i, kind=kind, after=after)
+        h = self.nodes[i]
+        f = self._faults[i]
+        body = {
+            "block": sorted(f["block"]),
+            "block_out": sorted(f["block_out"]),
+            "drop": f["drop"],
+            "delay": f["delay"],
+            "disk": {"fail": kind, "after": after},
+        }
+        r = self._session.post(
+            f"{self._url(h.port)}/admin/fault",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=5,
+        )
+        r.raise_for_status()
         return t
 
     def heal(self) -> float:

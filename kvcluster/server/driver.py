@@ -34,6 +34,7 @@ from ..node import Answer, Forward, Node, NodeOptions, NodeReady, Request
 from ..node.node import SnapshotCapture
 from ..raft import Member, Membership, Message
 from ..storage import DiskStorage, MemoryStorage, SnapshotReceiver, SnapshotSource, Storage
+from ..storage.faulty import FailingStorage
 from .config import NodeConfig
 from .events import EventLog
 from .http import ConnectionFailed, ConnectionPool
@@ -196,6 +197,12 @@ class NodeDriver:
         self.peers.faults = faults
         self.events.emit("fault", **faults.to_dict())
 
+    def break_disk(self, kind: str, after: int) -> None:
+        """Fault injection: the `after`-th storage call of `kind` from now fails,
+        as a full or failing disk does (the node then stops: fail-stop)."""
+        self.storage = FailingStorage(self.storage, (kind, after))
+        self.events.emit("disk_fault", kind=kind, after=after)
+
     # ------------------------------------------------------------------ the loop
 
     def _schedule(self) -> None:
@@ -302,9 +309,13 @@ class NodeDriver:
             source = await loop.run_in_executor(
                 self._background, self.storage.write_snapshot, capture.meta, capture.lines
             )
-            self.storage.adopt_snapshot(source)
+            adopted = self.storage.adopt_snapshot(source)
         except Exception as exc:
             fail_stop("writing a snapshot", exc)
+        if not adopted:  # a newer one (a leader's) was installed meanwhile
+            self.node.snapshot_saved(self.storage.latest_snapshot() or source)
+            self._schedule()
+            return
         self.node.snapshot_saved(source)
         self.events.emit(
             "snapshot_saved",

@@ -33,7 +33,7 @@ from ..node import (
 from ..raft import Member
 from .codec import decode_batch
 from .driver import FORWARDED_HEADER, LEADER_HEADER, NodeDriver
-from .faults import parse_faults
+from .faults import parse_disk_fault, parse_faults
 from .http import Reply, Route, error_body
 from .http import Request as HttpRequest
 from .peers import MAX_LINE, SENDER_HEADER
@@ -241,10 +241,14 @@ class Routes:
         try:
             if not self.driver.config.fault_injection:
                 raise _FAULTS_OFF
-            faults = parse_faults(json_object(http.body, required=True))
+            body = json_object(http.body, required=True)
+            faults = parse_faults(body)
+            disk = parse_disk_fault(body)
         except ApiError as exc:
             return self.fail(reply, exc)
         self.driver.set_faults(faults)
+        if disk is not None:
+            self.driver.break_disk(*disk)
         self.ok(reply, faults.to_dict())
 
 
