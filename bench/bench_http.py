@@ -26,15 +26,26 @@ Every stack's answers are checked byte for byte against the same expected bytes
 before timing. The loopback rounds include the client's side (the same for
 every stack).
 
+On a shared machine, one stack's rounds all run before the next stack's, so
+load that comes and goes lands on one stack: for a comparison, run the same
+rounds interleaved (stacks in a new random order every round) and read the
+medians with their 95% intervals and the ratio to httptools:
+
+    python bench/bench_http.py [ROUNDS]
+
 Also here, unchanged: a PUT's validation up to the proposal, and the peer codec.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import socket
+import statistics
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import h11
@@ -469,3 +480,109 @@ def test_codec_decode(benchmark: Any) -> None:
     benchmark(decode_once)
     benchmark.extra_info["entries"] = BATCH
     benchmark.extra_info["batch_bytes"] = len(wire)
+
+
+# ---------------------------------------------------------------------- interleaved
+
+
+def _round(kind: str, stack: str) -> tuple[Callable[[], None], Callable[[], None], int]:
+    """One round of `kind` for `stack`, its cleanup, and the requests it answers."""
+    if kind.startswith("parse"):
+        protocol, transport, _keep = in_process(stack)
+        written = transport.written
+        reads = requests(PIPELINED)
+        data = b"".join(reads)
+        pipelined = kind == "parse_pipelined"
+
+        def parse() -> None:
+            if pipelined:
+                protocol.data_received(data)
+            else:
+                for one in reads:
+                    protocol.data_received(one)
+            assert len(written) == PIPELINED
+            written.clear()
+
+        parse._keep = _keep  # type: ignore[attr-defined]  # the server lives as long as this
+        return parse, lambda: None, PIPELINED
+    lb = Loopback(stack)
+    run = lb.loop.run_until_complete
+    if kind == "loopback_pipelined":
+        data = b"".join(requests(PIPELINED))
+        size = len(EXPECTED) * PIPELINED
+
+        def pipelined_round() -> None:
+            run(lb.exchange(data, size))
+
+        return pipelined_round, lb.close, PIPELINED
+    reads = requests(SEQUENTIAL)
+
+    async def round_trips() -> None:
+        for one in reads:
+            await lb.exchange(one, len(EXPECTED))
+
+    return lambda: run(round_trips()), lb.close, SEQUENTIAL
+
+
+def _median_interval(xs: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% interval for the median (order statistics)."""
+    xs = sorted(xs)
+    n = len(xs)
+    half = 1.96 * math.sqrt(n) / 2
+    return xs[max(0, math.floor(n / 2 - half))], xs[min(n - 1, math.ceil(n / 2 + half))]
+
+
+def _ratio_interval(a: list[float], b: list[float], rng: random.Random) -> tuple[float, float]:
+    """A bootstrap 95% interval for median(a) / median(b)."""
+    ratios = sorted(
+        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
+        for _ in range(2000)
+    )
+    return ratios[50], ratios[1949]
+
+
+def interleaved(rounds: int) -> None:
+    stacks = ["httptools", "h11"]
+    try:
+        import kvcluster.server.fasthttp  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        stacks.insert(1, "fasthttp")
+    rng = random.Random(0)
+    for kind in (
+        "parse_pipelined",
+        "parse_one_by_one",
+        "loopback_pipelined",
+        "loopback_sequential",
+    ):
+        setups = {stack: _round(kind, stack) for stack in stacks}
+        samples: dict[str, list[float]] = {stack: [] for stack in stacks}
+        for once, _, _ in setups.values():
+            for _ in range(20):  # warm-up
+                once()
+        order = list(stacks)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for stack in order:
+                once, _, n = setups[stack]
+                start = time.perf_counter()
+                once()
+                samples[stack].append((time.perf_counter() - start) / n * 1e6)
+        for _, close, _ in setups.values():
+            close()
+        base = samples["httptools"]
+        print(f"{kind}: {rounds} interleaved rounds, microseconds per request")
+        for stack in stacks:
+            xs = samples[stack]
+            lo, hi = _median_interval(xs)
+            ratio = statistics.median(xs) / statistics.median(base)
+            rlo, rhi = _ratio_interval(xs, base, rng)
+            print(
+                f"  {stack:9s} median {statistics.median(xs):7.2f} [{lo:7.2f}, {hi:7.2f}]"
+                f"  x httptools {ratio:5.2f} [{rlo:.2f}, {rhi:.2f}]"
+            )
+
+
+if __name__ == "__main__":
+    interleaved(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
