@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,35 @@ READ_TIMEOUT = 10.0  # one read; generous for a busy 2-core machine
 SCENARIO_TIMEOUT = 90.0  # one whole test
 SMALL_BODY = 100  # /small's max_body
 FAST = Limits(head_timeout=5.0, idle_timeout=30.0, body_timeout=10.0)
+
+
+LOOP = {"name": os.environ.get("KVCLUSTER_TEST_LOOP", "asyncio")}
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run on the loop LOOP names: asyncio's (the default), or uvloop,
+    which the node runs on. Tests marked `both_loops` run on each; every test
+    runs on uvloop with KVCLUSTER_TEST_LOOP=uvloop."""
+    if LOOP["name"] == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+    else:
+        asyncio.run(main)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def each_loop(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    saved = LOOP["name"]
+    LOOP["name"] = request.param
+    yield request.param
+    LOOP["name"] = saved
+
+
+both_loops = pytest.mark.usefixtures("each_loop")
 
 
 # ---------------------------------------------------------------------- the server side
@@ -209,7 +238,7 @@ def run(scenario: Callable[[Harness], Awaitable[None]], limits: Limits = FAST) -
             async with asyncio.timeout(SCENARIO_TIMEOUT):
                 await scenario(harness)
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 # ---------------------------------------------------------------------- the client side
@@ -366,8 +395,11 @@ def test_error_envelope_and_route_checks() -> None:
 # ---------------------------------------------------------------------- framing
 
 
+@both_loops
 def test_keep_alive_and_headers() -> None:
     async def scenario(h: Harness) -> None:
+        on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        assert on_uvloop == (LOOP["name"] == "uvloop")
         c = await h.connect()
         for i in range(5):
             answer = await c.request(
@@ -397,6 +429,7 @@ def test_keep_alive_and_headers() -> None:
     run(scenario)
 
 
+@both_loops
 def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
     async def scenario(h: Harness) -> None:
         c = await h.connect()
@@ -435,6 +468,7 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time() -> None:
     run(scenario)
 
 
+@both_loops
 def test_many_pipelined_requests_in_one_write() -> None:
     async def scenario(h: Harness) -> None:
         c = await h.connect()
@@ -723,6 +757,7 @@ def test_http_1_0_and_connection_close() -> None:
     run(scenario)
 
 
+@both_loops
 def test_half_closed_client_gets_its_pipelined_answers() -> None:
     async def scenario(h: Harness) -> None:
         c = await h.connect()
@@ -757,12 +792,13 @@ def test_server_close_closes_everything_and_late_replies_are_ignored() -> None:
             await asyncio.open_connection("127.0.0.1", port)
         c.close()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 # ---------------------------------------------------------------------- token routes
 
 
+@both_loops
 def test_token_route_refuses_before_reading_the_body() -> None:
     async def scenario(h: Harness) -> None:
         c = await h.connect()
@@ -797,6 +833,7 @@ def stream_head(auth: str = AUTH) -> bytes:
     return http("POST", "/stream", headers=("Transfer-Encoding: chunked", auth))
 
 
+@both_loops
 def test_streamed_lines_arrive_in_order_across_any_split() -> None:
     async def scenario(h: Harness) -> None:
         rng = random.Random(11)
@@ -911,6 +948,7 @@ def test_slow_head_gets_408_although_bytes_keep_coming() -> None:
     run(scenario, TIMED)
 
 
+@both_loops
 def test_slow_body_gets_408_although_bytes_keep_coming() -> None:
     async def scenario(h: Harness) -> None:
         c = await h.connect()
@@ -970,6 +1008,7 @@ def test_a_busy_connection_is_not_idle_and_a_pipelined_head_clock_starts_at_the_
 # ---------------------------------------------------------------------- memory and connections
 
 
+@both_loops
 def test_max_buffered_bounds_unfinished_bodies_across_connections() -> None:
     body_size = 9_000_000
     limits = Limits(max_buffered=24 << 20, body_timeout=120.0, head_timeout=60.0)
@@ -1055,6 +1094,7 @@ def test_max_buffered_bounds_unfinished_bodies_across_connections() -> None:
     run(scenario, limits)
 
 
+@both_loops
 def test_max_connections_refuses_clients_quickly_and_keeps_room_for_peers() -> None:
     limits = Limits(max_connections=4, peer_reserve=2, head_timeout=60.0, idle_timeout=60.0)
 
@@ -1100,6 +1140,7 @@ def test_max_connections_refuses_clients_quickly_and_keeps_room_for_peers() -> N
     run(scenario, limits)
 
 
+@both_loops
 def test_a_client_that_pipelines_and_never_reads_is_bounded() -> None:
     limits = Limits(max_unsent=64 << 10, max_head=4096, idle_timeout=30.0, head_timeout=30.0)
     give_up = 64 << 20  # without write backpressure the server would read all of this
@@ -1271,6 +1312,7 @@ def test_100_continue_for_a_pipelined_request_comes_after_the_answer_before_it()
     run(scenario)
 
 
+@both_loops
 def test_write_backpressure_pauses_and_resumes_in_order() -> None:
     limits = Limits(max_unsent=16 << 10)
 
@@ -1340,6 +1382,7 @@ def test_a_connection_over_the_cap_that_says_nothing_gets_the_head_timeout() -> 
     run(scenario, limits)
 
 
+@both_loops
 def test_an_error_answer_survives_a_client_still_sending() -> None:
     async def scenario(h: Harness) -> None:
         c = await h.connect()
