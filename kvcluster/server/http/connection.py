@@ -240,7 +240,8 @@ class ServerConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.limits.max_unsent)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self._remote = f"{peer[0]}:{peer[1]}"
+            host = peer[0]
+            self._remote = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         elif peer:
             self._remote = str(peer)
 
@@ -610,7 +611,7 @@ class ServerConnection(asyncio.Protocol):
         if keep and "connection" not in headers:
             # llhttp reads only HTTP/0.9, 1.0, 1.1 and 2.0, and keeps a connection
             # open without a Connection header only for 1.1: no need to ask
-            # (get_http_version formats a string: a fifth of this function).
+            # (get_http_version formats a new string on every call).
             version = "1.1"
         else:
             version = parser.get_http_version()
