@@ -688,7 +688,8 @@ def test_a_key_too_long_even_for_the_request_line_gets_a_json_414(cluster: Clust
     base = endpoint(cluster, "leader")
     resp = send("GET", base + kv_path("k" * (70 * 1024)))
     assert resp.status_code == 414
-    assert error_body(resp, "GET of a 70 KiB key")["error"] == "key_too_long"
+    # Over the 64 KiB a request head may take: the HTTP stack refuses the URL itself.
+    assert error_body(resp, "GET of a 70 KiB key")["error"] == "uri_too_long"
 
 
 def test_data_written_before_the_bad_requests_is_intact_on_every_node(cluster: Cluster) -> None:

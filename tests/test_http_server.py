@@ -1450,3 +1450,22 @@ def test_chunk_trailers_are_bounded() -> None:
         await c.assert_closed()
 
     run(scenario, limits)
+
+
+def test_a_request_target_over_the_head_limit_gets_414() -> None:
+    """A URL longer than a whole head may be is refused as such (414), not as
+    headers (431), whether its end arrives or not: the client learns what to shorten."""
+    limits = Limits(max_head=4096, head_timeout=5.0)
+
+    async def scenario(h: Harness) -> None:
+        c = await h.connect()
+        over = http("GET", "/echo?" + "q" * 5000)
+        assert_error(await c.request(over), 414, "uri_too_long")
+        await c.assert_closed()
+        c = await h.connect()
+        with contextlib.suppress(ConnectionError):
+            await c.send(b"GET /echo?" + b"q" * 100_000)  # the target never ends
+        assert_error(await c.answer(), 414, "uri_too_long")
+        await c.assert_closed()
+
+    run(scenario, limits)

@@ -730,6 +730,13 @@ class RaftNode:
     def _heard_from_leader(self, m: Message) -> None:
         if self.role is not Role.FOLLOWER:
             self._become_follower(m.term, m.src)
+        elif self.leader_id == m.src:
+            gap = self.now - self._last_leader_contact
+            if gap > 2 * self.options.heartbeat_interval:
+                # A heartbeat came late (a stalled leader, a busy follower, a
+                # slow network): rare in a healthy cluster, and what precedes
+                # a spurious election, so it is worth an event.
+                self._event("leader_silent", leader=m.src, gap=round(gap, 4))
         self._set_leader(m.src)
         self._last_leader_contact = self.now
         self._reset_election_timer()

@@ -18,6 +18,8 @@ ready batches say, in their order, with the process's I/O:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -45,6 +47,8 @@ log = logging.getLogger("kvcluster.node")
 LEADER_HEADER = "X-Kvcluster-Leader"
 FORWARDED_HEADER = "X-Kvcluster-Forwarded"
 EXIT_STORAGE_FAILED = 3
+FLUSH_EVERY = 0.05  # seconds between event-file flushes (and loop stall checks)
+GC_PAUSE_EVENT = 0.02  # seconds: a collection longer than this is an event
 
 Responder = Callable[[Answer], None]
 
@@ -119,6 +123,9 @@ class NodeDriver:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sync_timer: asyncio.TimerHandle | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_due = 0.0
+        self._gc_started = 0.0
+        self.loop_stall_max = 0.0  # seconds: the longest the event loop was held up
         self.stopped = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -129,6 +136,7 @@ class NodeDriver:
 
     def start(self) -> None:
         self.events.emit("start", incarnation=self.incarnation, address=self.address)
+        gc.callbacks.append(self._gc_watch)
         self._schedule_sync()
         self._schedule_flush()
         self._schedule()
@@ -137,6 +145,8 @@ class NodeDriver:
         if self.stopped:
             return
         self.stopped = True
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._gc_watch)
         self.events.emit("stop")
         self.events.close()
         self.peers.close()
@@ -149,6 +159,22 @@ class NodeDriver:
                 handle.cancel()
         self._background.shutdown(wait=False, cancel_futures=True)
         self.storage.close()
+
+    def _gc_watch(self, phase: str, info: dict[str, int]) -> None:
+        """Record the cyclic garbage collector's long pauses: a full collection
+        walks every tracked object and holds the GIL (and the event loop) while
+        it does, so on a large store it is what can delay a heartbeat."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        if pause > GC_PAUSE_EVENT:
+            self.events.emit(
+                "gc_pause",
+                seconds=round(pause, 4),
+                generation=info.get("generation"),
+                collected=info.get("collected"),
+            )
 
     def _schedule_sync(self) -> None:
         interval = self.storage.sync_interval
@@ -164,9 +190,18 @@ class NodeDriver:
 
     def _schedule_flush(self) -> None:
         if not self.stopped:
-            self._flush_timer = asyncio.get_running_loop().call_later(0.1, self._flush_events)
+            self._flush_due = time.monotonic() + FLUSH_EVERY
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                FLUSH_EVERY, self._flush_events
+            )
 
     def _flush_events(self) -> None:
+        # This timer doubles as the event loop's stall detector: when it fires
+        # late, nothing else on the loop ran either (heartbeats included).
+        stall = time.monotonic() - self._flush_due
+        self.loop_stall_max = max(self.loop_stall_max, stall)
+        if stall > self.config.raft.heartbeat_interval:
+            self.events.emit("loop_stall", seconds=round(stall, 4))
         self.events.flush()
         self._schedule_flush()
 
@@ -355,6 +390,7 @@ class NodeDriver:
             "name": self.config.name,
             "address": self.address,
             "incarnation": self.incarnation,
+            "loop_stall_max": round(self.loop_stall_max, 4),
             **self.peers.stats(),
         }
 

@@ -470,8 +470,12 @@ class ServerConnection(asyncio.Protocol):
             count = fed if self._began else self._head_count + fed
             self._head_count = count
             if count > limits.max_head + _SLICE:
-                message = f"the request head is over {limits.max_head} bytes"
-                self._fail(431, "request_header_too_large", message)
+                if sum(map(len, self._url)) > limits.max_head:
+                    message = f"the request target is over {limits.max_head} bytes"
+                    self._fail(414, "uri_too_long", message)
+                else:
+                    message = f"the request head is over {limits.max_head} bytes"
+                    self._fail(431, "request_header_too_large", message)
         elif phase == _BODY and before == _BODY and not self._began:
             # Chunk extensions and trailers are framing, not body: bound them too.
             self._overhead += fed - self._slice_body
@@ -604,7 +608,10 @@ class ServerConnection(asyncio.Protocol):
             else:
                 headers[key] = text
         self._head_size = size = len(url) + sum(map(len, raw)) + 2 * len(raw) + 16
-        if size > limits.max_head:
+        if len(url) > limits.max_head:
+            message = f"the request target is over {limits.max_head} bytes"
+            self._refuse(414, "uri_too_long", message)
+        elif size > limits.max_head:
             message = f"the request head is over {limits.max_head} bytes"
             self._refuse(431, "request_header_too_large", message)
         keep = parser.should_keep_alive()
