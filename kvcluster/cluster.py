@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import multiprocess
 import pandas as pd
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from .raft import RaftOptions
 from .server.config import EVENT_LOOPS, READ_MODES, NodeConfig
@@ -165,7 +167,7 @@ class Cluster:
             lambda: {"block": set(), "block_out": set(), "drop": {}, "delay": {}}
         )
         self.nodes = [NodeHandle(i, f"n{i}") for i in range(n)]
-        self._session = requests.Session()
+        self._session = _harness_session()
         self._started = False
         self._finalizer = weakref.finalize(self, _stop_processes, self.nodes)
         atexit.register(self._finalizer)
@@ -600,6 +602,21 @@ class Cluster:
         df = df.sort_values("t", kind="stable").reset_index(drop=True)
         df["time"] = df["t"] - df["t"].iloc[0]
         return df
+
+
+def _harness_session() -> requests.Session:
+    """The harness's own HTTP session (status, fault injection).
+
+    A node closes keep-alive connections that stay idle (60 s), and one paused
+    with SIGSTOP closes them the moment it resumes, while the harness may be
+    sending on one: what the harness sends (GET /v1/status, POST /admin/fault,
+    which replaces a node's faults) is safe to send twice, so a request lost on
+    a connection the node just closed is sent again on a new one."""
+    session = requests.Session()
+    session.trust_env = False  # never route the nodes' loopback traffic through a proxy
+    retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=None, backoff_factor=0)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
 
 
 @contextlib.contextmanager
