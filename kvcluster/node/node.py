@@ -314,6 +314,9 @@ class Node:
         served from local state); otherwise the answer comes out of a later
         `ready()`, or a `Forward` does, which the driver must relay."""
         self._time(now)
+        self._after_input()
+        if req.op in READS and (req.serializable or self.options.read_mode == "serializable"):
+            return self._read(req)  # local state, possibly stale: nothing to wait for
         p = _Pending(req, now + self.options.request_timeout)
         self._pending[req.id] = p
         self._deadlines.append((p.deadline, req.id))
@@ -666,7 +669,10 @@ class Node:
                 self._serve_read(p)
 
     def _serve_read(self, p: _Pending) -> None:
-        req = p.req
+        self._finish(p, self._read(p.req))
+
+    def _read(self, req: Request) -> Answer:
+        """Answer a read from the store as it is now."""
         kv = self.kv
         if req.op == GET:
             item = kv.get(req.key)
@@ -674,13 +680,14 @@ class Node:
                 missing = Failure(
                     404, "not_found", f"no key {req.key!r}", {"revision": kv.revision}
                 )
-                self._fail(p, missing)
-                return
-            self._ok(p, {**item.to_dict(), "revision": kv.revision})
-            return
-        items = kv.list(req.key, req.limit)
-        body = {"kvs": [i.to_dict() for i in items], "count": len(items), "revision": kv.revision}
-        self._ok(p, body)
+                return Answer(req.id, 404, missing.body(), leader=self.leader_address())
+            body = item.to_dict()
+            body["revision"] = kv.revision
+        else:
+            items = kv.list(req.key, req.limit)
+            body = {"kvs": [i.to_dict() for i in items], "count": len(items)}
+            body["revision"] = kv.revision
+        return Answer(req.id, 200, body, leader=self.leader_address())
 
     # ------------------------------------------------------------------ answers
 

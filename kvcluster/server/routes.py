@@ -139,10 +139,17 @@ class Routes:
     def get_key(self, http: HttpRequest, reply: Reply) -> None:
         try:
             key = key_from_path(http.path[len(KV_PREFIX) :], self.max_key)
-            consistency = choice(query_args(http.query), "consistency", CONSISTENCY)
+            query = http.query
+            if not query or query == "consistency=linearizable":
+                serializable = False
+            elif query == "consistency=serializable":  # as the Client sends it: no parsing
+                serializable = True
+            else:
+                consistency = choice(query_args(query), "consistency", CONSISTENCY)
+                serializable = consistency == "serializable"
         except ApiError as exc:
             return self.fail(reply, exc)
-        req = Request(0, GET, key, serializable=consistency == "serializable")
+        req = Request(0, GET, key, serializable=serializable)
         self.submit(http, reply, req)
 
     def put_key(self, http: HttpRequest, reply: Reply) -> None:
