@@ -14,7 +14,7 @@ __all__ = ["Client", "Cluster", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that importing the sans-IO core does not pull in pandas or tornado.
+    # Lazy, so that importing the sans-IO core does not pull in pandas or requests.
     if name == "Cluster":
         from .cluster import Cluster
 

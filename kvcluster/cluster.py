@@ -2,8 +2,9 @@
 
 Nodes are forked from a `forkserver`: a clean single-threaded process, so
 forking stays safe even from a Jupyter kernel full of threads, and each node
-starts with tornado already imported. Every node dies with its parent, and the
-Cluster stops them all on exit, on exceptions and at interpreter shutdown.
+starts with the node process's modules already imported. Every node dies with
+its parent, and the Cluster stops them all on exit, on exceptions and at
+interpreter shutdown.
 """
 
 from __future__ import annotations
