@@ -30,6 +30,21 @@ def delete(key: str, **session: Any) -> dict[str, Any]:
     return {"op": "delete", "key": key, **session}
 
 
+def _lines(store: KVStore, **options: Any) -> list[bytes]:
+    """The store as a snapshot holds it."""
+    return list(store.freeze().lines(**options))
+
+
+def _copy(store: KVStore) -> KVStore:
+    """An independent copy, through a snapshot's lines."""
+    return KVStore.from_lines(_lines(store))
+
+
+def _session_ids(store: KVStore) -> list[str]:
+    """The clients with a session, least recently used first (as a snapshot holds them)."""
+    return [row[0] for row in store.freeze().meta["sessions"]]
+
+
 # ---- revisions and versions ---------------------------------------------------------
 
 
@@ -166,12 +181,12 @@ def test_returned_results_are_copies() -> None:
 def test_lower_seq_is_rejected() -> None:
     f = Feeder()
     f(put("a", "1", client_id="c1", seq=5))
-    before = f.store.snapshot()
+    before = _copy(f.store)
     result = f(put("a", "old", client_id="c1", seq=4))
     assert result["error"] == "stale_sequence" and result["message"]
-    after = f.store.snapshot()
-    assert after.pop("applied_index") == before.pop("applied_index") + 1
-    assert after == before
+    assert f.store.applied_index == before.applied_index + 1
+    before.mark_applied(f.store.applied_index)
+    assert f.store == before
 
 
 def test_seq_may_skip_and_start_anywhere() -> None:
@@ -196,10 +211,10 @@ def test_sessions_evict_least_recently_used() -> None:
     f(put("b", "1", client_id="c2", seq=1))
     f(put("a", "1", client_id="c1", seq=1))  # a duplicate counts as use: c2 is now the oldest
     f(put("c", "1", client_id="c3", seq=1))  # evicts c2
-    assert [row[0] for row in f.store.snapshot()["sessions"]] == ["c1", "c3"]
+    assert _session_ids(f.store) == ["c1", "c3"]
     # c2 forgotten: its old seq is applied again (the cost of a bounded table)
     assert f(put("b", "1", client_id="c2", seq=1))["revision"] == 4
-    assert [row[0] for row in f.store.snapshot()["sessions"]] == ["c3", "c2"]
+    assert _session_ids(f.store) == ["c3", "c2"]
 
 
 def test_session_eviction_is_deterministic() -> None:
@@ -211,8 +226,8 @@ def test_session_eviction_is_deterministic() -> None:
     results_b = [b(json.loads(json.dumps(c))) for c in commands]
     assert results_a == results_b
     assert a.store == b.store
-    assert a.store.snapshot() == b.store.snapshot()
-    assert len(a.store.snapshot()["sessions"]) == 4
+    assert _lines(a.store) == _lines(b.store)
+    assert len(_session_ids(a.store)) == 4
 
 
 def test_max_sessions_must_be_positive() -> None:
@@ -269,15 +284,14 @@ JSON_MALFORMED = [c for c in MALFORMED if _is_json(c)]  # what can actually reac
 def test_malformed_commands_return_errors_and_change_nothing(command: Any) -> None:
     f = Feeder()
     f(put("a", "0", client_id="c1", seq=0))
-    before = f.store.snapshot()
+    before = _copy(f.store)
     result = f(command)
     assert result["error"] == "invalid_command"
     assert isinstance(result["message"], str) and result["message"]
     json.dumps(result)
-    after = f.store.snapshot()
-    assert after.pop("applied_index") == 2
-    before.pop("applied_index")
-    assert after == before
+    assert f.store.applied_index == 2
+    before.mark_applied(2)
+    assert f.store == before
 
 
 def test_extra_fields_are_ignored_and_null_session_means_none() -> None:
@@ -285,7 +299,7 @@ def test_extra_fields_are_ignored_and_null_session_means_none() -> None:
     assert f({**put("a", "1"), "future": [1, 2]})["revision"] == 1
     assert f(put("a", "2", client_id=None, seq=None))["revision"] == 2
     assert f(delete("a", value=123))["deleted"] == 1  # value is irrelevant to delete
-    assert f.store.snapshot()["sessions"] == []
+    assert _session_ids(f.store) == []
 
 
 def test_command_builders() -> None:
@@ -327,32 +341,35 @@ def _busy_feeder(max_sessions: int = 3) -> Feeder:
     return f
 
 
-def test_snapshot_restore_round_trip_including_sessions() -> None:
+def test_lines_round_trip_including_sessions() -> None:
     f = _busy_feeder()
-    snap = f.store.snapshot()
-    restored = KVStore.restore(snap)
+    lines = _lines(f.store, rows_per_line=2)
+    restored = KVStore.from_lines(lines)
     assert restored == f.store
-    assert restored.snapshot() == snap
-    via_json = KVStore.restore(json.loads(json.dumps(snap)))
-    assert via_json == f.store
-    assert via_json.max_sessions == 3
-    assert [kv.key for kv in via_json.list()] == ["x/1", "z", "日本"]
-    assert via_json.get("x/1") == f.store.get("x/1")
-    assert len(via_json) == len(f.store) == 3
+    assert _lines(restored, rows_per_line=2) == lines
+    assert restored.max_sessions == 3
+    assert _session_ids(restored) == _session_ids(f.store) == ["c3", "c1", "c4"]
+    assert [kv.key for kv in restored.list()] == ["x/1", "z", "日本"]
+    assert restored.get("x/1") == f.store.get("x/1")
+    assert len(restored) == len(f.store) == 3
 
 
-def test_snapshot_shares_nothing_with_the_store() -> None:
-    f = _busy_feeder()
-    snap = f.store.snapshot()
-    snap["sessions"][0][2]["revision"] = -1
-    snap["data"].clear()
-    assert f.store.snapshot() != snap
-    assert len(f.store) == 3
-
-
-def test_restored_store_continues_identically() -> None:
+def test_a_rebuilt_store_shares_nothing_with_the_original() -> None:
     original = _busy_feeder()
-    restored = Feeder(KVStore.restore(json.loads(json.dumps(original.store.snapshot()))))
+    lines = _lines(original.store)
+    rebuilt = Feeder(KVStore.from_lines(lines))
+    rebuilt(put("x/1", "changed", client_id="c1", seq=3))  # a row and a session result
+    rebuilt(delete("z"))
+    assert _lines(original.store) == lines
+    original(put("日本", "changed", client_id="c4", seq=10))
+    original(delete("x/1"))
+    assert rebuilt.store.get("日本") == KeyValue("日本", "値", 5, 5, 1)
+    assert rebuilt.store.get("x/1") == KeyValue("x/1", "changed", 1, 7, 3)
+
+
+def test_rebuilt_store_continues_identically() -> None:
+    original = _busy_feeder()
+    restored = Feeder(KVStore.from_lines(_lines(original.store, rows_per_line=2)))
     more = [
         put("x/1", "3", client_id="c1", seq=2),  # duplicate: stored result
         put("x/1", "3", client_id="c1", seq=1),  # stale
@@ -364,7 +381,7 @@ def test_restored_store_continues_identically() -> None:
     for cmd in more:
         assert original(cmd) == restored(cmd)
     assert original.store == restored.store
-    assert original.store.snapshot() == restored.store.snapshot()
+    assert _lines(original.store) == _lines(restored.store)
 
 
 def test_equality_notices_session_order() -> None:
@@ -375,22 +392,6 @@ def test_equality_notices_session_order() -> None:
     b(put("k", "2", client_id="c1", seq=1))
     assert a.store.get("k") == b.store.get("k")
     assert a.store != b.store  # session results and order differ
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {},
-        {"revision": 1},
-        {**KVStore().snapshot(), "format": 2},
-        {**KVStore().snapshot(), "data": [["k", "v", 1]]},
-        {**KVStore().snapshot(), "sessions": [["c", "x", {}]]},
-        {**KVStore().snapshot(), "max_sessions": 0},
-    ],
-)
-def test_restore_rejects_malformed_snapshots(bad: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        KVStore.restore(bad)
 
 
 # ---- determinism --------------------------------------------------------------------
@@ -411,15 +412,18 @@ def _random_command(rng: random.Random) -> Any:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_same_commands_give_identical_stores(seed: int) -> None:
+    """A follower applies the commands as the log delivers them (through JSON)
+    and now and then carries on from a snapshot, as after an InstallSnapshot:
+    it ends identical to the leader."""
     rng = random.Random(seed)
     commands = [_random_command(rng) for _ in range(3000)]
     a, b = Feeder(KVStore(max_sessions=5)), Feeder(KVStore(max_sessions=5))
-    mid = len(commands) // 2
     for i, cmd in enumerate(commands):
         assert a(cmd) == b(json.loads(json.dumps(cmd)))
-        if i == mid:  # b carries on from a snapshot half way through, as a follower would
-            b = Feeder(KVStore.restore(json.loads(json.dumps(b.store.snapshot()))))
-    assert a.store.snapshot() == b.store.snapshot()
+        if i % 1000 == 500:
+            rows = rng.choice([1, 3, 4096])
+            b = Feeder(KVStore.from_lines(b.store.freeze().lines(rows_per_line=rows)))
+    assert _lines(a.store) == _lines(b.store)
     assert a.store == b.store
     # the sorted index agrees with the data
     assert [kv.key for kv in a.store.list()] == sorted(kv.key for kv in a.store.list())
@@ -440,14 +444,10 @@ def test_large_store_listing() -> None:
 # ---- freeze and the line encoding ---------------------------------------------------
 
 
-def _lines(store: KVStore, **options: Any) -> list[bytes]:
-    return list(store.freeze().lines(**options))
-
-
 def test_freeze_is_a_consistent_capture_later_applies_do_not_change() -> None:
     f = _busy_feeder()
     frozen = f.store.freeze()
-    expected = KVStore.restore(json.loads(json.dumps(f.store.snapshot())))
+    expected = _busy_feeder().store  # the same state, built without any snapshot
     before = list(frozen.lines(rows_per_line=1))
     f(put("x/1", "changed", client_id="c1", seq=3))  # overwrite + session update
     f(delete("z"))  # delete
@@ -455,22 +455,6 @@ def test_freeze_is_a_consistent_capture_later_applies_do_not_change() -> None:
     assert list(frozen.lines(rows_per_line=1)) == before
     assert len(frozen) == 3 and frozen.meta["revision"] == expected.revision
     assert KVStore.from_lines(before) == expected != f.store
-
-
-def test_lines_round_trip_including_sessions_and_continue_identically() -> None:
-    original = _busy_feeder()
-    restored = Feeder(KVStore.from_lines(_lines(original.store, rows_per_line=2)))
-    assert restored.store == original.store
-    assert restored.store.max_sessions == 3
-    for cmd in [
-        put("x/1", "3", client_id="c1", seq=2),  # duplicate: stored result
-        put("x/1", "3", client_id="c1", seq=1),  # stale
-        put("x/1", "3", client_id="c2", seq=4),  # c2 was evicted: applies
-        put("new", "n", client_id="c5", seq=0),  # evicts the LRU session
-        delete("日本"),
-    ]:
-        assert original(cmd) == restored(cmd)
-    assert original.store == restored.store
 
 
 def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -> None:
@@ -517,20 +501,11 @@ def test_empty_store_lines() -> None:
         KVStore().freeze().lines(rows_per_line=0).__next__()
 
 
-def test_from_lines_reads_a_format_1_document() -> None:
-    """What save_snapshot stored before the switch to lines stays loadable."""
-    f = _busy_feeder()
-    doc = json.dumps(f.store.snapshot()).encode()
-    assert KVStore.from_lines([doc]) == f.store
-    with pytest.raises(ValueError):
-        KVStore.from_lines([doc, doc])
-
-
 def test_apply_refuses_a_seq_beyond_63_bits() -> None:
     f = Feeder()
     result = f(put("a", "1", client_id="c", seq=1 << 63))
     assert result["error"] == "invalid_command"
-    assert f.store.get("a") is None and f.store.snapshot()["sessions"] == []
+    assert f.store.get("a") is None and _session_ids(f.store) == []
     assert "error" not in f(put("a", "1", client_id="c", seq=(1 << 63) - 1))
     assert KVStore.from_lines(_lines(f.store)) == f.store
 
@@ -567,7 +542,10 @@ def _header(**changes: Any) -> bytes:
     [
         [],
         [b"{not json"],
+        [b"{}"],
         [b"[1, 2]", SESSIONS, KEYS],
+        # format 1, the whole state as one document, is no longer read
+        [b'{"format":1,"revision":0,"applied_index":0,"max_sessions":3,"data":[],"sessions":[]}'],
         [_header(format=3), SESSIONS, KEYS],
         [_header(keys=...), SESSIONS, KEYS],
         [_header(extra=1), SESSIONS, KEYS],
@@ -600,6 +578,7 @@ def _header(**changes: Any) -> bytes:
         [HEADER, SESSIONS, b'["a","3",1,3,2.0,"b","2",2,2,1]'],
         [HEADER, SESSIONS, b'["a","\\ud800",1,3,2,"b","2",2,2,1]'],  # lone surrogate
         [HEADER, b'[["c1",1]]', KEYS],
+        [HEADER, b'[["c1","1",{}]]', KEYS],
         [HEADER, b'[["c1",-1,{}]]', KEYS],
         [HEADER, b'[["c1",9223372036854775808,{}]]', KEYS],
         [HEADER, b'[["c1",1,[]]]', KEYS],
@@ -612,21 +591,6 @@ def test_from_lines_rejects_malformed_input(lines: list[bytes]) -> None:
     assert KVStore.from_lines(_good_lines()) is not None
     with pytest.raises(ValueError):
         KVStore.from_lines(lines)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_follower_from_lines_matches_leader(seed: int) -> None:
-    """As test_same_commands_give_identical_stores, through the line encoding."""
-    rng = random.Random(seed)
-    commands = [_random_command(rng) for _ in range(3000)]
-    a, b = Feeder(KVStore(max_sessions=5)), Feeder(KVStore(max_sessions=5))
-    for i, cmd in enumerate(commands):
-        assert a(cmd) == b(cmd)
-        if i % 1000 == 500:
-            rows = rng.choice([1, 3, 4096])
-            b = Feeder(KVStore.from_lines(b.store.freeze().lines(rows_per_line=rows)))
-    assert a.store == b.store
-    assert a.store.snapshot() == b.store.snapshot()
 
 
 def test_stored_rows_are_invisible_to_the_cyclic_gc() -> None:

@@ -29,7 +29,6 @@ from kvcluster.storage import (
     FailingStorage,
     MemoryStorage,
     PersistedState,
-    Snapshot,
     SnapshotMeta,
     SnapshotSource,
     Storage,
@@ -37,7 +36,8 @@ from kvcluster.storage import (
     StorageFailed,
 )
 from kvcluster.storage import wal as wal_module
-from kvcluster.storage.stream import MAGIC, TRAILER_LEN
+from kvcluster.storage.snapshots import SnapshotFile
+from kvcluster.storage.stream import MAGIC, TRAILER_LEN, encode_trailer
 
 MEMBERSHIP = {"n1": {"address": "http://127.0.0.1:1", "voter": True, "incarnation": ""}}
 
@@ -164,7 +164,6 @@ def test_write_adopt_load_round_trip(backend: Backend) -> None:
     assert st.latest_snapshot() is src
     for _ in range(2):
         got = st.load()
-        assert got.snapshot is None  # not a save_snapshot object: rebuild from the source
         assert got.source is not None and got.source.meta == meta(8, 2)
         assert (got.snapshot_index, got.snapshot_term) == (8, 2)
         assert list(got.source.payload()) == lines
@@ -173,16 +172,6 @@ def test_write_adopt_load_round_trip(backend: Backend) -> None:
         assert [e.index for e in got.entries] == [9, 10]
         assert got.hard_state == HardState(2, "n1")
         st = backend.restart(st)
-
-
-def test_adopt_follows_the_install_snapshot_rule(backend: Backend) -> None:
-    st = backend.open()
-    st.save(HardState(1, "n1"), entries(1, 10, term=1))
-    assert st.adopt_snapshot(st.write_snapshot(meta(8, 2), payload(3)))  # disagrees: reset
-    assert st.load().entries == []
-    st.save(None, entries(9, 9, term=2))
-    st = backend.restart(st)
-    assert [(e.index, e.term) for e in st.load().entries] == [(9, 2)]
 
 
 def test_adopting_an_older_snapshot_is_ignored(backend: Backend) -> None:
@@ -210,42 +199,6 @@ def test_only_own_sources_can_be_adopted(tmp_path: Path) -> None:
     assert a.adopt_snapshot(src)
     with pytest.raises(ValueError, match="adopted already"):
         a.adopt_snapshot(src)
-
-
-def test_save_snapshot_and_streams_mix(backend: Backend) -> None:
-    """The one-object path stores a stream too: it can be sent and received."""
-    st = backend.open()
-    st.save(None, entries(1, 10))
-    legacy = Snapshot(5, 1, MEMBERSHIP, {"data": ["ключ"], "n": 5})
-    st.save_snapshot(legacy)
-    src = st.latest_snapshot()
-    assert src is not None and src.meta == meta(5)
-    assert [json.loads(line) for line in src.payload()] == [legacy.data]
-    got = backend.restart(st).load()
-    assert got.snapshot == legacy and got.source is not None
-    # a follower receives the save_snapshot stream and gets the object back
-    follower = MemoryStorage()
-    rx = follower.open_receiver(src.meta, src.size)
-    rx.write(whole(src))
-    assert follower.adopt_snapshot(rx.finish())
-    assert follower.load().snapshot == legacy
-
-
-def test_memory_storage_encodes_a_save_snapshot_only_when_asked() -> None:
-    st = MemoryStorage()
-    st.save_snapshot(Snapshot(3, 1, MEMBERSHIP, {"x": 1}))
-    assert st._source is None
-    assert st.latest_snapshot() is not None and st._source is not None
-
-
-def test_kv_from_a_save_snapshot_stream() -> None:
-    """A node that moves to from_lines can still load what save_snapshot stored."""
-    store = KVStore()
-    store.apply(1, {"op": "put", "key": "a", "value": "1"})
-    st = MemoryStorage()
-    st.save_snapshot(Snapshot(1, 1, MEMBERSHIP, store.snapshot()))
-    src = st.latest_snapshot()
-    assert src is not None and KVStore.from_lines(src.payload()) == store
 
 
 # ---------------------------------------------------------------- receiving
@@ -325,7 +278,9 @@ def test_receiver_refuses_a_damaged_stream_at_finish(backend: Backend, how: str)
         assert not list((backend.path / "snap").glob("*.part"))
 
 
-@pytest.mark.parametrize("what", ["term", "index", "membership", "magic", "size", "meta json"])
+@pytest.mark.parametrize(
+    "what", ["term", "index", "membership", "magic", "size", "meta json", "json payload"]
+)
 def test_receiver_refuses_a_wrong_stream_early(backend: Backend, what: str) -> None:
     src = MemoryStorage().write_snapshot(meta(4, 2), payload(50))
     data = whole(src)
@@ -340,6 +295,8 @@ def test_receiver_refuses_a_wrong_stream_early(backend: Backend, what: str) -> N
         data = b"KVSNAP01" + data[8:]
     elif what == "size":
         size = src.size - 1
+    elif what == "json payload":  # an older leader's one-document snapshot
+        data = data.replace(b'"payload":"lines"', b'"payload":"json"')
     else:
         data = data.replace(b'"term":2', b'"term":"2"')
     rx = backend.open().open_receiver(announced, size)
@@ -449,6 +406,9 @@ def test_crash_mid_snapshot_write_keeps_the_old_state(tmp_path: Path) -> None:
 def test_crash_after_rename_before_the_marker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agrees: bool
 ) -> None:
+    """The snapshot is durable first; if the process dies before the marker is
+    logged, recovery applies it (keeping the entries after it only if their
+    terms agreed) and writes the marker, so later saves survive."""
     node = tmp_path / "node"
     st = disk(node)
     st.save(HardState(1, "n1"), entries(1, 10, term=1))
@@ -464,14 +424,17 @@ def test_crash_after_rename_before_the_marker(
     with pytest.raises(Crash):
         st.adopt_snapshot(src)
     monkeypatch.undo()
-    st = disk(node)
+    st = disk(node)  # the old one "died" without closing
     got = st.load()
     assert got.source is not None and list(got.source.payload()) == payload(5)
+    assert (got.snapshot_index, got.snapshot_term) == (8, 1 if agrees else 2)
     assert [e.index for e in got.entries] == ([9, 10] if agrees else [])
     st.save(None, entries(11 if agrees else 9, 12, term=2))
     st.close()
     got = disk(node).load()
-    assert [e.index for e in got.entries] == list(range(9, 13))
+    assert [(e.index, e.term) for e in got.entries] == (
+        [(9, 1), (10, 1), (11, 2), (12, 2)] if agrees else [(9, 2), (10, 2), (11, 2), (12, 2)]
+    )
 
 
 def test_crash_mid_receive(tmp_path: Path) -> None:
@@ -520,6 +483,36 @@ def test_snapshot_in_the_old_format_is_refused_loudly(tmp_path: Path) -> None:
         disk(tmp_path)
 
 
+def _json_payload_file(path: Path, index: int) -> Path:
+    """A sound `.snap` of the one-document payload earlier versions wrote."""
+    line = {"index": index, "term": 1, "membership": MEMBERSHIP, "payload": "json"}
+    head = MAGIC + json.dumps(line, separators=(",", ":")).encode("ascii") + b"\n"
+    body = head + b'{"format":1,"revision":0,"applied_index":%d,"data":[]}\n' % index
+    f = path / "snap" / SnapshotFile.name(index, 1, 1, True)
+    f.write_bytes(body + encode_trailer(1, zlib.crc32(body)))
+    return f
+
+
+def test_snapshot_with_the_old_json_payload_is_refused_loudly(tmp_path: Path) -> None:
+    """Not taken for a damaged file (that would fall back past it, or to nothing
+    if the log it compacted is gone): recovery stops and says why."""
+    st = disk(tmp_path)
+    st.save(HardState(1, "n1"), entries(1, 20))
+    st.close()
+    old = _json_payload_file(tmp_path, 10)
+    with pytest.raises(StorageError, match="older format"):
+        disk(tmp_path)
+    assert old.exists()  # not renamed away as `.corrupt`
+    # Once a newer snapshot in the current format exists, the old one is never read.
+    st = disk(tmp_path / "b")
+    st.save(HardState(1, "n1"), entries(1, 20))
+    _json_payload_file(tmp_path / "b", 10)
+    st.adopt_snapshot(st.write_snapshot(meta(15), payload(2)))
+    st.close()
+    got = disk(tmp_path / "b").load()
+    assert got.snapshot_index == 15 and [e.index for e in got.entries] == list(range(16, 21))
+
+
 # ---------------------------------------------------------------- fail-stop
 
 
@@ -544,7 +537,7 @@ def refuses_everything(st: Storage) -> None:
         st.load,
         st.latest_snapshot,
         lambda: st.write_snapshot(meta(99), []),
-        lambda: st.save_snapshot(Snapshot(99, 1)),
+        lambda: st.adopt_snapshot(MemoryStorage().write_snapshot(meta(99), [])),
         lambda: st.open_receiver(meta(99)),
     ]
     for call in calls:
@@ -663,11 +656,8 @@ def run_until_failure(st: Storage, rng: random.Random) -> tuple[list[Entry], OSE
                 st.save(HardState(1, "n1"), batch)
                 acked += batch
                 index = batch[-1].index
-            elif roll < 0.8:
-                snap = index - 1
-                st.save_snapshot(Snapshot(snap, 1, MEMBERSHIP, {"at": snap}))
             elif roll < 0.9:
-                snap = index - 2
+                snap = index - (1 if roll < 0.8 else 2)
                 st.adopt_snapshot(st.write_snapshot(meta(snap), payload(3, str(step))))
             else:
                 src = MemoryStorage().write_snapshot(meta(index), payload(2, str(step)))

@@ -24,8 +24,8 @@ from kvcluster.storage import (
     DiskStorage,
     MemoryStorage,
     PersistedState,
-    Snapshot,
     SnapshotMeta,
+    SnapshotSource,
     Storage,
     StorageIdentityError,
 )
@@ -42,8 +42,25 @@ def entries(lo: int, hi: int, term: int = 1, value: Any = None) -> list[Entry]:
     ]
 
 
-def snap(index: int, term: int = 1, **data: Any) -> Snapshot:
-    return Snapshot(index, term, MEMBERSHIP, {"applied": index, **data})
+def payload(index: int, **data: Any) -> list[bytes]:
+    """A snapshot's payload lines (opaque to storage; the node writes FrozenKV.lines())."""
+    return [b"applied %d" % index, *(f"{k}={v}".encode() for k, v in data.items())]
+
+
+def snapshot(st: Storage, index: int, term: int = 1, **data: Any) -> bool:
+    """Take a snapshot as the node does: write it (a worker thread's job), then adopt it."""
+    meta = SnapshotMeta(index, term, MEMBERSHIP)
+    return st.adopt_snapshot(st.write_snapshot(meta, payload(index, **data)))
+
+
+def snapshot_of(st: PersistedState) -> tuple[SnapshotMeta, list[bytes]] | None:
+    """The loaded snapshot's meta and payload lines, or None without one."""
+    return None if st.source is None else (st.source.meta, list(st.source.payload()))
+
+
+def snap(index: int, term: int = 1, **data: Any) -> tuple[SnapshotMeta, list[bytes]]:
+    """What `snapshot_of` gives for `snapshot(st, index, term, **data)`."""
+    return SnapshotMeta(index, term, MEMBERSHIP), payload(index, **data)
 
 
 def same(a: PersistedState, b: PersistedState) -> bool:
@@ -52,10 +69,9 @@ def same(a: PersistedState, b: PersistedState) -> bool:
     def stream(st: PersistedState) -> bytes | None:
         return None if st.source is None else st.source.read(0, st.source.size)
 
-    return (a.hard_state, a.entries, a.snapshot, a.snapshot_index, a.snapshot_term) == (
+    return (a.hard_state, a.entries, a.snapshot_index, a.snapshot_term) == (
         b.hard_state,
         b.entries,
-        b.snapshot,
         b.snapshot_index,
         b.snapshot_term,
     ) and stream(a) == stream(b)
@@ -114,7 +130,7 @@ def test_records_round_trip(backend: Backend) -> None:
     assert got.entries == log
     assert [e.kind for e in got.entries] == [e.kind for e in log]
     assert isinstance(got.entries[0].kind, EntryKind)
-    assert got.snapshot is None and got.snapshot_index == 0
+    assert got.source is None and got.snapshot_index == 0
     st.close()
 
 
@@ -153,16 +169,16 @@ def test_gaps_are_refused(backend: Backend) -> None:
 def test_snapshot_drops_covered_entries(backend: Backend) -> None:
     st = backend.open()
     st.save(HardState(2, "n1"), entries(1, 40, term=1) + entries(41, 60, term=2))
-    st.save_snapshot(snap(45, 2))
+    assert snapshot(st, 45, 2) is True
     got = st.load()
     assert (got.snapshot_index, got.snapshot_term) == (45, 2)
-    assert got.snapshot == snap(45, 2)
+    assert snapshot_of(got) == snap(45, 2)
     assert [e.index for e in got.entries] == list(range(46, 61))
     st.save(None, entries(61, 70, term=2))
-    st.save_snapshot(snap(30, 1))  # older than what we have: ignored
+    assert snapshot(st, 30, 1) is False  # older than what we have: ignored
     st = backend.restart(st)
     got = st.load()
-    assert got.snapshot == snap(45, 2)
+    assert snapshot_of(got) == snap(45, 2)
     assert got.hard_state == HardState(2, "n1")
     assert [e.index for e in got.entries] == list(range(46, 71))
 
@@ -170,7 +186,7 @@ def test_snapshot_drops_covered_entries(backend: Backend) -> None:
 def test_snapshot_that_disagrees_with_the_log_resets_it(backend: Backend) -> None:
     st = backend.open()
     st.save(HardState(1, "n1"), entries(1, 10, term=1))
-    st.save_snapshot(snap(8, 2))  # a leader's snapshot: our entry 8 has another term
+    assert snapshot(st, 8, 2)  # a leader's snapshot: our entry 8 has another term
     got = st.load()
     assert got.snapshot_index == 8 and got.entries == []
     st.save(HardState(2, None), entries(9, 9, term=2))
@@ -183,7 +199,7 @@ def test_snapshot_that_disagrees_with_the_log_resets_it(backend: Backend) -> Non
 def test_snapshot_beyond_the_log(backend: Backend) -> None:
     st = backend.open()
     st.save(None, entries(1, 5))
-    st.save_snapshot(snap(20, 3))
+    assert snapshot(st, 20, 3)
     with pytest.raises(ValueError):
         st.save(None, entries(22, 22, term=3))
     st.save(None, entries(21, 22, term=3))
@@ -196,23 +212,27 @@ def test_batch_reaching_back_into_the_snapshot(backend: Backend) -> None:
     committed, so identical): only what follows the snapshot is replaced."""
     st = backend.open()
     st.save(None, entries(1, 10, term=1))
-    st.save_snapshot(snap(5, 1))
+    snapshot(st, 5, 1)
     st.save(None, entries(4, 7, term=1, value="again"))
     got = backend.restart(st).load()
     assert [(e.index, e.data) for e in got.entries] == [(6, "again"), (7, "again")]
 
 
 def test_persisted_state_keeps_snapshot_fields_consistent() -> None:
-    s = snap(7, 2)
+    def source(index: int, term: int) -> SnapshotSource:
+        return MemoryStorage().write_snapshot(SnapshotMeta(index, term, MEMBERSHIP), [])
+
+    s = source(7, 2)
     assert (
-        PersistedState(snapshot=s).snapshot_index,
-        PersistedState(snapshot=s).snapshot_term,
+        PersistedState(source=s).snapshot_index,
+        PersistedState(source=s).snapshot_term,
     ) == (7, 2)
+    assert PersistedState(source=s, snapshot_index=7, snapshot_term=2).snapshot_index == 7
     with pytest.raises(ValueError):
-        PersistedState(snapshot=s, snapshot_index=3, snapshot_term=1)
+        PersistedState(source=s, snapshot_index=3, snapshot_term=1)
     with pytest.raises(ValueError):
-        PersistedState(entries=entries(2, 3), snapshot=snap(5))
-    assert PersistedState().empty and not PersistedState(snapshot=s).empty
+        PersistedState(entries=entries(2, 3), source=source(5, 1))
+    assert PersistedState().empty and not PersistedState(source=s).empty
 
 
 def test_memory_storage_remembers_no_identity() -> None:
@@ -254,13 +274,10 @@ def test_disk_matches_memory_under_random_operations(tmp_path: Path, seed: int) 
                 t = cur.entries[index - base - 1].term  # agrees with our log
             else:
                 t = term = term + rng.randint(0, 1)  # a leader's snapshot
-            if rng.random() < 0.5:
-                for s in (model, st):
-                    s.save_snapshot(snap(index, t, step=step))
-            else:  # the streamed path: written (as if in a worker), then adopted
-                lines = [f"step {step} line {i}".encode() for i in range(rng.randint(0, 3))]
-                for s in (model, st):
-                    s.adopt_snapshot(s.write_snapshot(SnapshotMeta(index, t, MEMBERSHIP), lines))
+            # Written (as if in a worker), then adopted; payloads of 0 to 3 lines.
+            lines = [f"step {step} line {i}".encode() for i in range(rng.randint(0, 3))]
+            for s in (model, st):
+                assert s.adopt_snapshot(s.write_snapshot(SnapshotMeta(index, t, MEMBERSHIP), lines))
             snapshots += 1
         else:
             restarts += 1
@@ -439,13 +456,13 @@ def test_snapshot_compaction_and_reopen(tmp_path: Path) -> None:
     old_segments = st.segments
     assert len(old_segments) > 5
     before = st.load()
-    st.save_snapshot(snap(90, 3, note="ninety"))
+    assert snapshot(st, 90, 3, note="ninety")
     assert len(st.snapshot_files) == 1
     remaining = st.segments
     assert old_segments[0] not in remaining and len(remaining) < len(old_segments)
     st.close()
     got = disk(tmp_path).load()
-    assert got.snapshot == snap(90, 3, note="ninety")
+    assert snapshot_of(got) == snap(90, 3, note="ninety")
     assert got.entries == [e for e in before.entries if e.index > 90]
     assert got.hard_state == HardState(3, "n1")
 
@@ -455,65 +472,35 @@ def test_two_snapshots_are_kept_and_the_older_is_a_fallback(
 ) -> None:
     st = disk(tmp_path, segment_size=300)
     st.save(HardState(1, "n1"), entries(1, 50))
-    st.save_snapshot(snap(20))
+    snapshot(st, 20)
     st.save(None, entries(51, 80))
-    st.save_snapshot(snap(60))
+    snapshot(st, 60)
     st.save(None, entries(81, 100))
-    st.save_snapshot(snap(90))
+    snapshot(st, 90)
     files = st.snapshot_files
     assert [f.name.split("-")[0] for f in files] == ["00000000000000000090", "00000000000000000060"]
     st.close()
-    _flip(files[0], 40)  # damage the newest snapshot
+    _flip(files[0], 40)  # damage the newest snapshot's meta line
     with caplog.at_level(logging.WARNING, logger="kvcluster.storage"):
         got = disk(tmp_path).load()
     assert "unreadable" in caplog.text
-    assert got.snapshot == snap(60)
+    assert snapshot_of(got) == snap(60)
     assert [e.index for e in got.entries] == list(range(61, 101))
 
 
-def test_torn_snapshot_temp_file_is_ignored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["tmp", "part"])
+def test_torn_snapshot_temp_file_is_ignored(tmp_path: Path, suffix: str) -> None:
     st = disk(tmp_path)
     st.save(HardState(1, "n1"), entries(1, 10))
-    st.save_snapshot(snap(5))
+    snapshot(st, 5)
     st.close()
-    tmp = tmp_path / "snap" / f"{9:020d}-{1:020d}-{9:016d}.snap.tmp"
-    tmp.write_bytes(b"KVSNAP01\x00\x01")  # a crash in the middle of writing snapshot 9
+    # A crash in the middle of writing (tmp) or receiving (part) snapshot 9.
+    src = MemoryStorage().write_snapshot(SnapshotMeta(9, 1, MEMBERSHIP), payload(9))
+    torn = tmp_path / "snap" / f"{9:020d}-{1:020d}-1.{suffix}"
+    torn.write_bytes(src.read(0, src.size // 2))
     got = disk(tmp_path).load()
-    assert got.snapshot == snap(5) and [e.index for e in got.entries] == list(range(6, 11))
-    assert not tmp.exists()
-
-
-@pytest.mark.parametrize("agrees", [True, False])
-def test_crash_between_snapshot_file_and_its_log_marker(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agrees: bool
-) -> None:
-    """The snapshot is durable first; if the process dies before the marker is
-    logged, recovery applies it and writes the marker, so later saves survive."""
-    st = disk(tmp_path)
-    st.save(HardState(1, "n1"), entries(1, 10, term=1))
-
-    class Crash(Exception):
-        pass
-
-    def crash(data: bytes) -> None:
-        raise Crash
-
-    monkeypatch.setattr(st._writer, "append", crash)
-    with pytest.raises(Crash):
-        st.save_snapshot(snap(8, 1 if agrees else 2))
-    monkeypatch.undo()
-    st = disk(tmp_path)  # the old one "died" without closing
-    got = st.load()
-    assert got.snapshot_index == 8
-    assert [e.index for e in got.entries] == ([9, 10] if agrees else [])
-    if not agrees:
-        st.save(None, entries(9, 9, term=2))
-    st.save(None, entries(11 if agrees else 10, 12, term=2))
-    st.close()
-    got = disk(tmp_path).load()
-    assert [(e.index, e.term) for e in got.entries] == (
-        [(9, 1), (10, 1), (11, 2), (12, 2)] if agrees else [(9, 2), (10, 2), (11, 2), (12, 2)]
-    )
+    assert snapshot_of(got) == snap(5) and [e.index for e in got.entries] == list(range(6, 11))
+    assert not torn.exists()
 
 
 def test_segments_stay_bounded_under_a_long_write_load(tmp_path: Path) -> None:
@@ -534,9 +521,8 @@ def test_segments_stay_bounded_under_a_long_write_load(tmp_path: Path) -> None:
         index = batch[-1].index
         applied = index - rng.randint(0, 10)  # the state machine lags a little
         if applied - applied_snap >= threshold:
-            sn = snap(applied, next(e.term for e in model.load().entries if e.index == applied))
-            st.save_snapshot(sn)
-            model.save_snapshot(sn)
+            t = next(e.term for e in model.load().entries if e.index == applied)
+            assert snapshot(st, applied, t) and snapshot(model, applied, t)
             applied_snap = applied
         counts.append(len(st.segments))
     bytes_per_snapshot = threshold * len(encode_entry(batch[0]))
@@ -616,7 +602,7 @@ def test_fsync_never_never_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     st = disk(tmp_path, fsync="never", segment_size=256)
     for i in range(1, 40):
         st.save(HardState(1, "n1"), entries(i, i))
-    st.save_snapshot(snap(30))
+    snapshot(st, 30)
     st.sync()
     st.close()
     disk(tmp_path, fsync="never").close()
@@ -626,11 +612,13 @@ def test_fsync_never_never_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_snapshot_is_fsynced_before_it_is_renamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    st = disk(tmp_path, fsync="batch")
+    st = disk(tmp_path, fsync="batch", sync_interval=3600)
     st.save(HardState(1, "n1"), entries(1, 5))
     counter = FsyncCounter(monkeypatch)
-    st.save_snapshot(snap(3))
-    assert counter.calls >= 2  # the file and its directory
+    src = st.write_snapshot(SnapshotMeta(3, 1, MEMBERSHIP), payload(3))
+    assert counter.calls == 1  # the file, while it still has its temporary name
+    assert st.adopt_snapshot(src)
+    assert counter.calls == 2  # its directory, after the rename (the marker waits for sync)
     st.close()
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 Row = tuple[str, str, int, int, int]  # key, value, create_revision, mod_revision, version
 
-LINES_FORMAT = 2  # format 1 is the one-document dict of KVStore.snapshot()
+LINES_FORMAT = 2  # format 1, the whole state as one JSON document, is no longer read
 MAX_INT = (1 << 63) - 1  # every integer fits a signed 64-bit field, as on the wire
 
 _HEADER_KEYS = frozenset(
@@ -174,13 +174,8 @@ def _rows(line: bytes, what: str) -> list[Any]:
     return rows
 
 
-def decode_lines(lines: Iterable[bytes], store: KVStore) -> dict[str, Any] | None:
-    """Fill an empty `store` from `lines`; ValueError on anything malformed.
-
-    A single line holding a format-1 document (what `Storage.save_snapshot`
-    writes for `KVStore.snapshot()`) is returned instead, for `KVStore.restore`:
-    snapshots stored before the switch to lines stay loadable.
-    """
+def decode_lines(lines: Iterable[bytes], store: KVStore) -> None:
+    """Fill an empty `store` from `lines`; ValueError on anything malformed."""
     it = iter(lines)
     first = next(it, None)
     if first is None:
@@ -189,10 +184,6 @@ def decode_lines(lines: Iterable[bytes], store: KVStore) -> dict[str, Any] | Non
         head = orjson.loads(first)
     except orjson.JSONDecodeError as e:
         raise ValueError(f"header line is not JSON: {e}") from None
-    if type(head) is dict and head.get("format") == 1 and "data" in head:
-        if next(it, None) is not None:
-            raise ValueError("a format-1 kv snapshot is a single line")
-        return head
     if type(head) is not dict or head.keys() != _HEADER_KEYS:
         raise ValueError(f"header must be an object with exactly {sorted(_HEADER_KEYS)}")
     if head["format"] != LINES_FORMAT:
@@ -254,4 +245,3 @@ def decode_lines(lines: Iterable[bytes], store: KVStore) -> dict[str, Any] | Non
             raise ValueError(f"more keys than the {n_keys} announced")
     if next(it, None) is not None:
         raise ValueError("lines after the last key")
-    return None

@@ -22,13 +22,10 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from .commands import Command, InvalidCommand, parse
 from .snapshot import MAX_INT, FrozenKV, Row, decode_lines
-
-SNAPSHOT_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +46,6 @@ class KeyValue:
             "mod_revision": self.mod_revision,
             "version": self.version,
         }
-
-
-_row_key = itemgetter(0)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -93,8 +87,8 @@ class KVStore:
 
         A malformed command is replicated to every node, so it yields an error
         result and changes nothing but `applied_index`. An index at or below
-        `applied_index` (an entry replayed after a snapshot restore) is ignored
-        entirely: applying it twice would make this replica diverge.
+        `applied_index` (an entry replayed after a rebuild from a snapshot) is
+        ignored entirely: applying it twice would make this replica diverge.
         """
         if index <= self.applied_index:
             return _error("already_applied", f"index {index} <= applied index {self.applied_index}")
@@ -226,52 +220,11 @@ class KVStore:
     def from_lines(cls, lines: Iterable[bytes]) -> KVStore:
         """Rebuild a store from `FrozenKV.lines()` (meant for a worker thread).
 
-        Raises ValueError on anything malformed, as `restore` does: a snapshot
+        Unlike `apply`, this raises ValueError on anything malformed: a snapshot
         is ours or installed by the leader, and a bad one must stop the node.
         """
         store = cls()
-        legacy = decode_lines(lines, store)
-        return store if legacy is None else cls.restore(legacy)
-
-    def snapshot(self) -> dict[str, Any]:
-        """The full state as JSON-serialisable data sharing nothing with the store.
-
-        Keys are rows `[key, value, create_revision, mod_revision, version]` in key
-        order (compact for 100k keys); sessions are rows `[client_id, seq, result]`
-        in LRU order, because that order decides future evictions.
-        """
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "revision": self.revision,
-            "applied_index": self.applied_index,
-            "max_sessions": self.max_sessions,
-            "data": [list(row) for row in self._rows],
-            "sessions": [[cid, seq, dict(res)] for cid, (seq, res) in self._sessions.items()],
-        }
-
-    @classmethod
-    def restore(cls, data: dict[str, Any]) -> KVStore:
-        """Rebuild a store from `snapshot()` output (also after a JSON round trip).
-
-        Unlike `apply`, this raises ValueError on malformed input: a snapshot is
-        local or installed by the leader, and a bad one must stop the node.
-        """
-        try:
-            if data.get("format", SNAPSHOT_FORMAT) != SNAPSHOT_FORMAT:
-                raise ValueError(f"unsupported kv snapshot format {data['format']!r}")
-            store = cls(max_sessions=int(data["max_sessions"]))
-            store.revision = int(data["revision"])
-            store.applied_index = int(data["applied_index"])
-            by_key: dict[str, Row] = {}
-            for key, value, create_rev, mod_rev, version in data["data"]:
-                row = (str(key), str(value), int(create_rev), int(mod_rev), int(version))
-                by_key[row[0]] = row
-            store._rows = sorted(by_key.values(), key=_row_key)
-            store._keys = [row[0] for row in store._rows]
-            for cid, seq, result in data["sessions"]:
-                store._sessions[str(cid)] = (int(seq), dict(result))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"malformed kv snapshot: {e}") from e
+        decode_lines(lines, store)
         return store
 
     def __eq__(self, other: object) -> bool:

@@ -9,7 +9,6 @@ is a write-ahead log with snapshots and compaction (durability). Both implement
 from .base import (
     CorruptLogError,
     PersistedState,
-    Snapshot,
     SnapshotMeta,
     SnapshotReceiver,
     SnapshotSource,
@@ -31,7 +30,6 @@ __all__ = [
     "FsyncPolicy",
     "MemoryStorage",
     "PersistedState",
-    "Snapshot",
     "SnapshotMeta",
     "SnapshotReceiver",
     "SnapshotSource",

@@ -10,8 +10,7 @@ Snapshots are byte streams (see stream.py) so that none has to be one object:
 keeps saving, `adopt_snapshot()` then makes it current on the loop thread; a
 leader sends `latest_snapshot().read(offset, n)` in chunks, a follower feeds
 them to `open_receiver(meta).write()` and adopts what `finish()` verified.
-`save_snapshot(Snapshot)` is the older one-object path, kept until the node and
-the simulator have moved.
+`load()` hands the current one back as `PersistedState.source`.
 
 Fail-stop: an I/O error (ENOSPC, EIO, EMFILE, a failed fsync...) is raised out
 of the call as the OSError itself, never retried, and from then on every call
@@ -164,45 +163,28 @@ class SnapshotReceiver(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The state machine as of `index` (whose entry had `term`).
-
-    `membership` is `Membership.to_dict()` in effect at `index`; `data` is
-    `KVStore.snapshot()`. Both must be JSON-serialisable.
-    """
-
-    index: int
-    term: int
-    membership: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(slots=True)
 class PersistedState:
-    """What `load()` returns: restore the snapshot (if any), then hand the rest to the core.
+    """What `load()` returns: rebuild the state machine from the snapshot (if
+    any), then hand the rest to the core.
 
-    `entries` all come after `snapshot_index`. `incarnation` is the identity the
-    storage remembers (disk storage), or None if it remembers none (memory).
-
-    `source` is the snapshot as bytes (rebuild with `KVStore.from_lines(
-    source.payload())`). `snapshot` is the same snapshot as an object, but only
-    if it was stored by `save_snapshot()`; one stored through `write_snapshot()`
-    or a receiver has `snapshot` None and a `source`.
+    `source` is the current snapshot (rebuild with `KVStore.from_lines(
+    source.payload())`), or None; `snapshot_index` and `snapshot_term` are its
+    meta's (0 without one). `entries` all come after `snapshot_index`.
+    `incarnation` is the identity the storage remembers (disk storage), or None
+    if it remembers none (memory).
     """
 
     hard_state: HardState = field(default_factory=HardState)
     entries: list[Entry] = field(default_factory=list)
     snapshot_index: int = 0
     snapshot_term: int = 0
-    snapshot: Snapshot | None = None
     incarnation: str | None = None
     source: SnapshotSource | None = None
 
     def __post_init__(self) -> None:
-        for s in (self.snapshot, None if self.source is None else self.source.meta):
-            if s is None:
-                continue
+        if self.source is not None:
+            s = self.source.meta
             if (self.snapshot_index, self.snapshot_term) not in ((0, 0), (s.index, s.term)):
                 raise ValueError("snapshot_index/snapshot_term disagree with the snapshot")
             self.snapshot_index, self.snapshot_term = s.index, s.term
@@ -227,16 +209,6 @@ class Storage(Protocol):
         """
         ...
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep `snapshot` and drop the entries it covers (blocking, on the loop).
-
-        Entries after it survive only if the stored entry at `snapshot.index` has
-        `snapshot.term` (Raft's InstallSnapshot rule); otherwise the log restarts
-        after the snapshot. A snapshot not newer than the current one is ignored.
-        The older path: `write_snapshot` + `adopt_snapshot` keep the loop free.
-        """
-        ...
-
     def write_snapshot(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> SnapshotSource:
         """Write a snapshot of newline-free `lines` durably; it is not current yet.
 
@@ -247,11 +219,14 @@ class Storage(Protocol):
         ...
 
     def adopt_snapshot(self, source: SnapshotSource) -> bool:
-        """Make a written or received snapshot THE snapshot (on the loop thread).
+        """Make a written or received snapshot THE snapshot (on the loop thread)
+        and drop the entries it covers.
 
-        As `save_snapshot`: the log marker, Raft's rule for the entries after
-        it, compaction. A snapshot not newer than the current one is dropped and
-        False returned. Only sources this storage produced are accepted.
+        Entries after it survive only if the stored entry at `source.meta.index`
+        has `source.meta.term` (Raft's InstallSnapshot rule); otherwise the log
+        restarts after the snapshot. A snapshot not newer than the current one is
+        dropped and False returned. Only sources this storage produced are
+        accepted.
         """
         ...
 

@@ -48,7 +48,6 @@ from .base import (
     CorruptLogError,
     FailStop,
     PersistedState,
-    Snapshot,
     SnapshotMeta,
     SnapshotSource,
     StorageIdentityError,
@@ -187,19 +186,10 @@ class DiskStorage:
                 seq = self._writer.seq
                 self._segment_max[seq] = max(self._segment_max.get(seq, 0), entries[-1].index)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """The one-object path: encode, write, fsync and adopt, all inline."""
-        with self._fail_stop:
-            if snapshot.index <= self._terms.base_index:
-                return
-            meta = SnapshotMeta(snapshot.index, snapshot.term, snapshot.membership)
-            src = self._snaps.write(meta, [_encode_data(snapshot.data)], "json")
-            self._adopt(src)
-
     def write_snapshot(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> FileSnapshot:
         """Write `<index>-<term>-<n>.tmp` and fsync it. Thread-safe against the
         loop's `save()`: it shares nothing with the log but the fail-stop flag."""
-        return self._snaps.write(meta, lines, "lines")
+        return self._snaps.write(meta, lines)
 
     def open_receiver(self, meta: SnapshotMeta, size: int | None = None) -> FileReceiver:
         self._fail_stop.check()
@@ -348,20 +338,8 @@ class DiskStorage:
             if not keep:
                 entries.clear()
             missing = SnapshotMark(snap.index, snap.term, keep)
-        legacy = None
-        if source is not None and source.kind == "json":
-            data = json.loads(b"".join(source.payload()).decode("utf-8", "surrogatepass"))
-            legacy = Snapshot(source.meta.index, source.meta.term, source.meta.membership, data)
-        state = PersistedState(
-            hard_state, entries, snapshot=legacy, incarnation=self.incarnation, source=source
-        )
+        state = PersistedState(hard_state, entries, incarnation=self.incarnation, source=source)
         return _Recovered(state, source, segment_max, missing)
-
-
-def _encode_data(data: object) -> bytes:
-    """`Snapshot.data` as one payload line (json escapes every newline)."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8", "surrogatepass")
 
 
 def _identity(

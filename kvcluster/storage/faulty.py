@@ -14,10 +14,10 @@ to test recovery.
   makes (WAL segment, snapshot file or directory) raises EIO after the data
   reached the page cache, so it may or may not be on disk at restart. On one
   without (MemoryStorage) the Nth call that would fsync (a `save()` that writes
-  something, `save_snapshot`, `adopt_snapshot`) takes effect and then raises
-  EIO: the same "maybe persisted" outcome.
-- ("snapshot", n): the Nth of `save_snapshot`, `write_snapshot`, `open_receiver`
-  fails with ENOSPC (a receiver on its first `write`), writing nothing.
+  something, `adopt_snapshot`) takes effect and then raises EIO: the same
+  "maybe persisted" outcome.
+- ("snapshot", n): the Nth of `write_snapshot`, `open_receiver` fails with
+  ENOSPC (a receiver on its first `write`), writing nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from ..raft import Entry, HardState
 from .base import (
     FailStop,
     PersistedState,
-    Snapshot,
     SnapshotMeta,
     SnapshotReceiver,
     SnapshotSource,
@@ -106,13 +105,6 @@ class FailingStorage:
             self.inner.save(hard_state, entries)
             if hard_state is not None or entries:
                 self._memory_fsync()
-
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        with self._fail_stop:
-            if self._due("snapshot"):
-                self._raise()
-            self.inner.save_snapshot(snapshot)
-            self._memory_fsync()
 
     def write_snapshot(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> SnapshotSource:
         with self._fail_stop:

@@ -5,16 +5,15 @@ new incarnation (see kvcluster.raft.membership), never as its old self.
 It follows exactly the semantics of DiskStorage (the tests run both), so an
 experiment on memory storage exercises the same node code paths. Snapshots are
 the same byte streams as on disk (stream.py), held as bytes, so `read(offset,
-length)` is exact however small the simulator's chunks are.
+length)` is exact however small the chunks are.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from ..raft import Entry, HardState
-from .base import PersistedState, Snapshot, SnapshotMeta, SnapshotSource
+from .base import PersistedState, SnapshotMeta, SnapshotSource
 from .stream import MemoryReceiver, MemorySnapshot
 from .terms import check_batch
 
@@ -25,24 +24,15 @@ class MemoryStorage:
         self._entries: list[Entry] = []  # all after the snapshot
         self._base = 0  # the snapshot's index and term (0, 0: none)
         self._base_term = 0
-        # From save_snapshot: the object, its stream encoded only when asked for (the
-        # node on memory storage does not pay for a JSON encoding it never reads).
-        self._snapshot: Snapshot | None = None
-        self._source: MemorySnapshot | None = None
+        self._source: MemorySnapshot | None = None  # the adopted snapshot
 
     def load(self) -> PersistedState:
-        source = self.latest_snapshot()
-        legacy = self._snapshot
-        if legacy is None and source is not None and source.kind == "json":
-            data = json.loads(b"".join(source.payload()).decode("utf-8", "surrogatepass"))
-            legacy = Snapshot(source.meta.index, source.meta.term, source.meta.membership, data)
         return PersistedState(
             self._hard_state,
             list(self._entries),
             snapshot_index=self._base,
             snapshot_term=self._base_term,
-            snapshot=legacy,
-            source=source,
+            source=self._source,
         )
 
     def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
@@ -56,13 +46,9 @@ class MemoryStorage:
             del log[max(entries[0].index - base - 1, 0) :]
             log.extend(e for e in entries if e.index > base)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        if self._compact(snapshot.index, snapshot.term):
-            self._snapshot, self._source = snapshot, None
-
     def write_snapshot(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> MemorySnapshot:
         """Encode the stream into bytes; touches no state, so any thread may call it."""
-        return MemorySnapshot.encode(meta, lines, "lines", self)
+        return MemorySnapshot.encode(meta, lines, self)
 
     def open_receiver(self, meta: SnapshotMeta, size: int | None = None) -> MemoryReceiver:
         return MemoryReceiver(meta, size, self)
@@ -72,17 +58,10 @@ class MemoryStorage:
             raise ValueError("only a snapshot this storage wrote or received can be adopted")
         if not self._compact(source.meta.index, source.meta.term):
             return False
-        self._snapshot, self._source = None, source
+        self._source = source
         return True
 
     def latest_snapshot(self) -> MemorySnapshot | None:
-        if self._source is None and self._snapshot is not None:
-            s = self._snapshot
-            line = json.dumps(s.data, separators=(",", ":"), ensure_ascii=False)
-            meta = SnapshotMeta(s.index, s.term, s.membership)
-            self._source = MemorySnapshot.encode(
-                meta, [line.encode("utf-8", "surrogatepass")], "json", self
-            )
         return self._source
 
     def _compact(self, index: int, term: int) -> bool:

@@ -36,6 +36,7 @@ from .base import FailStop, SnapshotMeta, StorageError
 from .stream import (
     READ_BLOCK,
     TRAILER_LEN,
+    OldPayloadError,
     Verifier,
     check_range,
     encode_stream,
@@ -70,6 +71,13 @@ class SnapshotFile:
         return f"{index:020d}-{term:020d}-{wal_seq:016d}-{int(keep)}.snap"
 
 
+def _old_format(path: Path) -> StorageError:
+    return StorageError(
+        f"{path} is a snapshot in an older format this version cannot read;"
+        " start this node from an empty directory"
+    )
+
+
 def _pread_exact(fd: int, offset: int, length: int) -> bytes:
     parts = []
     while length > 0:
@@ -90,14 +98,12 @@ class FileSnapshot:
         path: Path,
         fd: int,
         meta: SnapshotMeta,
-        kind: str,
         size: int,
         payload_start: int,
         store: SnapshotStore,
     ) -> None:
         self.path = path
         self.meta = meta
-        self.kind = kind
         self.size = size
         self.payload_start = payload_start
         self.store = store  # only this store's storage may adopt it
@@ -153,7 +159,7 @@ class FileReceiver:
         if self._done:
             raise ValueError("the receiver is finished or aborted")
         try:
-            meta, kind, _ = self._verifier.finish()
+            meta = self._verifier.finish()
         except ValueError:
             self.abort()
             raise
@@ -165,7 +171,6 @@ class FileReceiver:
                 self.path,
                 self._fd,
                 meta,
-                kind,
                 self._verifier.received,
                 self._verifier.payload_start,
                 self.store,
@@ -207,10 +212,7 @@ class SnapshotStore:
         cannot be read here; skipping them would lose the log they compacted."""
         old = [p for p in self.directory.glob("*.snap") if SnapshotFile.parse(p) is None]
         if old:
-            raise StorageError(
-                f"{old[0]} is a snapshot in an older format this version cannot read;"
-                " start this node from an empty directory"
-            )
+            raise _old_format(old[0])
 
     def remove_temporaries(self) -> None:
         for pattern in ("*.tmp", "*.part"):
@@ -223,14 +225,14 @@ class SnapshotStore:
 
     # ------------------------------------------------------------ writing
 
-    def write(self, meta: SnapshotMeta, lines: Iterable[bytes], kind: str) -> FileSnapshot:
+    def write(self, meta: SnapshotMeta, lines: Iterable[bytes]) -> FileSnapshot:
         """Write and fsync `<...>.tmp` (blocking; safe in a worker thread)."""
         with self.fail_stop:
             path = self.directory / self.unique_name(meta, "tmp")
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 with open(fd, "wb", buffering=WRITE_BUFFER, closefd=False) as f:
-                    size, start = encode_stream(meta, kind, lines, f.write)
+                    size, start = encode_stream(meta, lines, f.write)
                 if self.durable:
                     self.fsync(fd)
             except BaseException as e:
@@ -238,7 +240,7 @@ class SnapshotStore:
                 if not isinstance(e, OSError):  # a bad line: not the disk's fault
                     path.unlink(missing_ok=True)
                 raise
-            return FileSnapshot(path, fd, meta, kind, size, start, self)
+            return FileSnapshot(path, fd, meta, size, start, self)
 
     def receiver(self, meta: SnapshotMeta, size: int | None) -> FileReceiver:
         return FileReceiver(self, meta, size)
@@ -266,13 +268,13 @@ class SnapshotStore:
             v = Verifier()
             for off in range(0, size, READ_BLOCK):
                 v.feed(_pread_exact(fd, off, min(READ_BLOCK, size - off)))
-            meta, kind, _ = v.finish()
+            meta = v.finish()
             if (meta.index, meta.term) != (f.index, f.term):
                 raise ValueError("index/term disagree with the file name")
         except BaseException:
             os.close(fd)
             raise
-        src = FileSnapshot(f.path, fd, meta, kind, size, v.payload_start, self)
+        src = FileSnapshot(f.path, fd, meta, size, v.payload_start, self)
         src.adopted = True  # it is a `.snap` already: never to be renamed or discarded
         return src
 
@@ -280,10 +282,14 @@ class SnapshotStore:
         """The newest sound snapshot. A damaged one is skipped with a warning (and,
         when repairing, renamed `*.corrupt` so it is never picked again); recovery
         then falls back to an older one, whose log is still kept. An I/O error is
-        not damage: it propagates rather than condemn a file that may be fine."""
+        not damage: it propagates rather than condemn a file that may be fine. Nor
+        is a sound file of a payload no longer read (the one-document "json"):
+        StorageError, as for `refuse_old_format`."""
         for f in self.files():
             try:
                 src = self.open(f)
+            except OldPayloadError as exc:
+                raise _old_format(f.path) from exc
             except ValueError as exc:
                 log.warning("snapshot %s is unreadable (%s); trying an older one", f.path, exc)
                 if repair:

@@ -11,8 +11,11 @@ wrote and a file is never re-encoded on the way. The line count sits in the
 trailer, not in the meta line, because the writer learns it only at the end
 and the whole stream is written (and CRC'd) in one pass.
 
-`payload` is "lines" for `write_snapshot` and "json" for a `save_snapshot`
-object (one line: the JSON of `Snapshot.data`), so load() can hand that back.
+`payload` is always "lines" (the kv store's `FrozenKV.lines()`). Earlier
+versions also wrote "json" (the whole kv state as one JSON document); such a
+stream is refused with `OldPayloadError`, so that recovery says so rather than
+take the file for a damaged one and fall back past it (see
+SnapshotStore.load_newest).
 """
 
 from __future__ import annotations
@@ -29,19 +32,22 @@ MAGIC = b"KVSNAP02\n"
 TRAILER_LEN = len(b"END 00000000000000000000 00000000\n")
 _TRAILER = re.compile(rb"END ([0-9]{20}) ([0-9a-f]{8})\n\Z")
 MAX_META_LINE = 1 << 20  # a membership of thousands of nodes still fits
-PAYLOAD_KINDS = ("lines", "json")
+PAYLOAD = "lines"
+OLD_PAYLOAD = "json"  # the whole kv state as one JSON document: refused, see OldPayloadError
 READ_BLOCK = 1 << 20
 
 
-def encode_head(meta: SnapshotMeta, kind: str) -> bytes:
+class OldPayloadError(ValueError):
+    """A sound meta line naming a payload this version no longer reads."""
+
+
+def encode_head(meta: SnapshotMeta) -> bytes:
     """Magic and meta line."""
-    if kind not in PAYLOAD_KINDS:
-        raise ValueError(f"payload kind must be one of {PAYLOAD_KINDS}, not {kind!r}")
     for name, x in (("index", meta.index), ("term", meta.term)):
         if type(x) is not int or not 0 <= x <= MAX_INT:
             raise ValueError(f"snapshot {name} must be an integer from 0 to 2**63-1, got {x!r}")
     line = json.dumps(
-        {"index": meta.index, "term": meta.term, "membership": meta.membership, "payload": kind},
+        {"index": meta.index, "term": meta.term, "membership": meta.membership, "payload": PAYLOAD},
         separators=(",", ":"),
     ).encode("ascii")
     if len(line) > MAX_META_LINE:
@@ -54,13 +60,13 @@ def encode_trailer(lines: int, crc: int) -> bytes:
 
 
 def encode_stream(
-    meta: SnapshotMeta, kind: str, lines: Iterable[bytes], write: Callable[[bytes], Any]
+    meta: SnapshotMeta, lines: Iterable[bytes], write: Callable[[bytes], Any]
 ) -> tuple[int, int]:
     """Write the whole stream through `write` in one pass: (size, payload start).
 
     ValueError if a line holds a newline: the payload could not be split again.
     """
-    head = encode_head(meta, kind)
+    head = encode_head(meta)
     write(head)
     crc, size, count = zlib.crc32(head), len(head), 0
     for line in lines:
@@ -75,7 +81,7 @@ def encode_stream(
     return size + TRAILER_LEN, len(head)
 
 
-def _decode_meta(line: bytes) -> tuple[SnapshotMeta, str]:
+def _decode_meta(line: bytes) -> SnapshotMeta:
     try:
         d = json.loads(line.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -86,9 +92,13 @@ def _decode_meta(line: bytes) -> tuple[SnapshotMeta, str]:
         x = d[name]
         if type(x) is not int or not 0 <= x <= MAX_INT:
             raise ValueError(f"snapshot {name} must be an integer from 0 to 2**63-1")
-    if type(d["membership"]) is not dict or d["payload"] not in PAYLOAD_KINDS:
-        raise ValueError("snapshot membership must be an object and payload a known kind")
-    return SnapshotMeta(d["index"], d["term"], d["membership"]), d["payload"]
+    if type(d["membership"]) is not dict:
+        raise ValueError("snapshot membership must be an object")
+    if d["payload"] == OLD_PAYLOAD:
+        raise OldPayloadError(f"snapshot payload {OLD_PAYLOAD!r} is no longer read")
+    if d["payload"] != PAYLOAD:
+        raise ValueError(f"snapshot payload must be {PAYLOAD!r}")
+    return SnapshotMeta(d["index"], d["term"], d["membership"])
 
 
 class Verifier:
@@ -104,7 +114,6 @@ class Verifier:
         self.expect, self.size = expect, size
         self.received = 0
         self.meta: SnapshotMeta | None = None
-        self.kind = ""
         self.payload_start = 0
         self._head = bytearray()  # until the meta line is complete
         self._crc = 0  # over everything but the last TRAILER_LEN bytes seen
@@ -159,14 +168,14 @@ class Verifier:
             if len(head) > len(MAGIC) + MAX_META_LINE:
                 raise ValueError("snapshot meta line too long")
             return
-        meta, kind = _decode_meta(bytes(head[len(MAGIC) : end]))
+        meta = _decode_meta(bytes(head[len(MAGIC) : end]))
         if self.expect is not None and meta != self.expect:
             raise ValueError(f"the stream holds {meta}, not the announced {self.expect}")
-        self.meta, self.kind, self.payload_start = meta, kind, end + 1
+        self.meta, self.payload_start = meta, end + 1
         self._head = bytearray()
 
-    def finish(self) -> tuple[SnapshotMeta, str, int]:
-        """(meta, payload kind, payload line count) of a complete, sound stream."""
+    def finish(self) -> SnapshotMeta:
+        """The meta of a complete, sound stream."""
         if self._error is not None:
             raise ValueError(self._error)
         try:
@@ -175,7 +184,7 @@ class Verifier:
             self._error = str(e)
             raise
 
-    def _finish(self) -> tuple[SnapshotMeta, str, int]:
+    def _finish(self) -> SnapshotMeta:
         if self.meta is None:
             raise ValueError(f"truncated: {self.received} bytes, no complete header")
         if self.size is not None and self.received != self.size:
@@ -190,12 +199,12 @@ class Verifier:
         # (the meta line's own, for an empty payload), and the count adds up.
         if self._newlines != lines + 3 or self._last != ord("\n"):
             raise ValueError(f"the payload does not hold the {lines} lines its trailer says")
-        return self.meta, self.kind, lines
+        return self.meta
 
 
 def iter_lines(read: Callable[[int, int], bytes], start: int, end: int) -> Iterator[bytes]:
     """The newline-terminated lines in bytes [start, end), without their newlines,
-    read in blocks so a huge line (a "json" payload) costs no quadratic copying."""
+    read in blocks so a huge line costs no quadratic copying."""
     pending = bytearray()
     pos = start
     while pos < end:
@@ -226,25 +235,20 @@ def check_range(offset: int, length: int, size: int) -> None:
 
 
 class MemorySnapshot:
-    """A snapshot stream held as bytes (memory storage, and the simulator)."""
+    """A snapshot stream held as bytes (MemoryStorage)."""
 
-    def __init__(
-        self, data: bytes, meta: SnapshotMeta, kind: str, payload_start: int, owner: object
-    ) -> None:
+    def __init__(self, data: bytes, meta: SnapshotMeta, payload_start: int, owner: object) -> None:
         self.data = data
         self.meta = meta
-        self.kind = kind
         self.size = len(data)
         self.payload_start = payload_start
         self.owner = owner  # the storage that made it: only that one may adopt it
 
     @classmethod
-    def encode(
-        cls, meta: SnapshotMeta, lines: Iterable[bytes], kind: str, owner: object
-    ) -> MemorySnapshot:
+    def encode(cls, meta: SnapshotMeta, lines: Iterable[bytes], owner: object) -> MemorySnapshot:
         parts: list[bytes] = []
-        _, start = encode_stream(meta, kind, lines, parts.append)
-        return cls(b"".join(parts), meta, kind, start, owner)
+        _, start = encode_stream(meta, lines, parts.append)
+        return cls(b"".join(parts), meta, start, owner)
 
     def read(self, offset: int, length: int) -> bytes:
         check_range(offset, length, self.size)
@@ -282,12 +286,12 @@ class MemoryReceiver:
         if self._parts is None:
             raise ValueError("the receiver is finished or aborted")
         try:
-            meta, kind, _ = self._verifier.finish()
+            meta = self._verifier.finish()
         except ValueError:
             self.abort()
             raise
         data, self._parts = b"".join(self._parts), None
-        return MemorySnapshot(data, meta, kind, self._verifier.payload_start, self.owner)
+        return MemorySnapshot(data, meta, self._verifier.payload_start, self.owner)
 
     def abort(self) -> None:
         self._parts = None

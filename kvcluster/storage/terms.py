@@ -1,6 +1,6 @@
 """Bookkeeping shared by the storages: batch validation and a compact index->term map.
 
-Disk storage does not keep entries in memory, yet `save_snapshot` must know the
+Disk storage does not keep entries in memory, yet `adopt_snapshot` must know the
 term of the stored entry at the snapshot's index (to keep or drop the entries
 after it), and `save` must know the last index (to refuse gaps). Terms change
 rarely, so runs of (first index, term) cost a few tuples per election.
