@@ -14,6 +14,7 @@ faults, `Simulation` (run.py) one seed's run and verdicts, `scenarios` the
 Raft labs' workloads, `cli` the command.
 """
 
+from ..storage.stream import MemorySnapshot
 from .clients import ClientOptions, SimClient
 from .faults import FAULT_KINDS, Nemesis, NetworkFaults
 from .net import InvariantViolation, RaftNet, Storage, make_log
@@ -27,7 +28,6 @@ from .run import (
     run_seed,
     run_seeds,
 )
-from .storage import MemorySnapshot
 
 __all__ = [
     "FAULT_KINDS",

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..node import Node
 from ..raft import Entry, EntryKind, Membership, RaftNode, Role
-from .storage import MemorySnapshot, Storage
+from ..storage.stream import MemorySnapshot
+from .storage import Storage
 
 
 class InvariantViolation(AssertionError):

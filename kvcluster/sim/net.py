@@ -75,8 +75,9 @@ from ..raft import (
     Ready,
     Role,
 )
+from ..storage.stream import MemoryReceiver, MemorySnapshot
 from .checks import InvariantViolation, ReadRecord, SafetyChecks
-from .storage import DiskFull, MemoryReceiver, MemorySnapshot, Storage
+from .storage import DiskFull, Storage
 
 MT = MessageType
 _VOTE_GRANTS = frozenset({MT.VOTE_RESP, MT.PRE_VOTE_RESP})
@@ -247,7 +248,7 @@ class RaftNet(SafetyChecks):
             entries=list(st.entries),
             snapshot=snap,
             kv=kv,
-            open_receiver=MemoryReceiver,
+            open_receiver=lambda meta, size: MemoryReceiver(meta, size, None),
         )
         self.servers[nid] = server
         self.nodes[nid] = server.raft
@@ -647,7 +648,7 @@ class RaftNet(SafetyChecks):
         self.schedule(self.now + (self.rng.uniform(lo, hi) if hi > 0 else 0.0), done)
 
     def _save_capture(self, nid: str, capture: SnapshotCapture) -> None:
-        snap = MemorySnapshot.build(capture.meta, capture.lines)
+        snap = MemorySnapshot.encode(capture.meta, capture.lines, None)
         self._check_snapshot(nid, snap)
         st = self.storage[nid]
         if not st.writing():
@@ -685,11 +686,8 @@ class RaftNet(SafetyChecks):
 
     def _install(self, nid: str, source: SnapshotSource) -> None:
         """A follower persists the snapshot its leader sent, replacing its state."""
-        snap = (
-            source
-            if isinstance(source, MemorySnapshot)
-            else MemorySnapshot.parse(source.read(0, source.size))
-        )
+        assert isinstance(source, MemorySnapshot), "the simulator's receivers make these"
+        snap = source
         self._check_snapshot(nid, snap)
         st = self.storage[nid]
         if not st.writing():

@@ -6,97 +6,21 @@ majority's disk, a node must not vote twice...). It can be told to fail on
 the Nth write, as a full disk does, to show that the node stops and that
 nothing it failed to persist was acknowledged or counted.
 
-Snapshots are held the way the node layer sends and receives them: as bytes
-(`MemorySnapshot`), a JSON line with the metadata and then the kv store's
-payload lines, read at offsets and received in chunks (`MemoryReceiver`).
+Snapshots are the production byte streams (`kvcluster.storage.stream`: a
+metadata line, the kv store's payload lines, a CRC trailer), held in memory,
+read at offsets and received in chunks through the production verifier.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import orjson
-
 from ..raft import Entry, HardState
-from ..storage import SnapshotMeta
+from ..storage.stream import MemorySnapshot
 
 
 class DiskFull(OSError):
     """The simulated disk refused a write (ENOSPC): the node must stop."""
-
-
-class MemorySnapshot:
-    """A complete snapshot: a metadata line, then the payload lines."""
-
-    def __init__(self, meta: SnapshotMeta, data: bytes) -> None:
-        self._meta = meta
-        self.data = data
-
-    @classmethod
-    def build(cls, meta: SnapshotMeta, lines: Iterable[bytes]) -> MemorySnapshot:
-        head = orjson.dumps({"index": meta.index, "term": meta.term, "membership": meta.membership})
-        return cls(meta, b"".join([head, b"\n", *(line + b"\n" for line in lines)]))
-
-    @classmethod
-    def parse(cls, data: bytes) -> MemorySnapshot:
-        head, _, _ = data.partition(b"\n")
-        try:
-            d = orjson.loads(head)
-            meta = SnapshotMeta(int(d["index"]), int(d["term"]), dict(d["membership"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a snapshot: {exc}") from exc
-        return cls(meta, data)
-
-    @property
-    def meta(self) -> SnapshotMeta:
-        return self._meta
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
-
-    def payload(self) -> Iterator[bytes]:
-        lines = self.data.split(b"\n")
-        return iter(lines[1:-1])  # after the metadata; the last "line" is empty
-
-    def close(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"MemorySnapshot({self._meta.index}, {self._meta.term}, {self.size} bytes)"
-
-
-class MemoryReceiver:
-    """A snapshot arriving in chunks: never more than its announced size."""
-
-    def __init__(self, meta: SnapshotMeta, size: int) -> None:
-        self.meta = meta
-        self.size = size
-        self._buf = bytearray()
-        self.aborted = False
-
-    @property
-    def received(self) -> int:
-        return len(self._buf)
-
-    def write(self, data: bytes) -> None:
-        if len(self._buf) + len(data) > self.size:
-            raise ValueError("more bytes than the snapshot's size")
-        self._buf += data
-
-    def finish(self) -> MemorySnapshot:
-        snap = MemorySnapshot.parse(bytes(self._buf))
-        if snap.meta != self.meta:
-            raise ValueError(f"received {snap.meta}, announced {self.meta}")
-        return snap
-
-    def abort(self) -> None:
-        self.aborted = True
-        self._buf.clear()
 
 
 @dataclass
