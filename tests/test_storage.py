@@ -628,3 +628,31 @@ def test_sync_interval_tells_the_node_whether_to_run_a_sync_timer(tmp_path: Path
         st = DiskStorage(tmp_path / policy, name="n1", fsync=policy, sync_interval=0.2)
         assert st.sync_interval == (0.2 if policy == "batch" else None)
         st.close()
+
+
+def test_an_unreadable_snapshot_whose_entries_were_compacted_stops_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The only snapshot is damaged and compaction already removed the log it
+    covers: recovery must not come back with an empty log (and the term and
+    vote), which would silently drop 50 committed entries."""
+    from kvcluster.kv import KVStore
+    from kvcluster.storage import SnapshotMeta
+
+    st = DiskStorage(tmp_path, name="a", segment_size=500)  # the marker lands in a new segment
+    kv = KVStore()
+    for i in range(1, 51):
+        cmd = {"op": "put", "key": f"k{i}", "value": "v" * 100}
+        st.save(HardState(1, "a") if i == 1 else None, [Entry(i, 1, data=cmd)])
+        kv.apply(i, cmd)
+    assert st.adopt_snapshot(st.write_snapshot(SnapshotMeta(50, 1, {}), kv.freeze().lines()))
+    st.close()
+    (snap,) = (tmp_path / "snap").glob("*.snap")
+    damaged = bytearray(snap.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    snap.write_bytes(damaged)
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(CorruptLogError, match="entries would be lost"),
+    ):
+        DiskStorage(tmp_path, name="a")

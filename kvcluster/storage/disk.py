@@ -326,6 +326,14 @@ class DiskStorage:
                         raise CorruptLogError(
                             str(path), off, f"the log restarts at snapshot {r.index}, now lost"
                         )
+                    if base + len(entries) < r.index:
+                        # ... unless compaction removed them: then what it covered is gone.
+                        raise CorruptLogError(
+                            str(path),
+                            off,
+                            f"snapshot {r.index} is unreadable and the log holds entries only "
+                            f"up to {base + len(entries)}: committed entries would be lost",
+                        )
                 else:
                     own_mark = own_mark or r.index == base
                     if not r.keep:
