@@ -20,12 +20,13 @@ a CSV (`--csv`). 16-byte keys, 64-byte values.
 Election timeouts: etcd draws its timeout from [T, 2T); kvcluster gets (T, 2T);
 PySyncObj gets raftMinTimeout=T, raftMaxTimeout=2T.
 
-The load is the one of `kvcluster.experiments.loadgen` (one asyncio loop, raw
-HTTP/1.1 keep-alive connections, CPU measured over the window); its worker only
-speaks kvcluster's routes, so `_worker` below is that worker with the request
-bytes supplied per system (etcd speaks `/v3/kv/put` and `/v3/kv/range` with
-base64 JSON). PySyncObj nodes (`bench/peers_pysyncobj.py`) speak kvcluster's
-JSON. A system that is not installed is skipped with a message.
+The load is the one of `kvcluster.experiments.loadgen` (one asyncio loop,
+keep-alive connections of the node's own HTTP client, `HttpConnection`, CPU
+measured over the window); its worker only speaks kvcluster's routes, so
+`_worker` below is that worker with the requests supplied per system (etcd
+speaks `/v3/kv/put` and `/v3/kv/range` with base64 JSON). PySyncObj nodes
+(`bench/peers_pysyncobj.py`) speak kvcluster's JSON. A system that is not
+installed is skipped with a message.
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ import numpy as np
 
 from kvcluster.cluster import Cluster
 from kvcluster.experiments.loadgen import (
-    Connection,
     LoadResult,
     _Recorder,
     exchange,
     machine_busy,
     process_cpu,
 )
+from kvcluster.server.http import HttpConnection
 
 KEY_SIZE = 16
 VALUE_SIZE = 64
@@ -470,20 +471,15 @@ async def _worker(
 ) -> None:
     target = w % len(endpoints)
     parts = urlsplit(endpoints[target])
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
-    conn: Connection | None = None
+    conn = HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80)
     while time.monotonic() < t_end:
         key = _key(rnd.randrange(KEYS))
         if load.read:
             method, path, body = system.get(key, load.serializable)
         else:
             method, path, body = system.put(key, VALUE)
-        request = (
-            f"{method} {path} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
-        )
         t0 = time.monotonic()
-        conn, status, _ = await exchange(conn, host, port, request, 5.0, rec.errors)
+        status, _ = await exchange(conn, method, path, body, _JSON, 5.0, rec.errors)
         t1 = time.monotonic()
         rec.start.append(t0)
         rec.latency.append(t1 - t0)
@@ -493,8 +489,10 @@ async def _worker(
         rec.target.append(target)
         if status == 0:
             await asyncio.sleep(0.01)
-    if conn is not None:
-        conn[1].close()
+    conn.close()
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -377,6 +377,47 @@ def test_timeout_is_sent_and_closes_the_connection() -> None:
     run(scenario)
 
 
+@both_loops
+def test_each_request_on_a_connection_keeps_its_own_deadline() -> None:
+    # A connection has one timer, armed for the request in flight: it must move
+    # when a request has a later deadline than the last, and come sooner when a
+    # request has an earlier one, idle or not in between.
+    async def scripted(ex: Exchange) -> None:
+        while (request := await ex.read_request()) is not None:
+            line = request[0]
+            if line.startswith("GET /late"):
+                await asyncio.sleep(0.3)  # past the deadline of the request before it
+            if line.startswith("GET /never"):
+                await ex.reader.read()
+                return
+            await ex.write(ok())
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with raw_server(scripted) as raw:
+            conn = HttpConnection("127.0.0.1", raw.port)
+            assert (await conn.request("GET", "/soon", timeout=0.1)).status == 200
+            assert (await conn.request("GET", "/late", timeout=40.0)).status == 200
+            t0 = loop.time()
+            with pytest.raises(ConnectionFailed) as failed:
+                await conn.request("GET", "/never", timeout=0.2)
+            assert failed.value.sent is True and "0.2" in str(failed.value)
+            assert loop.time() - t0 < 20.0  # its own 0.2 s, not the 40 s before it
+            assert not conn.open
+
+            conn = HttpConnection("127.0.0.1", raw.port)
+            assert (await conn.request("GET", "/soon", timeout=0.05)).status == 200
+            idle_until = loop.time() + 0.2  # the first deadline passes while idle
+            await until(lambda: loop.time() > idle_until, "the idle time")
+            assert conn.open
+            assert (await conn.request("GET", "/soon", timeout=5.0)).status == 200
+            with pytest.raises(ConnectionFailed) as failed:
+                await conn.request("GET", "/never", timeout=0.2)
+            assert failed.value.sent is True and not conn.open
+
+    run(scenario)
+
+
 def test_connection_lost_before_the_answer_is_sent() -> None:
     async def hang_up(ex: Exchange) -> None:
         await ex.read_request()

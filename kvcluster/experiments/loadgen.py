@@ -2,9 +2,10 @@
 
 `clients` workers, each with one keep-alive connection, send requests back to
 back for `duration` seconds (after `warmup` seconds that are not counted). All
-workers share one asyncio loop in one thread, and speak just enough HTTP/1.1
-over raw asyncio streams: a thread per client, or `requests`, would spend more
-CPU than the nodes on a 2-core machine. The generator's own CPU time
+workers share one asyncio loop in one thread and speak HTTP/1.1 through the
+node's own internal client (`kvcluster.server.http.client.HttpConnection`,
+llhttp on an asyncio.Protocol): a thread per client, or `requests`, would spend
+more CPU than the nodes on a 2-core machine. The generator's own CPU time
 (`loadgen_cpu_s`) and the nodes' (`nodes_cpu_s`, from /proc) over the measured
 window come back with the results, so a run can show whether the load
 generator was the bottleneck, and the whole machine's (`machine_cpu_s`) shows
@@ -16,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 import numpy as np
+
+from ..server.http.client import ConnectionFailed, HttpConnection
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -197,6 +200,9 @@ def _revision_of(body: bytes) -> int:
     return int(body[j:k]) if k > j else 0
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 async def _worker(
     w: int,
     endpoints: list[str],
@@ -207,29 +213,25 @@ async def _worker(
 ) -> None:
     target = w % len(endpoints)
     parts = urlsplit(endpoints[target])
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    client_id = uuid.uuid4().hex
+    conn = HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+    client_id = uuid.uuid4().hex.encode()
     value = b"x" * workload.value_size
     query = f"?consistency={workload.consistency}" if workload.consistency else ""
-    head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
     seq = 0
-    conn: Connection | None = None
     while time.monotonic() < t_end:
         key = quote(f"k{rnd.randrange(workload.keys)}", safe="")
         is_write = rnd.random() >= workload.read_fraction
+        t0 = time.monotonic()
         if is_write:
             seq += 1
-            body = b'{"value":"%s","client_id":"%s","seq":%d}' % (value, client_id.encode(), seq)
-            request = (
-                f"PUT /v1/kv/{key} HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
+            body = b'{"value":"%s","client_id":"%s","seq":%d}' % (value, client_id, seq)
+            status, revision = await exchange(
+                conn, "PUT", f"/v1/kv/{key}", body, _JSON, workload.timeout, rec.errors
             )
         else:
-            request = f"GET /v1/kv/{key}{query} HTTP/1.1\r\n{head}\r\n".encode()
-        t0 = time.monotonic()
-        conn, status, revision = await exchange(
-            conn, host, port, request, workload.timeout, rec.errors
-        )
+            status, revision = await exchange(
+                conn, "GET", f"/v1/kv/{key}{query}", b"", None, workload.timeout, rec.errors
+            )
         t1 = time.monotonic()
         rec.start.append(t0)
         rec.latency.append(t1 - t0)
@@ -239,54 +241,29 @@ async def _worker(
         rec.target.append(target)
         if status == 0:
             await asyncio.sleep(0.01)  # do not spin on a dead node
-    if conn is not None:
-        conn[1].close()
-
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+    conn.close()
 
 
 async def exchange(
-    conn: Connection | None,
-    host: str,
-    port: int,
-    request: bytes,
+    conn: HttpConnection,
+    method: str,
+    target: str,
+    body: bytes,
+    headers: Mapping[str, str] | None,
     timeout: float,
     errors: list[str],
-) -> tuple[Connection | None, int, int]:
-    """Send one request on a keep-alive connection, opening it if needed.
+) -> tuple[int, int]:
+    """Send one request on `conn`, a keep-alive connection that reconnects when needed.
 
-    Returns the connection to reuse (None after a failure), the status (0 if
-    no answer) and the revision the answer carried. Shared by every worker
-    loop, so that all systems measured are driven the same way.
+    Returns the status (0 if no answer came within `timeout`, connecting
+    included) and the revision the answer carried (0 if none); a failure's
+    reason goes to `errors` (the first 20). Shared by every worker loop, so
+    that all systems measured are driven the same way.
     """
     try:
-        async with asyncio.timeout(timeout):
-            if conn is None:
-                conn = await asyncio.open_connection(host, port)
-                sock = conn[1].get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reader, writer = conn
-            writer.write(request)
-            status, revision = await _read_response(reader)
-            return conn, status, revision
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        response = await conn.request(method, target, body, headers, timeout)
+    except (ConnectionFailed, OSError, ValueError) as exc:  # the connection is closed
         if len(errors) < 20:
             errors.append(f"{type(exc).__name__}: {exc}")
-        if conn is not None:
-            conn[1].close()
-        return None, 0, 0
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, int]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    lower = head.lower()
-    i = lower.find(b"\r\ncontent-length:")
-    if i >= 0:
-        j = lower.index(b"\r\n", i + 2)
-        length = int(lower[i + 17 : j])
-    body = await reader.readexactly(length) if length else b""
-    return status, _revision_of(body)
+        return 0, 0
+    return response.status, _revision_of(response.body)

@@ -2,9 +2,12 @@
 
 Used to forward a client's request to the leader, for the peer links (one
 long chunked POST per peer, written as we go), for a joining node's
-POST /register, and by load generators. Lean on purpose: no task per request
-(the timeout is `asyncio.timeout` around awaiting one future), IP literals are
-connected without the resolver's thread, and a reused keep-alive connection
+POST /register, and by load generators. Lean on purpose: no task per request;
+no timer per request either (a connection keeps one timer, armed for the
+deadline of the request in flight; it is moved only when it fires before a
+later request's deadline or a request's deadline comes sooner, so back-to-back
+requests with the same timeout arm it about once per timeout); IP literals are
+connected without the resolver's thread; and a reused keep-alive connection
 that the server closed while idle is noticed before a request is written on
 it (its `eof_received`/`connection_lost`), so that request is sent on a new
 connection instead of being lost. (A close that reaches this process in the
@@ -68,19 +71,24 @@ class _Protocol(asyncio.Protocol):
         self._body_size = 0
         self._until_close = False  # a body without Content-Length or chunks: ends at EOF
         self._failed: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadline = 0.0  # loop time by which the request in flight must be answered
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires
 
     # -- asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
+        waiter = self.waiter
+        if waiter is None or waiter.done():
             self._close()  # nothing was asked: the connection is not in a state we know
             return
-        view = memoryview(data)
-        for offset in range(0, len(data), _SLICE):
-            piece = view[offset : offset + _SLICE]
+        pieces = (data,) if len(data) <= _SLICE else _slices(data)
+        for piece in pieces:
             self._began = False
             try:
                 self._parser.feed_data(piece)
@@ -107,6 +115,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             if self._until_close and not self._in_head and self._status:
@@ -134,8 +145,8 @@ class _Protocol(asyncio.Protocol):
             return  # a trailer
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1").rstrip(" \t")
-        old = self._headers.get(key)
-        self._headers[key] = text if old is None else f"{old}, {text}"
+        headers = self._headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -169,13 +180,36 @@ class _Protocol(asyncio.Protocol):
 
     # -- ours
 
-    def expect(self) -> asyncio.Future[Response | None]:
-        """A future for the next response, before the request is written."""
-        self.waiter = asyncio.get_running_loop().create_future()
+    def expect(self, deadline: float | None = None) -> asyncio.Future[Response | None]:
+        """A future for the next response, before the request is written; it
+        fails with TimeoutError if no response is complete at `deadline` (loop time)."""
+        assert self._loop is not None
+        self.waiter = waiter = self._loop.create_future()
         self._failed = None
         self._in_head = self._until_close = False
         self._status = 0
-        return self.waiter
+        if deadline is not None:
+            self._deadline = deadline
+            timer = self._timer
+            if timer is None or deadline < self._timer_at:
+                if timer is not None:
+                    timer.cancel()
+                self._timer_at = deadline
+                self._timer = self._loop.call_at(deadline, self._deadline_passed)
+            # else the timer fires before `deadline`, and then moves itself there
+        return waiter
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.closed or self.stream:
+            return  # idle: the next request arms the timer again
+        if self._deadline > self._timer_at:  # armed for an earlier request: move it
+            assert self._loop is not None
+            self._timer_at = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._deadline_passed)
+            return
+        waiter.set_exception(TimeoutError())
 
     def _finish(self) -> None:
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -205,6 +239,11 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def _slices(data: bytes) -> list[memoryview]:
+    view = memoryview(data)
+    return [view[offset : offset + _SLICE] for offset in range(0, len(data), _SLICE)]
 
 
 async def _connect(host: str, port: int, max_body: int) -> _Protocol:
@@ -246,16 +285,15 @@ def _host_header(host: str, port: int) -> str:
 def _head(
     method: str, target: str, host: str, headers: Mapping[str, str] | None, framing: str
 ) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{framing}"]
+    if " " in target or "\r" in target or "\n" in target:
+        raise ValueError(f"a request target with a space or line break: {target[:100]!r}")
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{framing}"
     if headers:
         for name, value in headers.items():
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
                 raise ValueError(f"a header with CR, LF or a colon in its name: {name!r}")
-            lines.append(f"{name}: {value}\r\n")
-    lines.append("\r\n")
-    if any(c in target for c in " \r\n"):
-        raise ValueError(f"a request target with a space or line break: {target[:100]!r}")
-    return "".join(lines).encode("latin-1")
+            head += f"{name}: {value}\r\n"
+    return (head + "\r\n").encode("latin-1")
 
 
 class HttpConnection:
@@ -287,23 +325,24 @@ class HttpConnection:
         data = _head(method, target, self._host_header, headers, framing)
         if body:
             data += body
+        deadline = asyncio.get_running_loop().time() + timeout
         written = False
         try:
-            async with asyncio.timeout(timeout):
-                protocol = self._protocol
-                if protocol is None or protocol.closed:
-                    # Never used, or the server closed it while it was idle: a
-                    # request written on it would be lost, so it goes on a new one.
-                    if protocol is not None:
-                        protocol.abort()
-                    self._protocol = None
+            protocol = self._protocol
+            if protocol is None or protocol.closed:
+                # Never used, or the server closed it while it was idle: a
+                # request written on it would be lost, so it goes on a new one.
+                if protocol is not None:
+                    protocol.abort()
+                self._protocol = None
+                async with asyncio.timeout_at(deadline):
                     protocol = self._protocol = await _connect(self.host, self.port, max_body)
-                protocol.max_body = max_body
-                waiter = protocol.expect()
-                assert protocol.transport is not None
-                protocol.transport.write(data)
-                written = True
-                response = await waiter
+            protocol.max_body = max_body
+            waiter = protocol.expect(deadline)
+            assert protocol.transport is not None
+            protocol.transport.write(data)
+            written = True
+            response = await waiter
         except TimeoutError as exc:
             self.close()
             message = f"{method} {target[:100]}: no answer within {timeout:g} s"
