@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         term0 = status(c, leader)["term"]
         c.pause(lagging)
         rate = asyncio.run(load(c.endpoints[leader], args.keys, args.value_bytes))
+        loaded = time.monotonic()
         target = status(c, leader)["commit_index"]
         c.wait_until(lambda: status(c, leader)["snapshot_index"] >= target - every, 300)
         resumed = c.resume(lagging)
@@ -135,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def split(items: list[dict[str, Any]], field: str) -> dict[str, Any]:
         snap = [r for r in items if overlaps(lasting(r, field), taking + installing)]
+        rest = [r for r in items if r not in snap]
         return {
             "during_snapshots": described(snap, field),
-            "elsewhere_max_s": max((r[field] for r in items if r not in snap), default=0.0),
-            "elsewhere_count": len(items) - len(snap),
+            "elsewhere_max_s": max((r[field] for r in rest), default=0.0),
+            "elsewhere_count": len(rest),
+            "elsewhere_worst": sorted(described(rest, field), key=lambda r: -r["s"])[:5],
         }
 
     elections = [
@@ -162,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         "heartbeat_gaps_over_2x": split([g for g in gaps if g["gap"] > 2 * hb], "gap"),
         "loop_stalls_over_1x": split(stalls, "seconds"),
         "gc_pauses_over_20ms": split(gc_pauses, "seconds"),
+        "slow_persists_over_50ms": split(rows("slow_persist"), "seconds"),
+        "load_ended_at": round(loaded - t0, 2),
+        "snapshots_taken_at": [
+            {"node": r["node"], "from": round(r["t"] - r["seconds"] - t0, 2), "s": r["seconds"]}
+            for r in rows("snapshot_saved")
+        ],
         "roles": {"leader": names[leader], "lagging": names[lagging], "other": names[running]},
     }
     print(json.dumps(figures, indent=2))

@@ -49,6 +49,7 @@ FORWARDED_HEADER = "X-Kvcluster-Forwarded"
 EXIT_STORAGE_FAILED = 3
 FLUSH_EVERY = 0.05  # seconds between event-file flushes (and loop stall checks)
 GC_PAUSE_EVENT = 0.02  # seconds: a collection longer than this is an event
+SLOW_PERSIST = 0.05  # seconds: a ready batch that took longer to persist is an event
 FREEZE_EVERY = 20_000  # applied entries between two gc.freeze() (see _freeze_long_lived)
 
 Responder = Callable[[Answer], None]
@@ -292,7 +293,13 @@ class NodeDriver:
             if rd.install is not None:
                 self.storage.adopt_snapshot(rd.install)
             if raft.hard_state is not None or raft.entries:
+                started = time.perf_counter()
                 self.storage.save(raft.hard_state, raft.entries)
+                took = time.perf_counter() - started
+                if took > SLOW_PERSIST:  # an fsync behind other writeback, a slow disk
+                    self.events.emit(
+                        "slow_persist", seconds=round(took, 4), entries=len(raft.entries)
+                    )
         except Exception as exc:  # ENOSPC, EIO, EMFILE, a failed fsync: all the same
             fail_stop("persisting a ready batch", exc)
         if rd.membership is not None:
