@@ -519,22 +519,7 @@ class Cluster:
         as a full disk; "fsync": EIO from an fsync). The node must stop there
         and lose nothing it acknowledged; `restart(i)` brings it back."""
         t = self.mark("break_disk", i, kind=kind, after=after)
-        h = self.nodes[i]
-        f = self._faults[i]
-        body = {
-            "block": sorted(f["block"]),
-            "block_out": sorted(f["block_out"]),
-            "drop": f["drop"],
-            "delay": f["delay"],
-            "disk": {"fail": kind, "after": after},
-        }
-        r = self._session.post(
-            f"{self._url(h.port)}/admin/fault",
-            json=body,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=5,
-        )
-        r.raise_for_status()
+        self._post_faults(self.nodes[i], {"disk": {"fail": kind, "after": after}})
         return t
 
     def heal(self) -> float:
@@ -546,22 +531,26 @@ class Cluster:
 
     def _push_faults(self) -> None:
         for h in self.nodes:
-            if not h.alive or h.paused:
-                continue
-            f = self._faults[h.index]
-            body = {
-                "block": sorted(f["block"]),
-                "block_out": sorted(f["block_out"]),
-                "drop": f["drop"],
-                "delay": f["delay"],
-            }
-            r = self._session.post(
-                f"{self._url(h.port)}/admin/fault",
-                json=body,
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=5,
-            )
-            r.raise_for_status()
+            if h.alive and not h.paused:
+                self._post_faults(h)
+
+    def _post_faults(self, h: NodeHandle, extra: dict[str, Any] | None = None) -> None:
+        """Give node h its link faults (they replace what it had), plus `extra`."""
+        f = self._faults[h.index]
+        body = {
+            "block": sorted(f["block"]),
+            "block_out": sorted(f["block_out"]),
+            "drop": f["drop"],
+            "delay": f["delay"],
+            **(extra or {}),
+        }
+        r = self._session.post(
+            f"{self._url(h.port)}/admin/fault",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=5,
+        )
+        r.raise_for_status()
 
     # ------------------------------------------------------------------ observation
 

@@ -392,3 +392,19 @@ def test_a_leader_whose_disk_fills_up_stops_and_loses_nothing(tmp_path: Path) ->
                 r = requests.get(f"{base}/v1/kv/{key}", timeout=DEADLINE)
                 assert r.status_code == 200 and r.json()["value"] == value, (i, key, r.text[:200])
     shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_disk_fault_injected_into_the_leader_stops_it_and_loses_nothing() -> None:
+    """The same through fault injection (what the test above uses without root):
+    the leader's third write from now fails; it exits with status 3 and every
+    acknowledged write is readable from the new leader."""
+    with Cluster(n=3, election_timeout=(0.3, 0.6), heartbeat_interval=0.05) as c:
+        leader = c.wait_for_leader(DEADLINE)
+        c.break_disk(leader, after=3)
+        client = c.client(timeout=DEADLINE)
+        for k in range(20):
+            client.put(f"k{k}", str(k))
+        c.wait_until(lambda: not c.nodes[leader].alive, DEADLINE)
+        assert c.nodes[leader].process.exitcode == 3
+        assert c.wait_for_leader(DEADLINE, exclude=leader) != leader
+        assert [client.get(f"k{k}") for k in range(20)] == [str(k) for k in range(20)]
