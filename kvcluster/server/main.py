@@ -46,7 +46,7 @@ def bind(config: NodeConfig) -> list[socket.socket]:
         sock.close()
         where = f"{config.host}:{config.port}"
         raise BindError(
-            f"cannot listen on {where}: {exc}. Free that port, or choose another "
+            f"cannot listen on {where}: {str(exc).rstrip('.')}. Free that port, or choose another "
             f"with --listen HOST:PORT (the other members must know the new address)."
         ) from exc
     sock.setblocking(False)
