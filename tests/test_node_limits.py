@@ -408,3 +408,29 @@ def test_a_disk_fault_injected_into_the_leader_stops_it_and_loses_nothing() -> N
         assert c.nodes[leader].process.exitcode == 3
         assert c.wait_for_leader(DEADLINE, exclude=leader) != leader
         assert [client.get(f"k{k}") for k in range(20)] == [str(k) for k in range(20)]
+
+
+def test_a_follower_whose_disk_fails_while_receiving_a_snapshot_stops() -> None:
+    """The node layer writes a leader's snapshot chunks through to storage
+    itself: a failed write there stops the node as any other storage error does
+    (it used to be an exception the HTTP stack logged, the node serving on)."""
+    with Cluster(
+        n=3,
+        election_timeout=(0.3, 0.6),
+        heartbeat_interval=0.05,
+        snapshot_every=50,
+        snapshot_keep=10,
+    ) as c:
+        leader = c.wait_for_leader(DEADLINE)
+        lagging = (leader + 1) % 3
+        c.break_disk(lagging, kind="snapshot", after=1)  # its next snapshot write fails
+        c.isolate(lagging)
+        client = c.client(timeout=DEADLINE)
+        for k in range(200):
+            client.put(f"k{k}", str(k))
+        c.wait_until(lambda: (c.node_status(leader) or {}).get("snapshot_index", 0) >= 150)
+        c.heal()  # the leader's log no longer reaches back: it sends its snapshot
+        c.wait_until(lambda: not c.nodes[lagging].alive, DEADLINE)
+        assert c.nodes[lagging].process.exitcode == 3
+        log = (c.work_dir / f"{c.nodes[lagging].name}.log").read_text(errors="replace")
+        assert "fail-stop" in log and "Traceback" not in log, log[-2000:]

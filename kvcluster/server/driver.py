@@ -27,7 +27,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,7 +35,14 @@ from ..kv import KVStore
 from ..node import Answer, Forward, Node, NodeOptions, NodeReady, Request
 from ..node.node import SnapshotCapture
 from ..raft import Member, Membership, Message
-from ..storage import DiskStorage, MemoryStorage, SnapshotReceiver, SnapshotSource, Storage
+from ..storage import (
+    DiskStorage,
+    MemoryStorage,
+    SnapshotReceiver,
+    SnapshotSource,
+    Storage,
+    StorageError,
+)
 from ..storage.faulty import FailingStorage
 from .config import NodeConfig
 from .events import EventLog
@@ -73,6 +80,17 @@ def fail_stop(what: str, exc: BaseException) -> None:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_STORAGE_FAILED)
+
+
+@contextlib.contextmanager
+def _storage_errors_stop(what: str) -> Iterator[None]:
+    """The node layer reads and writes snapshot chunks itself (a saved snapshot's
+    bytes for a follower, a leader's chunks into a receiver), and does no other
+    I/O: an OSError out of it is a storage error, and it stops the node too."""
+    try:
+        yield
+    except (OSError, StorageError) as exc:
+        fail_stop(what, exc)
 
 
 class NodeDriver:
@@ -250,7 +268,8 @@ class NodeDriver:
             self.peers.learn(messages[0].src, sender_address)
         if blocked:
             messages = [m for m in messages if m.src not in blocked]
-        self.node.step(messages, time.monotonic())
+        with _storage_errors_stop("sending or receiving a snapshot"):
+            self.node.step(messages, time.monotonic())
         self._schedule()
 
     def set_faults(self, faults: LinkFaults) -> None:
@@ -280,11 +299,12 @@ class NodeDriver:
         if self.stopped:
             return
         node = self.node
-        node.tick(time.monotonic())
-        rd: NodeReady | None = node.ready()
-        while rd:
-            self._handle(rd)
-            rd = node.ready() if node.has_ready() else None
+        with _storage_errors_stop("sending a snapshot"):
+            node.tick(time.monotonic())
+            rd: NodeReady | None = node.ready()
+            while rd:
+                self._handle(rd)
+                rd = node.ready() if node.has_ready() else None
         self._arm_timer(node.next_deadline())
 
     def _handle(self, rd: NodeReady) -> None:
