@@ -15,7 +15,6 @@ how, is the node layer's decision: no route looks at roles.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -119,14 +118,16 @@ class Routes:
         reply(answer.status, body, headers)
 
     def fail(self, reply: Reply, exc: ApiError) -> None:
-        reply(exc.status, error_body(exc.code, exc.message, **exc.extra), self._leader())
+        """A request the routes refuse themselves (bad input), as an answer."""
+        raw = error_body(exc.code, exc.message, **exc.extra)
+        self.answer(reply, Answer(0, exc.status, raw=raw, leader=self._leader()))
 
     def ok(self, reply: Reply, body: dict[str, Any]) -> None:
-        reply(200, orjson.dumps(body), self._leader())
+        """What the routes answer themselves (status, members), as an answer."""
+        self.answer(reply, Answer(0, 200, body, leader=self._leader()))
 
-    def _leader(self) -> Sequence[tuple[str, str]]:
-        leader = self.driver.node.leader_address()
-        return [(LEADER_HEADER, leader)] if leader else []
+    def _leader(self) -> str | None:
+        return self.driver.node.leader_address()
 
     def submit(self, http: HttpRequest, reply: Reply, req: Request) -> None:
         """Hand a request to the node layer; the answer is written when it comes."""
@@ -229,7 +230,7 @@ class Routes:
         self.driver.step(messages, http.headers.get(SENDER_HEADER.lower()))
 
     def stream_end(self, http: HttpRequest, reply: Reply) -> None:
-        reply(204, b"", ())
+        self.answer(reply, Answer(0, 204, raw=b""))
 
     def batch(self, http: HttpRequest, reply: Reply) -> None:
         try:
@@ -237,7 +238,7 @@ class Routes:
         except ValueError as exc:
             return self.fail(reply, ApiError(400, "bad_request", f"bad message batch: {exc}"))
         self.driver.step(messages, http.headers.get(SENDER_HEADER.lower()))
-        reply(204, b"", ())
+        self.answer(reply, Answer(0, 204, raw=b""))
 
     def get_faults(self, http: HttpRequest, reply: Reply) -> None:
         if not self.driver.config.fault_injection:
