@@ -18,11 +18,12 @@ import logging
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from loops import LOOP, both_loops, run_loop
 
 from kvcluster.server.http import HttpServer, Limits, Reply, Request, Route, error_body
 
@@ -32,35 +33,6 @@ READ_TIMEOUT = 10.0  # one read; generous for a busy 2-core machine
 SCENARIO_TIMEOUT = 90.0  # one whole test
 SMALL_BODY = 100  # /small's max_body
 FAST = Limits(head_timeout=5.0, idle_timeout=30.0, body_timeout=10.0)
-
-
-LOOP = {"name": os.environ.get("KVCLUSTER_TEST_LOOP", "asyncio")}
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """asyncio.run on the loop LOOP names: asyncio's (the default), or uvloop,
-    which the node runs on. Tests marked `both_loops` run on each; every test
-    runs on uvloop with KVCLUSTER_TEST_LOOP=uvloop."""
-    if LOOP["name"] == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main)
-    else:
-        asyncio.run(main)
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def each_loop(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "uvloop":
-        pytest.importorskip("uvloop")
-    saved = LOOP["name"]
-    LOOP["name"] = request.param
-    yield request.param
-    LOOP["name"] = saved
-
-
-both_loops = pytest.mark.usefixtures("each_loop")
 
 
 # ---------------------------------------------------------------------- the server side

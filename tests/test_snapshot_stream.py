@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storage_backends import Backend
 
 from kvcluster.kv import KVStore
 from kvcluster.raft import Entry, EntryKind, HardState
@@ -64,27 +65,6 @@ def kv_lines(keys: int) -> list[bytes]:
 
 def whole(src: SnapshotSource) -> bytes:
     return src.read(0, src.size)
-
-
-class Backend:
-    def __init__(self, kind: str, path: Path) -> None:
-        self.kind, self.path = kind, path
-
-    def open(self, **options: Any) -> Storage:
-        if self.kind == "memory":
-            return MemoryStorage()
-        return DiskStorage(self.path, name="n1", **{"segment_size": 512, **options})
-
-    def restart(self, st: Storage) -> Storage:
-        if self.kind == "memory":
-            return st
-        st.close()
-        return self.open()
-
-
-@pytest.fixture(params=["memory", "disk"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return Backend(request.param, tmp_path / "node")
 
 
 def disk(path: Path, **options: Any) -> DiskStorage:
@@ -214,7 +194,7 @@ def chunks(data: bytes, rng: random.Random, biggest: int) -> Iterator[bytes]:
 
 @pytest.mark.parametrize("sender_kind", ["memory", "disk"])
 def test_receive_in_chunks_of_any_size(backend: Backend, tmp_path: Path, sender_kind: str) -> None:
-    sender = Backend(sender_kind, tmp_path / "leader").open()
+    sender = Backend(sender_kind, tmp_path / "leader", segment_size=512).open()
     lines = kv_lines(500)
     src = sender.write_snapshot(meta(40, 3), lines)
     st = backend.open()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storage_backends import Backend
 
 from kvcluster.raft import Entry, EntryKind, HardState
 from kvcluster.storage import (
@@ -75,30 +76,6 @@ def same(a: PersistedState, b: PersistedState) -> bool:
         b.snapshot_index,
         b.snapshot_term,
     ) and stream(a) == stream(b)
-
-
-class Backend:
-    """Opens one kind of storage and 'restarts' it: a disk storage is closed and
-    reopened from its directory; memory storage survives only as the same object."""
-
-    def __init__(self, kind: str, path: Path, **options: Any) -> None:
-        self.kind, self.path, self.options = kind, path, options
-
-    def open(self, **options: Any) -> Storage:
-        if self.kind == "memory":
-            return MemoryStorage()
-        return DiskStorage(self.path, name="n1", **{**self.options, **options})
-
-    def restart(self, st: Storage) -> Storage:
-        if self.kind == "memory":
-            return st
-        st.close()
-        return self.open()
-
-
-@pytest.fixture(params=["memory", "disk"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return Backend(request.param, tmp_path / "node", segment_size=512)
 
 
 def disk(path: Path, **options: Any) -> DiskStorage:
