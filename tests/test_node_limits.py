@@ -62,6 +62,7 @@ def well_behaved(base: str, tag: str) -> None:
         r = requests.put(f"{base}/v1/kv/ok-{tag}", json={"value": tag}, timeout=DEADLINE)
         if r.status_code == 200 or time.monotonic() > deadline:
             break
+        time.sleep(0.02)  # "not applied, retry": poll, with a generous deadline
     assert r.status_code == 200, r.text
     r = requests.get(f"{base}/v1/kv/ok-{tag}", timeout=DEADLINE)
     assert r.status_code == 200 and r.json()["value"] == tag, r.text
