@@ -10,16 +10,39 @@ from typing import Any
 import pytest
 
 from kvcluster.kv import KeyValue, KVStore, delete_command, put_command
+from kvcluster.kv.commands import expire_sessions_command, open_session_command
 
 
 class Feeder:
-    """Applies commands with consecutive raft indexes, as the node does."""
+    """Applies commands with consecutive raft indexes, as the node does.
+
+    Sessions are opened by name (`open("c1")`); a command naming an opened
+    session gets its real id (the index of its open_session entry), any other
+    client_id goes through as it is.
+    """
 
     def __init__(self, store: KVStore | None = None) -> None:
         self.store = store if store is not None else KVStore()
+        self.ids: dict[str, str] = {}
+        self.now = 0  # the leader's clock, in ms
 
     def __call__(self, command: Any) -> dict[str, Any]:
+        if isinstance(command, dict) and command.get("client_id") in self.ids:
+            command = {**command, "client_id": self.ids[command["client_id"]]}
         return self.store.apply(self.store.applied_index + 1, command)
+
+    def open(self, *names: str) -> None:
+        for name in names:
+            self.ids[name] = self(open_session_command(self.now))["client_id"]
+
+    def expire(self, now: int, ttl: int) -> int:
+        self.now = now
+        return int(self(expire_sessions_command(now, ttl))["expired"])
+
+    def names(self) -> list[str]:
+        """The open sessions by name, least recently active first."""
+        by_id = {v: k for k, v in self.ids.items()}
+        return [by_id.get(cid, cid) for cid in _session_ids(self.store)]
 
 
 def put(key: str, value: str, **session: Any) -> dict[str, Any]:
@@ -156,13 +179,14 @@ def test_list_reflects_deletes_and_recreates() -> None:
 
 def test_same_seq_returns_stored_result_without_reapplying() -> None:
     f = Feeder()
+    f.open("c1")
     first = f(put("a", "1", client_id="c1", seq=1))
     assert f.store.revision == 1
     again = f(put("a", "1", client_id="c1", seq=1))  # retried after a failover
     assert again == first
     assert f.store.revision == 1
     assert f.store.get("a") == KeyValue("a", "1", 1, 1, 1)
-    assert f.store.applied_index == 2
+    assert f.store.applied_index == 3
 
     # a deleted key is not re-deleted either, and the original answer is kept
     f(delete("a", client_id="c1", seq=2))
@@ -171,8 +195,17 @@ def test_same_seq_returns_stored_result_without_reapplying() -> None:
     assert f.store.get("a") is not None
 
 
+def test_a_session_id_is_its_open_entry_index_and_opening_changes_no_key() -> None:
+    f = Feeder()
+    f(put("a", "1"))
+    result = f(open_session_command(5))
+    assert result == {"client_id": "2", "revision": 1, "evicted": 0}
+    assert f.store.sessions.clock == 5 and f.store.get("a") == KeyValue("a", "1", 1, 1, 1)
+
+
 def test_returned_results_are_copies() -> None:
     f = Feeder()
+    f.open("c1")
     first = f(put("a", "1", client_id="c1", seq=1))
     first["revision"] = 99
     assert f(put("a", "1", client_id="c1", seq=1))["revision"] == 1
@@ -180,6 +213,7 @@ def test_returned_results_are_copies() -> None:
 
 def test_lower_seq_is_rejected() -> None:
     f = Feeder()
+    f.open("c1")
     f(put("a", "1", client_id="c1", seq=5))
     before = _copy(f.store)
     result = f(put("a", "old", client_id="c1", seq=4))
@@ -189,15 +223,18 @@ def test_lower_seq_is_rejected() -> None:
     assert f.store == before
 
 
-def test_seq_may_skip_and_start_anywhere() -> None:
+def test_seq_may_skip_but_not_repeat_the_opening_zero() -> None:
     f = Feeder()
-    assert f(put("a", "1", client_id="c1", seq=0))["revision"] == 1
+    f.open("c1")
+    assert f(put("a", "0", client_id="c1", seq=0))["error"] == "stale_sequence"
+    assert f(put("a", "1", client_id="c1", seq=1))["revision"] == 1
     assert f(put("a", "2", client_id="c1", seq=7))["revision"] == 2
     assert f(put("a", "3", client_id="c1", seq=7))["revision"] == 2
 
 
 def test_clients_are_independent() -> None:
     f = Feeder()
+    f.open("c1", "c2")
     f(put("a", "1", client_id="c1", seq=3))
     assert f(put("a", "2", client_id="c2", seq=1))["revision"] == 2  # c2's seq 1 is fresh
     assert f(put("a", "3", client_id="c1", seq=1))["error"] == "stale_sequence"
@@ -205,34 +242,91 @@ def test_clients_are_independent() -> None:
     assert f(put("a", "4"))["revision"] == 4
 
 
-def test_sessions_evict_least_recently_used() -> None:
+def test_a_write_for_a_session_never_opened_is_refused_and_changes_nothing() -> None:
+    f = Feeder()
+    f(put("a", "1"))
+    before = _copy(f.store)
+    result = f(put("a", "2", client_id="made-up", seq=1))
+    assert result["error"] == "session_expired" and "Open a new session" in result["message"]
+    before.mark_applied(f.store.applied_index)
+    assert f.store == before
+
+
+def test_evicted_session_is_refused_not_applied_again() -> None:
+    """The hole an LRU table had: an evicted client's retry looked new."""
     f = Feeder(KVStore(max_sessions=2))
+    f.open("c1", "c2")
     f(put("a", "1", client_id="c1", seq=1))
     f(put("b", "1", client_id="c2", seq=1))
-    f(put("a", "1", client_id="c1", seq=1))  # a duplicate counts as use: c2 is now the oldest
-    f(put("c", "1", client_id="c3", seq=1))  # evicts c2
-    assert _session_ids(f.store) == ["c1", "c3"]
-    # c2 forgotten: its old seq is applied again (the cost of a bounded table)
-    assert f(put("b", "1", client_id="c2", seq=1))["revision"] == 4
-    assert _session_ids(f.store) == ["c3", "c2"]
+    f(put("a", "1", client_id="c1", seq=1))  # a retry counts as activity: c2 is now the oldest
+    f.open("c3")  # evicts c2
+    assert f.names() == ["c1", "c3"]
+    retry = f(put("b", "1", client_id="c2", seq=1))
+    assert retry["error"] == "session_expired"
+    assert f.store.get("b") == KeyValue("b", "1", 2, 2, 1)  # applied once, as it was
 
 
-def test_session_eviction_is_deterministic() -> None:
-    commands = [
-        put(f"k{i % 7}", str(i), client_id=f"c{(i * 5) % 11}", seq=i // 3) for i in range(200)
-    ]
+def test_sessions_expire_by_the_committed_clock_only() -> None:
+    f = Feeder()
+    f.now = 1_000
+    f.open("old")
+    f.now = 5_000
+    f.open("new")
+    f(put("k", "1", client_id="old", seq=1))  # activity at clock 5000: old is now the newest
+    assert f.names() == ["new", "old"]
+    assert f.expire(10_000, ttl=6_000) == 0  # both active at 5000 > 10000 - 6000
+    assert f.expire(11_000, ttl=6_000) == 2
+    assert f(put("k", "1", client_id="old", seq=1))["error"] == "session_expired"
+    assert f.store.get("k") == KeyValue("k", "1", 1, 1, 1)
+
+
+def test_the_clock_never_goes_back_under_a_new_leader() -> None:
+    f = Feeder()
+    f.now = 50_000
+    f.open("c1")
+    assert f.expire(10_000, ttl=1_000) == 0  # a new leader whose clock is behind
+    assert f.store.sessions.clock == 50_000
+    assert f.expire(51_000, ttl=1_000) == 1
+
+
+def test_stored_results_are_bounded_in_bytes() -> None:
+    f = Feeder(KVStore(max_sessions=100, max_session_bytes=300_000))
+    big = "v" * 100_000
+    names = [f"c{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        f.open(name)
+        f(put(f"k{i}", big))
+        f(put(f"k{i}", big, client_id=name, seq=1))  # each result holds a 100 kB prev_value
+    assert f.store.sessions.bytes <= 300_000
+    assert f.names() == ["c3", "c4"]  # the oldest went to make room
+    assert f(put("k0", "again", client_id="c0", seq=1))["error"] == "session_expired"
+
+
+def test_session_eviction_and_expiry_are_deterministic() -> None:
+    commands: list[Any] = []
+    for i in range(300):
+        if i % 17 == 0:
+            commands.append(open_session_command(i * 10))
+        elif i % 29 == 0:
+            commands.append(expire_sessions_command(i * 10, 700))
+        else:
+            cid = str(1 + (i * 5) % 40)  # some are sessions, some never were
+            commands.append(put(f"k{i % 7}", str(i), client_id=cid, seq=i // 3))
     a, b = Feeder(KVStore(max_sessions=4)), Feeder(KVStore(max_sessions=4))
     results_a = [a(c) for c in commands]
     results_b = [b(json.loads(json.dumps(c))) for c in commands]
     assert results_a == results_b
     assert a.store == b.store
     assert _lines(a.store) == _lines(b.store)
-    assert len(_session_ids(a.store)) == 4
+    assert 0 < len(_session_ids(a.store)) <= 4
+    assert any(r.get("error") == "session_expired" for r in results_a)
 
 
 def test_max_sessions_must_be_positive() -> None:
     with pytest.raises(ValueError):
         KVStore(max_sessions=0)
+    with pytest.raises(ValueError):
+        KVStore(max_session_bytes=0)
 
 
 # ---- malformed commands -------------------------------------------------------------
@@ -306,6 +400,7 @@ def test_command_builders() -> None:
     assert put_command("k", "v") == {"op": "put", "key": "k", "value": "v"}
     assert delete_command("k", "c", 3) == {"op": "delete", "key": "k", "client_id": "c", "seq": 3}
     f = Feeder()
+    f.open("c")
     assert f(put_command("k", "v", client_id="c", seq=1))["created"] is True
 
 
@@ -331,13 +426,17 @@ def test_applied_index_tracks_entries_and_replays_are_ignored() -> None:
 
 def _busy_feeder(max_sessions: int = 3) -> Feeder:
     f = Feeder(KVStore(max_sessions=max_sessions))
+    f.now = 100
+    f.open("c1", "c2", "c3")
     f(put("x/1", "é"))
     f(put("x/2", "2", client_id="c1", seq=1))
     f(put("x/1", "again", client_id="c2", seq=4))
-    f(delete("x/2", client_id="c3", seq=0))
+    f(delete("x/2", client_id="c3", seq=1))
     f(put("日本", "値", client_id="c1", seq=2))
     f(delete("missing"))
-    f(put("z", "", client_id="c4", seq=9))  # evicts c2
+    f.expire(200, 1_000)  # expires nothing, moves the clock
+    f.open("c4")  # evicts c2
+    f(put("z", "", client_id="c4", seq=9))
     return f
 
 
@@ -347,8 +446,9 @@ def test_lines_round_trip_including_sessions() -> None:
     restored = KVStore.from_lines(lines)
     assert restored == f.store
     assert _lines(restored, rows_per_line=2) == lines
-    assert restored.max_sessions == 3
-    assert _session_ids(restored) == _session_ids(f.store) == ["c3", "c1", "c4"]
+    assert restored.max_sessions == 3 and restored.sessions.clock == 200
+    assert _session_ids(restored) == _session_ids(f.store)
+    assert f.names() == ["c3", "c1", "c4"]
     assert [kv.key for kv in restored.list()] == ["x/1", "z", "日本"]
     assert restored.get("x/1") == f.store.get("x/1")
     assert len(restored) == len(f.store) == 3
@@ -358,6 +458,7 @@ def test_a_rebuilt_store_shares_nothing_with_the_original() -> None:
     original = _busy_feeder()
     lines = _lines(original.store)
     rebuilt = Feeder(KVStore.from_lines(lines))
+    rebuilt.ids = dict(original.ids)
     rebuilt(put("x/1", "changed", client_id="c1", seq=3))  # a row and a session result
     rebuilt(delete("z"))
     assert _lines(original.store) == lines
@@ -365,16 +466,21 @@ def test_a_rebuilt_store_shares_nothing_with_the_original() -> None:
     original(delete("x/1"))
     assert rebuilt.store.get("日本") == KeyValue("日本", "値", 5, 5, 1)
     assert rebuilt.store.get("x/1") == KeyValue("x/1", "changed", 1, 7, 3)
+    assert "error" not in rebuilt.store.apply(
+        99, put("q", "1", client_id=original.ids["c1"], seq=4)
+    )
 
 
 def test_rebuilt_store_continues_identically() -> None:
     original = _busy_feeder()
     restored = Feeder(KVStore.from_lines(_lines(original.store, rows_per_line=2)))
+    restored.ids = dict(original.ids)
     more = [
         put("x/1", "3", client_id="c1", seq=2),  # duplicate: stored result
         put("x/1", "3", client_id="c1", seq=1),  # stale
-        put("x/1", "3", client_id="c2", seq=4),  # c2 was evicted: applies
-        put("new", "n", client_id="c5", seq=0),  # evicts the LRU session
+        put("x/1", "3", client_id="c2", seq=4),  # c2 was evicted: refused
+        open_session_command(300),  # evicts the least recently active session
+        expire_sessions_command(1_200, 1_000),  # c3 (active at 100) expires
         delete("日本"),
         put("日本", "again"),
     ]
@@ -386,6 +492,8 @@ def test_rebuilt_store_continues_identically() -> None:
 
 def test_equality_notices_session_order() -> None:
     a, b = Feeder(), Feeder()
+    a.open("c1", "c2")
+    b.open("c1", "c2")
     a(put("k", "1", client_id="c1", seq=1))
     a(put("k", "2", client_id="c2", seq=1))
     b(put("k", "1", client_id="c2", seq=1))
@@ -401,8 +509,12 @@ def _random_command(rng: random.Random) -> Any:
     key = rng.choice(["a", "a/b", "a/c", "b", "é/1", "日本", "k" + str(rng.randrange(40))])
     session: dict[str, Any] = {}
     if rng.random() < 0.6:
-        session = {"client_id": f"c{rng.randrange(12)}", "seq": rng.randrange(30)}
+        session = {"client_id": str(rng.randrange(40)), "seq": rng.randrange(30)}
     roll = rng.random()
+    if roll < 0.05:
+        return open_session_command(rng.randrange(10_000))
+    if roll < 0.08:
+        return expire_sessions_command(rng.randrange(10_000), rng.randrange(3_000))
     if roll < 0.55:
         return put(key, str(rng.randrange(1000)), **session)
     if roll < 0.9:
@@ -451,29 +563,39 @@ def test_freeze_is_a_consistent_capture_later_applies_do_not_change() -> None:
     before = list(frozen.lines(rows_per_line=1))
     f(put("x/1", "changed", client_id="c1", seq=3))  # overwrite + session update
     f(delete("z"))  # delete
-    f(put("a", "new", client_id="c9", seq=1))  # create + evict a session
+    f.open("c9")  # evicts a session
+    f(put("a", "new", client_id="c9", seq=1))  # create
     assert list(frozen.lines(rows_per_line=1)) == before
     assert len(frozen) == 3 and frozen.meta["revision"] == expected.revision
     assert KVStore.from_lines(before) == expected != f.store
 
 
 def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -> None:
-    f = Feeder(KVStore(max_sessions=5))
+    f = Feeder(KVStore(max_sessions=5, max_session_bytes=1 << 20))
+    f.now = 7
+    f.open("c0", "c1", "c2")
     for i in range(10):
-        f(put(f"k{9 - i}", "line\nbreak ✓", client_id=f"c{i % 3}", seq=i))
+        f(put(f"k{9 - i}", "line\nbreak ✓", client_id=f"c{i % 3}", seq=i + 1))
     lines = _lines(f.store, rows_per_line=4)
     assert all(b"\n" not in line for line in lines)
     header = json.loads(lines[0])
     assert header == {
-        "format": 2,
+        "format": 3,
         "revision": 10,
-        "applied_index": 10,
+        "applied_index": 13,
         "max_sessions": 5,
+        "max_session_bytes": 1 << 20,
+        "clock": 7,
         "sessions": 3,
         "keys": 10,
     }
     sessions = json.loads(lines[1])
-    assert [row[:2] for row in sessions] == [["c1", 7], ["c2", 8], ["c0", 9]]  # LRU order
+    # order of last activity, each with its last seq and the clock at that activity
+    assert [(row[0], row[1], row[3]) for row in sessions] == [
+        ("2", 8, 7),
+        ("3", 9, 7),
+        ("1", 10, 7),
+    ]
     flat = [x for line in lines[2:] for x in json.loads(line)]  # rows of five, flat
     key_rows = [flat[i : i + 5] for i in range(0, len(flat), 5)]
     assert [len(json.loads(line)) for line in lines[2:]] == [20, 20, 10]
@@ -484,6 +606,7 @@ def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -
 def test_lines_stay_bounded_with_large_values_and_session_results() -> None:
     f = Feeder(KVStore(max_sessions=100))
     big = "v" * 100_000
+    f.open(*[f"c{i}" for i in range(20)])
     for i in range(20):
         f(put(f"k{i:02d}", big))
         f(put(f"k{i:02d}", big, client_id=f"c{i}", seq=1))  # the result holds prev_value
@@ -503,30 +626,42 @@ def test_empty_store_lines() -> None:
 
 def test_apply_refuses_a_seq_beyond_63_bits() -> None:
     f = Feeder()
+    f.open("c")
     result = f(put("a", "1", client_id="c", seq=1 << 63))
     assert result["error"] == "invalid_command"
-    assert f.store.get("a") is None and _session_ids(f.store) == []
+    assert f.store.get("a") is None and f.store.sessions.table["1"] == (0, None, 0)
     assert "error" not in f(put("a", "1", client_id="c", seq=(1 << 63) - 1))
     assert KVStore.from_lines(_lines(f.store)) == f.store
 
 
 def _good_lines() -> list[bytes]:
-    f = Feeder(KVStore(max_sessions=3))
+    f = Feeder(KVStore(max_sessions=3, max_session_bytes=1000))
+    f.now = 9
+    f.open("c1")
     f(put("a", "1", client_id="c1", seq=1))
     f(put("b", "2"))
     f(put("a", "3"))
     lines = _lines(f.store)
-    assert lines == [
-        b'{"format":2,"revision":3,"applied_index":3,"max_sessions":3,"sessions":1,"keys":2}',
-        b'[["c1",1,{"key":"a","revision":1,"created":true,"prev_value":null}]]',
-        b'["a","3",1,3,2,"b","2",2,2,1]',
-    ]
+    assert lines == [HEADER, SESSIONS, KEYS]
     return lines
 
 
-HEADER = b'{"format":2,"revision":3,"applied_index":3,"max_sessions":3,"sessions":1,"keys":2}'
-SESSIONS = b'[["c1",1,{"key":"a","revision":1,"created":true,"prev_value":null}]]'
+HEADER = (
+    b'{"format":3,"revision":3,"applied_index":4,"max_sessions":3,"max_session_bytes":1000,'
+    b'"clock":9,"sessions":1,"keys":2}'
+)
+SESSIONS = b'[["1",1,{"key":"a","revision":1,"created":true,"prev_value":null},9]]'
 KEYS = b'["a","3",1,3,2,"b","2",2,2,1]'
+HEADER_V2 = b'{"format":2,"revision":3,"applied_index":4,"max_sessions":3,"sessions":1,"keys":2}'
+SESSIONS_V2 = b'[["c1",1,{"key":"a","revision":1,"created":true,"prev_value":null}]]'
+
+
+def test_format_2_lines_are_still_read() -> None:
+    store = KVStore.from_lines([HEADER_V2, SESSIONS_V2, KEYS])
+    assert store.sessions.table == {
+        "c1": (1, {"key": "a", "revision": 1, "created": True, "prev_value": None}, 0)
+    }
+    assert store.get("a") == KeyValue("a", "3", 1, 3, 2) and store.sessions.clock == 0
 
 
 def _header(**changes: Any) -> bytes:
@@ -546,7 +681,14 @@ def _header(**changes: Any) -> bytes:
         [b"[1, 2]", SESSIONS, KEYS],
         # format 1, the whole state as one document, is no longer read
         [b'{"format":1,"revision":0,"applied_index":0,"max_sessions":3,"data":[],"sessions":[]}'],
-        [_header(format=3), SESSIONS, KEYS],
+        [_header(format=4), SESSIONS, KEYS],
+        [_header(format=2), SESSIONS, KEYS],  # format 2 has no clock
+        [_header(clock=8), SESSIONS, KEYS],  # a session active after the clock
+        [_header(clock=-1), SESSIONS, KEYS],
+        [_header(max_session_bytes=0), SESSIONS, KEYS],
+        [HEADER, b'[["1",1,{},9,0]]', KEYS],  # five values
+        [HEADER, b'[["1",1,{},"9"]]', KEYS],
+        [_header(sessions=2), b'[["1",1,{},9],["2",1,{},8]]', KEYS],  # activity out of order
         [_header(keys=...), SESSIONS, KEYS],
         [_header(extra=1), SESSIONS, KEYS],
         [_header(revision=True), SESSIONS, KEYS],
@@ -577,14 +719,14 @@ def _header(**changes: Any) -> bytes:
         [HEADER, SESSIONS, b'["a","3",1,3,true,"b","2",2,2,1]'],
         [HEADER, SESSIONS, b'["a","3",1,3,2.0,"b","2",2,2,1]'],
         [HEADER, SESSIONS, b'["a","\\ud800",1,3,2,"b","2",2,2,1]'],  # lone surrogate
-        [HEADER, b'[["c1",1]]', KEYS],
-        [HEADER, b'[["c1","1",{}]]', KEYS],
-        [HEADER, b'[["c1",-1,{}]]', KEYS],
-        [HEADER, b'[["c1",9223372036854775808,{}]]', KEYS],
-        [HEADER, b'[["c1",1,[]]]', KEYS],
-        [HEADER, b'[["",1,{}]]', KEYS],
-        [_header(sessions=2), b'[["c1",1,{}],["c1",2,{}]]', KEYS],  # repeated client
-        [HEADER, b'[["c1",1,{}],["c2",2,{}]]', KEYS],  # more sessions than announced
+        [HEADER, b'[["c1",1,{}]]', KEYS],
+        [HEADER, b'[["c1","1",{},9]]', KEYS],
+        [HEADER, b'[["c1",-1,{},9]]', KEYS],
+        [HEADER, b'[["c1",9223372036854775808,{},9]]', KEYS],
+        [HEADER, b'[["c1",1,[],9]]', KEYS],
+        [HEADER, b'[["",1,{},9]]', KEYS],
+        [_header(sessions=2), b'[["c1",1,{},9],["c1",2,{},9]]', KEYS],  # repeated client
+        [HEADER, b'[["c1",1,{},9],["c2",2,{},9]]', KEYS],  # more sessions than announced
     ],
 )
 def test_from_lines_rejects_malformed_input(lines: list[bytes]) -> None:
@@ -603,3 +745,22 @@ def test_stored_rows_are_invisible_to_the_cyclic_gc() -> None:
         assert store._rows and not any(gc.is_tracked(row) for row in store._rows)
         kv = store.get("x/1")
         assert kv is not None and kv == KeyValue("x/1", "again", 1, 3, 2)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        {"op": "open_session"},
+        {"op": "open_session", "now": -1},
+        {"op": "open_session", "now": True},
+        {"op": "open_session", "now": 1.5},
+        {"op": "open_session", "now": 1 << 63},
+        {"op": "expire_sessions", "now": 5},
+        {"op": "expire_sessions", "now": 5, "ttl": "10"},
+    ],
+)
+def test_malformed_session_upkeep_is_refused_everywhere_alike(command: Any) -> None:
+    f = Feeder()
+    result = f(command)
+    assert result["error"] == "invalid_command"
+    assert len(f.store.sessions) == 0 and f.store.sessions.clock == 0

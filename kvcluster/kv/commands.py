@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-OPS = ("put", "delete")
+KV_OPS = ("put", "delete")
+# Session upkeep, proposed by the node layer (never sent by a client as such):
+# `open_session` carries the leader's clock (ms); `expire_sessions` its clock and the
+# idle time after which sessions go (see kv/sessions.py).
+SESSION_OPS = ("open_session", "expire_sessions")
+OPS = KV_OPS + SESSION_OPS
+MAX_CLOCK_MS = (1 << 63) - 1
 
 
 class InvalidCommand(ValueError):
@@ -20,13 +26,24 @@ class InvalidCommand(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A validated command; `client_id`/`seq` are both set or both None."""
+    """A validated command; `client_id`/`seq` are both set or both None.
+
+    `now_ms` and `ttl_ms` belong to the session ops (key is "" for them).
+    """
 
     op: str
     key: str
     value: str | None = None
     client_id: str | None = None
     seq: int | None = None
+    now_ms: int = 0
+    ttl_ms: int = 0
+
+
+def _check_ms(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_CLOCK_MS:
+        raise InvalidCommand(f"{name} must be an integer from 0 to 2**63-1, got {value!r}")
+    return value
 
 
 def _check_text(name: str, text: Any, *, allow_empty: bool = True) -> str:
@@ -54,6 +71,11 @@ def parse(command: Any) -> Command:
     op = command.get("op")
     if not isinstance(op, str) or op not in OPS:
         raise InvalidCommand(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    if op == "open_session":
+        return Command(op, "", now_ms=_check_ms("now", command.get("now")))
+    if op == "expire_sessions":
+        now = _check_ms("now", command.get("now"))
+        return Command(op, "", now_ms=now, ttl_ms=_check_ms("ttl", command.get("ttl")))
     key = _check_text("key", command.get("key"), allow_empty=False)
     value = _check_text("value", command.get("value")) if op == "put" else None
 
@@ -81,6 +103,16 @@ def delete_command(
 ) -> dict[str, Any]:
     """Build a delete command dict."""
     return _with_session({"op": "delete", "key": key}, client_id, seq)
+
+
+def open_session_command(now_ms: int) -> dict[str, Any]:
+    """Open a client session at the leader's time `now_ms`."""
+    return {"op": "open_session", "now": now_ms}
+
+
+def expire_sessions_command(now_ms: int, ttl_ms: int) -> dict[str, Any]:
+    """Let the leader's time `now_ms` pass: sessions idle for `ttl_ms` go."""
+    return {"op": "expire_sessions", "now": now_ms, "ttl": ttl_ms}
 
 
 def _with_session(cmd: dict[str, Any], client_id: str | None, seq: int | None) -> dict[str, Any]:

@@ -6,16 +6,19 @@ decodes) one bounded line at a time and the GIL changes hands between lines.
 
 Lines (orjson, compact, no newline inside any of them):
 
-    {"format":2,"revision":R,"applied_index":A,"max_sessions":M,"sessions":S,"keys":K}
-    [[client_id, seq, result], ...]                     session lines, S rows in all
+    {"format":3,"revision":R,"applied_index":A,"max_sessions":M,
+     "max_session_bytes":B,"clock":C,"sessions":S,"keys":K}
+    [[client_id, seq, result or null, last_active], ...]   session lines, S rows in all
     [key, value, create_revision, mod_revision, version, key, value, ...]
                                                         key lines, K rows of 5 in all
 
-Sessions come in LRU order (that order decides future evictions), keys in key
-order. Sessions get lines of their own rather than riding in the header
-because a stored result can carry a 1 MiB `prev_value`: a header holding 10,000
-of them would be the unbounded line this format exists to avoid. A line holds
-at most `rows_per_line` rows and, unless one row alone is larger, about
+Sessions come in order of last activity (that order decides future expiry and
+eviction), keys in key order. Format 2 (no clock, no activity times, no byte
+bound) is still read: its sessions count as active at time 0. Sessions get
+lines of their own rather than riding in the header because a stored result
+can carry a 1 MiB `prev_value`: a header holding 10,000 of them would be the
+unbounded line this format exists to avoid. A line holds at most
+`rows_per_line` rows and, unless one row alone is larger, about
 `max_line_bytes` of text.
 
 Key rows are flat, five values after five, not one array per row: decoding a
@@ -30,24 +33,27 @@ repeated, and counts that disagree with the header all raise ValueError.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .sessions import MAX_SESSION_BYTES, SessionTable
+
 if TYPE_CHECKING:
     from .store import KVStore
 
 Row = tuple[str, str, int, int, int]  # key, value, create_revision, mod_revision, version
 
-LINES_FORMAT = 2  # format 1, the whole state as one JSON document, is no longer read
+LINES_FORMAT = 3  # format 1, the whole state as one JSON document, is no longer read
 MAX_INT = (1 << 63) - 1  # every integer fits a signed 64-bit field, as on the wire
 
-_HEADER_KEYS = frozenset(
+_HEADER_KEYS_V2 = frozenset(
     {"format", "revision", "applied_index", "max_sessions", "sessions", "keys"}
 )
+_HEADER_KEYS = _HEADER_KEYS_V2 | {"max_session_bytes", "clock"}
 _KEY = itemgetter(0)
 _VALUE = itemgetter(1)
 _ROW_OVERHEAD = 48  # brackets, quotes, commas and three integers, roughly
@@ -61,22 +67,31 @@ class FrozenKV:
     left to `lines()`, which is meant to run in a worker thread.
     """
 
-    __slots__ = ("_rows", "_sessions", "applied_index", "max_sessions", "revision")
+    __slots__ = ("_rows", "_sessions", "applied_index", "revision")
 
     def __init__(
-        self,
-        *,
-        revision: int,
-        applied_index: int,
-        max_sessions: int,
-        rows: list[Row],
-        sessions: Mapping[str, tuple[int, dict[str, Any]]],
+        self, *, revision: int, applied_index: int, rows: list[Row], sessions: SessionTable
     ) -> None:
         self.revision = revision
         self.applied_index = applied_index
-        self.max_sessions = max_sessions
         self._rows = rows
         self._sessions = sessions
+
+    def _header(self) -> dict[str, Any]:
+        sessions = self._sessions
+        return {
+            "format": LINES_FORMAT,
+            "revision": self.revision,
+            "applied_index": self.applied_index,
+            "max_sessions": sessions.max_sessions,
+            "max_session_bytes": sessions.max_bytes,
+            "clock": sessions.clock,
+            "sessions": len(sessions),
+            "keys": len(self._rows),
+        }
+
+    def _session_rows(self) -> list[list[Any]]:
+        return [[cid, seq, res, active] for cid, (seq, res, active) in self._sessions.table.items()]
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -84,30 +99,14 @@ class FrozenKV:
     @property
     def meta(self) -> dict[str, Any]:
         """Everything but the keys: header fields plus the sessions as rows."""
-        return {
-            "format": LINES_FORMAT,
-            "revision": self.revision,
-            "applied_index": self.applied_index,
-            "max_sessions": self.max_sessions,
-            "sessions": [[cid, seq, dict(res)] for cid, (seq, res) in self._sessions.items()],
-            "keys": len(self._rows),
-        }
+        return {**self._header(), "sessions": self._session_rows()}
 
     def lines(self, rows_per_line: int = 4096, max_line_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole state as newline-free JSON lines (see the module docstring)."""
         if rows_per_line < 1 or max_line_bytes < 1:
             raise ValueError("rows_per_line and max_line_bytes must be positive")
-        yield orjson.dumps(
-            {
-                "format": LINES_FORMAT,
-                "revision": self.revision,
-                "applied_index": self.applied_index,
-                "max_sessions": self.max_sessions,
-                "sessions": len(self._sessions),
-                "keys": len(self._rows),
-            }
-        )
-        sessions = [[cid, seq, res] for cid, (seq, res) in self._sessions.items()]
+        yield orjson.dumps(self._header())
+        sessions = self._session_rows()
         yield from _bounded(sessions, rows_per_line, max_line_bytes, _session_size, list)
         rows = self._rows
         for start in range(0, len(rows), rows_per_line):
@@ -129,7 +128,7 @@ def _kv_size(row: Any) -> int:
 
 
 def _session_size(row: Any) -> int:
-    res = row[2]
+    res = row[2] or {}
     return len(row[0]) + sum(len(str(v)) + len(k) + 8 for k, v in res.items()) + _ROW_OVERHEAD
 
 
@@ -184,36 +183,49 @@ def decode_lines(lines: Iterable[bytes], store: KVStore) -> None:
         head = orjson.loads(first)
     except orjson.JSONDecodeError as e:
         raise ValueError(f"header line is not JSON: {e}") from None
-    if type(head) is not dict or head.keys() != _HEADER_KEYS:
-        raise ValueError(f"header must be an object with exactly {sorted(_HEADER_KEYS)}")
-    if head["format"] != LINES_FORMAT:
-        raise ValueError(f"unsupported kv line format {str(head['format'])[:40]}")
+    if type(head) is not dict:
+        raise ValueError("the header line must be a JSON object")
+    if head.get("format") not in (2, LINES_FORMAT):
+        raise ValueError(f"unsupported kv line format {str(head.get('format'))[:40]}")
+    v2 = head["format"] == 2
+    expected = _HEADER_KEYS_V2 if v2 else _HEADER_KEYS
+    if head.keys() != expected:
+        raise ValueError(f"header must be an object with exactly {sorted(expected)}")
     revision = _int(head["revision"], "revision")
     applied = _int(head["applied_index"], "applied_index")
     max_sessions = _int(head["max_sessions"], "max_sessions")
+    max_bytes = MAX_SESSION_BYTES if v2 else _int(head["max_session_bytes"], "max_session_bytes")
+    clock = 0 if v2 else _int(head["clock"], "clock")
     n_sessions = _int(head["sessions"], "sessions")
     n_keys = _int(head["keys"], "keys")
     if revision > applied:
         raise ValueError(f"revision {revision} > applied_index {applied}: impossible")
-    if max_sessions < 1 or n_sessions > max_sessions:
+    if max_sessions < 1 or max_bytes < 1 or n_sessions > max_sessions:
         raise ValueError(f"{n_sessions} sessions do not fit max_sessions {max_sessions}")
-    store.max_sessions, store.revision, store.applied_index = max_sessions, revision, applied
-
-    sessions = store._sessions
-    while len(sessions) < n_sessions:
+    store.revision, store.applied_index = revision, applied
+    sessions = store.sessions = SessionTable(max_sessions, max_bytes)
+    sessions.clock = clock
+    table = sessions.table
+    row_len = 3 if v2 else 4
+    last_active = 0
+    while len(table) < n_sessions:
         line = next(it, None)
         if line is None:
-            raise ValueError(f"{len(sessions)} sessions of {n_sessions}: truncated")
+            raise ValueError(f"{len(table)} sessions of {n_sessions}: truncated")
         for row in _rows(line, "session"):
-            if type(row) is not list or len(row) != 3:
-                raise ValueError("a session row must be [client_id, seq, result]")
-            cid, seq, result = row
-            if type(cid) is not str or not cid or cid in sessions:
+            if type(row) is not list or len(row) != row_len:
+                raise ValueError(f"a session row must hold {row_len} values")
+            cid, seq, result = row[:3]
+            active = 0 if v2 else _int(row[3], "last_active")
+            if type(cid) is not str or not cid or cid in table:
                 raise ValueError(f"bad or repeated session client_id {str(cid)[:40]}")
-            if type(result) is not dict:
-                raise ValueError("a session result must be an object")
-            sessions[cid] = (_int(seq, "seq"), result)
-        if len(sessions) > n_sessions:
+            if result is not None and type(result) is not dict:
+                raise ValueError("a session result must be an object or null")
+            if not last_active <= active <= clock:
+                raise ValueError(f"session {cid[:40]!r}: activity out of order or in the future")
+            last_active = active
+            sessions.load(cid, _int(seq, "seq"), result, active)
+        if len(table) > n_sessions:
             raise ValueError(f"more sessions than the {n_sessions} announced")
 
     rows, keys = store._rows, store._keys

@@ -3,28 +3,28 @@
 Every replica applies the same committed log to its own `KVStore`, so the store
 must be a pure function of that log: no clocks, no randomness, no I/O, and no
 dependence on hash or set iteration order. Anything ordered (the key index, the
-session LRU) is ordered by key or by order of application, both of which are
-the same on every node.
+sessions) is ordered by key or by order of application, both of which are the
+same on every node; the only time it knows is the leader's, committed in the log.
 
 Revisions follow etcd: one global `revision` bumped by every mutation that
 changes something; per key a `create_revision`, `mod_revision` and `version`
 (1 on create, +1 per put; a delete forgets the key, so re-creating it starts
 again at version 1 with a new create_revision).
 
-Client sessions (Raft thesis, section 6.3) make retried commands apply once: per
-client we keep the highest `seq` applied and its result, bounded to
-`max_sessions` clients with least-recently-used eviction.
+Client sessions (Raft thesis, section 6.3) make retried commands apply once;
+they are opened through the log, expire by the leader's committed clock and
+are bounded in number and bytes (`kv/sessions.py`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .commands import Command, InvalidCommand, parse
+from .sessions import MAX_SESSION_BYTES, MAX_SESSIONS, Expired, SessionTable, Stale
 from .snapshot import MAX_INT, FrozenKV, Row, decode_lines
 
 
@@ -55,10 +55,10 @@ def _error(code: str, message: str) -> dict[str, Any]:
 class KVStore:
     """The state machine; `apply()` is the only way the replicated state changes."""
 
-    def __init__(self, max_sessions: int = 10_000) -> None:
-        if max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
-        self.max_sessions = max_sessions
+    def __init__(
+        self, max_sessions: int = MAX_SESSIONS, max_session_bytes: int = MAX_SESSION_BYTES
+    ) -> None:
+        self.sessions = SessionTable(max_sessions, max_session_bytes)
         self.revision = 0
         self.applied_index = 0
         # Each key is one row tuple (key, value, create_revision, mod_revision, version) in
@@ -77,8 +77,10 @@ class KVStore:
         # also UTF-8 byte order, as in etcd.
         self._keys: list[str] = []
         self._rows: list[Row] = []
-        # client_id -> (highest seq applied, its result); order = least recently used first.
-        self._sessions: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+
+    @property
+    def max_sessions(self) -> int:
+        return self.sessions.max_sessions
 
     # ---- applying the log -------------------------------------------------------
 
@@ -97,6 +99,15 @@ class KVStore:
             cmd = parse(command)
         except InvalidCommand as e:
             return _error("invalid_command", str(e))
+        if cmd.op == "open_session":
+            # The session's id is its entry's index: unique, and never reused, so
+            # no retry can ever find a new session under an old one's name.
+            client_id = str(index)
+            evicted = self.sessions.open(client_id, cmd.now_ms)
+            return {"client_id": client_id, "revision": self.revision, "evicted": evicted}
+        if cmd.op == "expire_sessions":
+            expired = self.sessions.expire(cmd.now_ms, cmd.ttl_ms)
+            return {"expired": expired, "revision": self.revision}
 
         if cmd.client_id is None or cmd.seq is None:
             return self._execute(cmd)
@@ -104,22 +115,24 @@ class KVStore:
             # The API refuses such a seq already; one that reaches the log anyway must
             # not enter the sessions, or no snapshot (64-bit integers) could hold them.
             return _error("invalid_command", f"seq must be at most 2**63-1, got {cmd.seq}")
-        session = self._sessions.get(cmd.client_id)
-        if session is not None:
-            last_seq, last_result = session
-            if cmd.seq == last_seq:  # a retry of the last command: answer it again
-                self._sessions.move_to_end(cmd.client_id)
-                return dict(last_result)
-            if cmd.seq < last_seq:
-                return _error(
-                    "stale_sequence",
-                    f"client {cmd.client_id!r} seq {cmd.seq} < last applied seq {last_seq}",
-                )
+        try:
+            replayed = self.sessions.replay(cmd.client_id, cmd.seq)
+        except Expired:
+            return _error(
+                "session_expired",
+                f"no session {cmd.client_id!r}: it expired, was evicted or was never opened; "
+                "nothing was applied now, but an earlier attempt of this write may have been. "
+                "Open a new session (POST /v1/sessions)",
+            )
+        except Stale as e:
+            return _error(
+                "stale_sequence",
+                f"client {cmd.client_id!r} seq {cmd.seq} < last applied seq {e.args[0]}",
+            )
+        if replayed is not None:  # a retry of the last command: answer it again
+            return replayed
         result = self._execute(cmd)
-        self._sessions[cmd.client_id] = (cmd.seq, dict(result))
-        self._sessions.move_to_end(cmd.client_id)
-        if len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        self.sessions.record(cmd.client_id, cmd.seq, result)
         return result
 
     def mark_applied(self, index: int) -> None:
@@ -201,19 +214,16 @@ class KVStore:
     def freeze(self) -> FrozenKV:
         """A consistent capture for a snapshot, cheap enough for the event loop.
 
-        One shallow copy of the sorted rows (and of the at most `max_sessions`
-        sessions): rows are tuples and stored session results are never
-        mutated, so later applies replace them in the store and leave the
-        capture as it was. Encode it with `FrozenKV.lines()` in a worker thread.
+        One shallow copy of the sorted rows (and of the bounded session
+        table): rows are tuples and stored session results are never mutated,
+        so later applies replace them in the store and leave the capture as it
+        was. Encode it with `FrozenKV.lines()` in a worker thread.
         """
         return FrozenKV(
             revision=self.revision,
             applied_index=self.applied_index,
-            max_sessions=self.max_sessions,
             rows=self._rows.copy(),
-            # OrderedDict.copy runs in C without a tuple per item: 10,000 sessions as
-            # list(items()) cost 10,000 tracked tuples, and the GC passes they trigger.
-            sessions=self._sessions.copy(),
+            sessions=self.sessions.copy(),
         )
 
     @classmethod
@@ -233,9 +243,8 @@ class KVStore:
         return (
             self.revision == other.revision
             and self.applied_index == other.applied_index
-            and self.max_sessions == other.max_sessions
             and self._rows == other._rows
-            and self._sessions == other._sessions  # OrderedDict: order-sensitive, as needed
+            and self.sessions == other.sessions
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
@@ -243,5 +252,5 @@ class KVStore:
     def __repr__(self) -> str:
         return (
             f"KVStore(keys={len(self)}, revision={self.revision}, "
-            f"applied_index={self.applied_index}, sessions={len(self._sessions)})"
+            f"applied_index={self.applied_index}, sessions={len(self.sessions)})"
         )
