@@ -2,6 +2,7 @@
 
 from .core import (
     ConfigChangeError,
+    ConfigError,
     HardState,
     NotLeader,
     RaftNode,
@@ -16,6 +17,7 @@ from .messages import Entry, EntryKind, Message, MessageType
 
 __all__ = [
     "ConfigChangeError",
+    "ConfigError",
     "Entry",
     "EntryKind",
     "HardState",

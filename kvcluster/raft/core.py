@@ -18,6 +18,7 @@ why the same code runs in a node process and in the deterministic simulator.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,24 @@ class Role(enum.Enum):
     LEADER = "leader"
 
 
+# Bounds of the Raft timing settings (seconds).
+MIN_HEARTBEAT = 0.001
+MAX_ELECTION_TIMEOUT = 60.0
+
+
+class ConfigError(ValueError):
+    """A setting a node cannot work with; `setting` names it (as in `Cluster(...)`).
+
+    Raised wherever configuration is checked (RaftOptions, NodeConfig,
+    Cluster); the command line turns it into a usage error naming its flag.
+    """
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting} {reason}")
+        self.setting = setting
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class RaftOptions:
     election_timeout: tuple[float, float] = (0.5, 1.0)
@@ -60,13 +79,37 @@ class RaftOptions:
     auto_promote: bool = True  # promote a learner to voter once it has caught up
 
     def __post_init__(self) -> None:
-        lo, hi = self.election_timeout
-        if not 0 < lo <= hi:
-            raise ValueError(f"election_timeout must be (lo, hi) with 0 < lo <= hi, got {lo, hi}")
-        if not 0 < self.heartbeat_interval < lo:
-            raise ValueError(
-                "heartbeat_interval must be positive and shorter than the election timeout"
+        # A heartbeat below 1 ms or an infinite one spins the node's loop at 100%
+        # CPU; an election timeout of hours never elects: both are refused here,
+        # the one place every caller (CLI, Cluster, simulator) passes through.
+        timeout = self.election_timeout
+        pair = isinstance(timeout, tuple | list) and len(timeout) == 2
+        lo, hi = timeout if pair else (math.nan, math.nan)
+        if not (_seconds(lo) and _seconds(hi) and 0 < lo <= hi <= MAX_ELECTION_TIMEOUT):
+            raise ConfigError(
+                "election_timeout",
+                f"must be (lo, hi) seconds with 0 < lo <= hi <= {MAX_ELECTION_TIMEOUT:g}, "
+                f"got {timeout!r}",
             )
+        hb = self.heartbeat_interval
+        if not (_seconds(hb) and MIN_HEARTBEAT <= hb < lo):
+            raise ConfigError(
+                "heartbeat_interval",
+                f"must be at least {MIN_HEARTBEAT:g} s and below the election timeout's low "
+                f"end ({lo:g} s), got {hb!r}",
+            )
+        for name in ("max_append_entries", "max_append_bytes", "max_inflight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be an integer of at least 1, got {value!r}")
+        if not (_seconds(self.lease_ratio) and 0 < self.lease_ratio < 1):
+            # A lease as long as the election timeout could outlive the leadership.
+            raise ConfigError("lease_ratio", f"must be in (0, 1), got {self.lease_ratio!r}")
+
+
+def _seconds(value: object) -> bool:
+    """A finite real number (bools are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -913,6 +956,7 @@ _HANDLERS = {
 
 __all__ = [
     "ConfigChangeError",
+    "ConfigError",
     "HardState",
     "Member",
     "NotLeader",
