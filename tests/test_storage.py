@@ -422,6 +422,105 @@ def test_flipped_bit_in_a_non_last_segment_is_an_error(tmp_path: Path) -> None:
         disk(tmp_path)
 
 
+def _last_record(path: Path) -> tuple[int, int]:
+    """(offset, body length) of the last record of a segment."""
+    off = _offsets(path)[-1]
+    return off, FRAME.unpack_from(path.read_bytes(), off)[0]
+
+
+@pytest.mark.parametrize(
+    "where", ["entry-body", "entry-crc", "entry-length-shorter", "hard-state-body"]
+)
+def test_a_corrupted_complete_last_record_stops_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """The file does not end inside the last record, so its bad CRC is no torn
+    write: it may be an acknowledged write (with one node, the whole quorum),
+    and recovery stops instead of dropping it with a warning."""
+    st = disk(tmp_path)
+    st.save(HardState(1, "n1"), entries(1, 5))
+    if where == "hard-state-body":
+        st.save(HardState(2, "n2"), [])
+    seg = st.segments[-1]
+    st.close()
+    size = seg.stat().st_size
+    off, n = _last_record(seg)
+    pos, bit = {
+        "entry-body": (off + FRAME.size + n // 2, 5),
+        "entry-crc": (off + 6, 1),
+        # clear the length's lowest set bit: shorter, so it still fits in the file
+        "entry-length-shorter": (off, (n & -n).bit_length() - 1),
+        "hard-state-body": (off + FRAME.size + 1, 0),  # the term
+    }[where]
+    assert n & 0xFF  # the lowest set bit is in the first byte
+    _flip(seg, pos, bit)
+    with (
+        caplog.at_level(logging.WARNING, logger="kvcluster.storage"),
+        pytest.raises(CorruptLogError) as err,
+    ):
+        disk(tmp_path)
+    assert err.value.path == str(seg) and err.value.offset == off
+    assert f"{seg} at byte offset {off}" in str(err.value)
+    assert "does not end inside it" in str(err.value)
+    assert "torn" not in caplog.text
+    assert seg.stat().st_size == size  # nothing was truncated
+
+
+def test_a_complete_last_record_followed_by_zeros_is_still_corrupt(tmp_path: Path) -> None:
+    """Zeros after a damaged complete record do not make it torn: only a tail of
+    nothing but zeros is bytes that never reached the disk."""
+    st = disk(tmp_path)
+    st.save(HardState(1, "n1"), entries(1, 3))
+    seg = st.segments[-1]
+    st.close()
+    off, n = _last_record(seg)
+    _flip(seg, off + FRAME.size + n - 1)
+    with open(seg, "ab") as f:
+        f.write(b"\0" * 4096)
+    with pytest.raises(CorruptLogError, match=f"at byte offset {off}: CRC mismatch"):
+        disk(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("tail", "why"),
+    [
+        (b"\xff" * 12, "impossible record length 4294967295, followed by bytes that are not"),
+        (b"\0" * 4 + b"junk" + b"\0" * 8, "impossible record length 0, followed by bytes"),
+    ],
+    ids=["all-ones", "zero-length-then-junk"],
+)
+def test_an_impossible_length_that_is_no_zeroed_tail_is_corrupt(
+    tmp_path: Path, tail: bytes, why: str
+) -> None:
+    st = disk(tmp_path)
+    st.save(HardState(1, "n1"), entries(1, 3))
+    seg = st.segments[-1]
+    st.close()
+    end = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(tail)
+    with pytest.raises(CorruptLogError, match=f"at byte offset {end}: {why}"):
+        disk(tmp_path)
+
+
+def test_a_last_record_the_file_ends_inside_is_torn_even_if_its_length_is_damaged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the rule cannot tell: a damaged length that runs past the end of the
+    file looks exactly like a record cut short by a crash. It is cut, loudly."""
+    st = disk(tmp_path)
+    st.save(HardState(1, "n1"), entries(1, 3))
+    seg = st.segments[-1]
+    st.close()
+    off, _ = _last_record(seg)
+    _flip(seg, off + 1, 4)  # +4096 bytes: past the end of the file
+    with caplog.at_level(logging.WARNING, logger="kvcluster.storage"):
+        got = disk(tmp_path).load()
+    assert [e.index for e in got.entries] == [1, 2]
+    assert f"torn record at byte offset {off}" in caplog.text
+    assert seg.stat().st_size == off
+
+
 # ---------------------------------------------------------------- snapshots and compaction
 
 

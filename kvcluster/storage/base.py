@@ -82,10 +82,21 @@ class FailStop:
 
 
 class CorruptLogError(StorageError):
-    """Stored data is damaged somewhere a crash cannot explain: recovery must stop."""
+    """Stored data is damaged somewhere a crash cannot explain: recovery must stop.
+
+    The message says where, and what an operator can do: the node never repairs
+    it by itself, since whatever it dropped might have been acknowledged."""
+
+    HINT = (
+        "Recovery stops rather than drop data that may have been acknowledged: restore "
+        "the data directory from a backup, or remove this member and add it back with an "
+        "empty data directory so that it copies the log from the others"
+    )
 
     def __init__(self, path: str, offset: int, reason: str) -> None:
-        super().__init__(f"corrupt write-ahead log {path} at byte offset {offset}: {reason}")
+        super().__init__(
+            f"corrupt write-ahead log {path} at byte offset {offset}: {reason}. {self.HINT}"
+        )
         self.path = path
         self.offset = offset
         self.reason = reason

@@ -7,9 +7,19 @@ over the length bytes and the body, and the body is a type byte plus a payload:
   ENTRY       index:u64 | term:u64 | kind:u8 | data (compact JSON, utf-8)
   SNAPSHOT    index:u64 | term:u64 | keep:u8   (a marker: the log was compacted)
 
-Reading tells a torn tail (a crash mid-write: the bad record is the last thing
-in the last segment, nothing valid follows) from corruption (anything else),
-because the first may be truncated and the second must stop recovery.
+Reading tells a torn write from corruption by where the file ends: the first
+may be truncated, the second must stop recovery. A bad record in the last
+segment is torn only if the file ends inside it (a short header, or a length
+running past the end, with no sound record after it that a damaged length could
+have hidden). A tail of nothing but zero bytes counts as torn too: after a
+power loss a filesystem may keep a file's new size without the data of its last
+writes, and no record we write is all zeros, so those are bytes that never
+reached the disk. Everything else is corruption wherever it is: a complete
+record (its length fits in the file) whose CRC fails or whose body makes no
+sense, or an impossible length followed by anything but zeros. A complete last
+record may be an acknowledged write (with one node, the quorum's only copy), so
+it is never dropped on a guess; even one whose last blocks read as zeros is
+reported, not cut: a stop costs an operator a look, a wrong cut costs data.
 """
 
 from __future__ import annotations
@@ -124,17 +134,37 @@ def _frame_at(buf: bytes, off: int) -> tuple[int, str]:
     return end, ""
 
 
+def _zeros_from(buf: bytes, off: int) -> bool:
+    """Is everything from `off` to the end of the file a zero byte?"""
+    return buf.count(0, off) == len(buf) - off
+
+
 def _sound_frame_after(buf: bytes, off: int) -> int | None:
     """Offset of the first frame after `off` that passes its CRC, if any.
 
-    Only run on a bad record in the last segment. Any later sound record means
-    the bad one is not a torn tail; scanning every offset also finds records
-    whose boundary a damaged length field hid.
+    Only run on a record the file ends inside. Any later sound record means its
+    length field was damaged (it hid the records after it): not a torn write.
     """
     for pos in range(off + 1, len(buf) - FRAME.size + 1):
         if _frame_at(buf, pos)[0] != -1:
             return pos
     return None
+
+
+def _torn(buf: bytes, off: int, why: str) -> tuple[bool, str]:
+    """Whether the bad record at `off` in the last segment is a torn write (see
+    the module docstring), and if not, why it is corruption."""
+    if _zeros_from(buf, off) or off + FRAME.size > len(buf):
+        return True, ""  # a zeroed tail, or the file ends inside the header
+    n = LENGTH.unpack_from(buf, off)[0]
+    if n == 0 or n > MAX_BODY:
+        return False, f"{why}, followed by bytes that are not all zeros"
+    if off + FRAME.size + n <= len(buf):
+        return False, f"{why} in a complete record: the file does not end inside it"
+    after = _sound_frame_after(buf, off)
+    if after is not None:
+        return False, f"{why}; a valid record follows at {after}"
+    return True, ""  # the file ends inside the record
 
 
 def read_segment(
@@ -152,9 +182,9 @@ def read_segment(
         if end == -1:
             if not last:
                 raise CorruptLogError(str(path), off, f"{why} (in a segment that is not the last)")
-            after = _sound_frame_after(buf, off)
-            if after is not None:
-                raise CorruptLogError(str(path), off, f"{why}; a valid record follows at {after}")
+            torn, reason = _torn(buf, off, why)
+            if not torn:
+                raise CorruptLogError(str(path), off, reason)
             return records, off
         try:
             records.append((off, decode_body(buf[off + FRAME.size : end], skip_data_upto)))
