@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import numbers
 import os
 import secrets
 import shutil
@@ -34,7 +35,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .raft import RaftOptions
-from .server.config import EVENT_LOOPS, READ_MODES, NodeConfig
+from .server.config import NodeConfig, check_cluster
 from .server.main import run_node
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ class Cluster:
     """`with Cluster(n=5) as c:` starts five nodes on 127.0.0.1 and stops them after.
 
     Nodes are addressed by index 0..n-1 (`add_node()` appends). Times are seconds.
+    They listen on ports the OS picks, or on first_port, first_port + 1, ... A
+    setting no node could work with raises ConfigError (a ValueError) naming it.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Cluster:
         check_quorum: bool = True,
         request_timeout: float = 5.0,
         host: str = "127.0.0.1",
+        first_port: int = 0,
         work_dir: str | os.PathLike[str] | None = None,
         token: str | None = None,
         seed: int | None = None,
@@ -129,24 +133,35 @@ class Cluster:
         start: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
-        if n < 1:
-            raise ValueError("a cluster needs at least one node")
-        if read_mode not in READ_MODES:
-            raise ValueError(f"read_mode must be one of {READ_MODES}")
-        if storage not in ("memory", "disk"):
-            raise ValueError("storage must be 'memory' or 'disk'")
-        if event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop must be one of {EVENT_LOOPS}")
         self.raft_options = RaftOptions(
-            election_timeout=(float(election_timeout[0]), float(election_timeout[1])),
-            heartbeat_interval=float(heartbeat_interval),
+            election_timeout=_seconds_pair(election_timeout),
+            heartbeat_interval=_seconds(heartbeat_interval),
             pre_vote=pre_vote,
             check_quorum=check_quorum,
         )
+        self.token = token or secrets.token_hex(16)
+        # The one check `kvcluster serve` and `kvcluster up` make too (a
+        # ConfigError naming the setting), before any directory or process exists.
+        check_cluster(
+            n,
+            first_port,
+            token=self.token,
+            host=host,
+            raft=self.raft_options,
+            read_mode=read_mode,
+            request_timeout=request_timeout,
+            storage=storage,
+            data_dir=os.fspath(data_dir) if data_dir is not None else "data",
+            fsync=fsync,
+            snapshot_every=snapshot_every,
+            snapshot_keep=snapshot_keep,
+            event_loop=event_loop,
+            seed=seed,
+        )
+        self.first_port = first_port  # node i listens on first_port + i (0: any free port)
         self.read_mode = read_mode
         self.request_timeout = request_timeout
         self.host = host
-        self.token = token or secrets.token_hex(16)
         self.seed = seed
         self.start_timeout = start_timeout
         self._own_dir = work_dir is None
@@ -182,7 +197,7 @@ class Cluster:
             return self
         self._started = True
         try:
-            pipes = [self._spawn(h, port=0) for h in self.nodes]
+            pipes = [self._spawn(h, port=self._first_port_of(h)) for h in self.nodes]
             ports = [
                 self._recv(h, pipe, "bound") for h, pipe in zip(self.nodes, pipes, strict=True)
             ]
@@ -213,6 +228,11 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _first_port_of(self, h: NodeHandle) -> int:
+        """Where node h listens when the cluster starts: first_port + its index, or
+        0 (any free port) if no first port was given."""
+        return self.first_port + h.index if self.first_port else 0
 
     def _url(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -592,6 +612,20 @@ class Cluster:
         df = df.sort_values("t", kind="stable").reset_index(drop=True)
         df["time"] = df["t"] - df["t"].iloc[0]
         return df
+
+
+def _seconds(value: Any) -> Any:
+    """A real number as a float (numpy's included); anything else as it is, for
+    RaftOptions to refuse by name."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _seconds_pair(value: Any) -> Any:
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        return (_seconds(value[0]), _seconds(value[1]))
+    return value
 
 
 def _harness_session() -> requests.Session:

@@ -1,14 +1,49 @@
-"""Everything a node process needs to know to start."""
+"""Everything a node process needs to know to start, and the one place it is checked.
+
+`NodeConfig` refuses, with a `ConfigError` naming the setting and its allowed
+range, anything a node could not work with (`RaftOptions` does the same for
+the Raft timing). The parsers below turn the command line's text into those
+settings, and `check_cluster` adds what only a `Cluster` has (its size, its
+first port): `kvcluster serve`, `kvcluster up` and `Cluster(...)` all go
+through these, so a setting is accepted or refused the same way everywhere.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
-from ..raft import RaftOptions
+from ..raft import ConfigError, RaftOptions
 from ..storage.wal import FsyncPolicy
+
+__all__ = [
+    "EVENT_LOOPS",
+    "MAX_NODES",
+    "READ_MODES",
+    "ConfigError",
+    "NodeConfig",
+    "check_cluster",
+    "check_name",
+    "parse_listen",
+    "parse_members",
+    "parse_peer_url",
+    "parse_peer_urls",
+]
 
 READ_MODES = ("proxy", "read_index", "lease", "serializable")
 EVENT_LOOPS = ("uvloop", "asyncio")
+FSYNC_POLICIES = ("always", "batch", "never")
+STORAGES = ("memory", "disk")
+
+MAX_NODES = 64  # members of one cluster (etcd advises at most 7 voters)
+MAX_NAME = 64  # what a member id may hold on the wire (server/validate.MAX_MEMBER_ID)
+NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+MAX_TOKEN = 512
+MAX_URL = 256  # what the routes accept as a member's address
+MAX_WAIT = 3600.0  # seconds: the longest request or peer timeout that makes sense
 
 
 @dataclass(slots=True)
@@ -41,17 +76,207 @@ class NodeConfig:
     event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
-        if self.read_mode not in READ_MODES:
-            raise ValueError(f"read_mode must be one of {READ_MODES}, got {self.read_mode!r}")
-        if not self.token:
-            raise ValueError("a cluster token is required")
-        if self.storage not in ("memory", "disk"):
-            raise ValueError(f"storage must be 'memory' or 'disk', got {self.storage!r}")
-        if self.fsync not in ("always", "batch", "never"):
-            raise ValueError(f"fsync must be always, batch or never, got {self.fsync!r}")
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"event_loop must be one of {EVENT_LOOPS}, got {self.event_loop!r}")
+        check_name(self.name, "name")
+        _check_token(self.token)
+        if not isinstance(self.host, str) or not self.host or len(self.host) > MAX_URL:
+            raise ConfigError("host", f"must be a host name or IP address, got {self.host!r}")
+        _check_int("port", self.port, 0, 65535, "0: the OS picks")
+        if self.advertise_url is not None:
+            self.advertise_url = parse_peer_url(self.advertise_url, "advertise_url")
+        self.initial_members = _checked_members(self.initial_members)
+        if self.initial_members:
+            self._check_own_address()
+        self.join = [parse_peer_url(u, "join") for u in self.join]
+        if not isinstance(self.raft, RaftOptions):
+            raise ConfigError("raft", f"must be a RaftOptions, got {type(self.raft).__name__}")
+        _check_choice("read_mode", self.read_mode, READ_MODES)
+        _check_seconds("request_timeout", self.request_timeout)
+        _check_seconds("peer_timeout", self.peer_timeout)
+        _check_int("max_key_bytes", self.max_key_bytes, 1, 1 << 20)
+        _check_int("max_value_bytes", self.max_value_bytes, 1, 1 << 26)
+        _check_choice("storage", self.storage, STORAGES)
+        _check_choice("fsync", self.fsync, FSYNC_POLICIES)
         if self.storage == "disk" and not self.data_dir:
-            raise ValueError("disk storage needs a data_dir")
-        if self.initial_members and self.name not in self.initial_members:
-            raise ValueError(f"initial_members must include this node ({self.name})")
+            raise ConfigError("data_dir", "is needed with disk storage (a directory path)")
+        _check_int("snapshot_every", self.snapshot_every, 0, 1 << 62, "0: never")
+        _check_int("snapshot_keep", self.snapshot_keep, 0, 1 << 62)
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ConfigError("seed", f"must be an integer or None, got {self.seed!r}")
+        _check_choice("event_loop", self.event_loop, EVENT_LOOPS)
+
+    def _check_own_address(self) -> None:
+        """The node must be among the initial members, at the address it serves."""
+        own = self.initial_members.get(self.name)
+        if own is None:
+            names = ", ".join(self.initial_members)
+            raise ConfigError(
+                "initial_members",
+                f"must include this node ({self.name!r}) with its own URL; it names only {names}",
+            )
+        if self.advertise_url is not None:
+            if own != self.advertise_url:
+                raise ConfigError(
+                    "initial_members",
+                    f"gives {self.name} the URL {own}, but it advertises {self.advertise_url}",
+                )
+        elif self.port and urlsplit(own).port != self.port:
+            raise ConfigError(
+                "initial_members",
+                f"gives {self.name} the URL {own}, but it listens on port {self.port} "
+                f"(give the same port, or say how peers reach it with an advertise URL)",
+            )
+
+
+def check_cluster(n: int, first_port: int, **node_settings: Any) -> None:
+    """A local cluster's settings: its size, its ports, and every node's
+    (checked as the first node's NodeConfig)."""
+    _check_int("n", n, 1, MAX_NODES)
+    if first_port != 0:
+        last = 65535 - (n - 1)
+        note = "0: the OS picks; node i listens on first_port + i"
+        _check_int("first_port", first_port, 1, last, note)
+    NodeConfig(name="n0", port=first_port, **node_settings)
+
+
+# ---------------------------------------------------------------------- parsers
+
+
+def check_name(name: object, setting: str) -> str:
+    if not isinstance(name, str) or not NAME_CHARS.fullmatch(name) or len(name) > MAX_NAME:
+        raise ConfigError(
+            setting,
+            f"must be 1-{MAX_NAME} characters from A-Z a-z 0-9 . _ -, got {name!r}",
+        )
+    return name
+
+
+def parse_peer_url(text: object, setting: str) -> str:
+    """http://HOST:PORT (a trailing '/' dropped): where a node's peers reach it.
+
+    The port must be explicit (a missing one would mean 80) and the scheme
+    http: nodes speak plain HTTP to each other.
+    """
+    example = "like http://10.0.0.1:2379"
+    if not isinstance(text, str) or not text.isascii() or not text.isprintable():
+        raise ConfigError(setting, f"must be a URL {example}, got {text!r}")
+    url = text.strip().rstrip("/")
+    if len(url) > MAX_URL:
+        raise ConfigError(setting, f"must be a URL of at most {MAX_URL} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(
+            setting, f"must be a URL {example} with a port from 1 to 65535, got {text!r}"
+        ) from None
+    if parts.scheme != "http":
+        why = "nodes speak plain HTTP to each other" if parts.scheme == "https" else example
+        raise ConfigError(setting, f"must be an http:// URL ({why}), got {text!r}")
+    if not parts.hostname or parts.username is not None or parts.password is not None:
+        raise ConfigError(setting, f"must name a host, {example}, got {text!r}")
+    if not port:
+        raise ConfigError(setting, f"must give a port from 1 to 65535, {example}, got {text!r}")
+    if parts.path or parts.query or parts.fragment or any(c in url for c in " ?#"):
+        raise ConfigError(setting, f"must be only scheme, host and port, {example}, got {text!r}")
+    return url
+
+
+def parse_peer_urls(text: str, setting: str) -> list[str]:
+    """URL,URL,...: at least one, each a peer URL."""
+    urls = [parse_peer_url(part, setting) for part in text.split(",") if part.strip()]
+    if not urls:
+        raise ConfigError(setting, "must give at least one URL like http://10.0.0.1:2379")
+    return list(dict.fromkeys(urls))
+
+
+def parse_members(text: str) -> dict[str, str]:
+    """NAME=URL,NAME=URL,...: the initial members (a name given twice is refused)."""
+    members: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, url = part.strip().partition("=")
+        if not sep:
+            raise ConfigError(
+                "initial_members", f"must be NAME=URL,... like a=http://10.0.0.1:2379, got {part!r}"
+            )
+        if name in members:
+            raise ConfigError("initial_members", f"names {name!r} twice")
+        members[name] = url
+    return _checked_members(members, required=True)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT, the port from 1 to 65535."""
+    host, sep, port_text = text.strip().rpartition(":")
+    host = host.strip("[]") if host.startswith("[") else host
+    if not sep or not host or (":" in host and not text.strip().startswith("[")):
+        raise ConfigError("listen", f"must be HOST:PORT like 127.0.0.1:2379, got {text!r}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError("listen", f"must end with a port from 1 to 65535, got {text!r}")
+    return host, int(port_text)
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def _checked_members(members: object, *, required: bool = False) -> dict[str, str]:
+    """Valid names, valid and distinct URLs (normalized), at most MAX_NODES."""
+    if not isinstance(members, dict):
+        raise ConfigError("initial_members", f"must map names to URLs, got {members!r}")
+    if required and not members:
+        raise ConfigError(
+            "initial_members", "must name at least one member, like a=http://10.0.0.1:2379"
+        )
+    if len(members) > MAX_NODES:
+        raise ConfigError("initial_members", f"may name at most {MAX_NODES} members")
+    checked: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for name, text in members.items():
+        url = parse_peer_url(text, "initial_members")
+        if url in owner:
+            raise ConfigError(
+                "initial_members", f"gives {owner[url]} and {name} the same URL {url}"
+            )
+        checked[check_name(name, "initial_members")] = owner[url] = url
+    return checked
+
+
+def _check_token(token: object) -> None:
+    # It travels in an Authorization header: printable ASCII, no spaces.
+    if not (
+        isinstance(token, str)
+        and 0 < len(token) <= MAX_TOKEN
+        and token.isascii()
+        and token.isprintable()
+        and not any(c.isspace() for c in token)
+    ):
+        raise ConfigError(
+            "token",
+            f"must be 1-{MAX_TOKEN} printable ASCII characters without spaces "
+            "(a generated one: python3 -c 'import secrets; print(secrets.token_hex(16))')",
+        )
+
+
+def _check_int(setting: str, value: object, lo: int, hi: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        top = f"2**{hi.bit_length() - 1}" if hi >= 1 << 40 and hi & (hi - 1) == 0 else str(hi)
+        extra = f" ({note})" if note else ""
+        raise ConfigError(setting, f"must be an integer from {lo} to {top}{extra}, got {value!r}")
+
+
+def _check_seconds(setting: str, value: object) -> None:
+    if not (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 < value <= MAX_WAIT
+    ):
+        raise ConfigError(setting, f"must be seconds in (0, {MAX_WAIT:g}], got {value!r}")
+
+
+def _check_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(setting, f"must be one of {', '.join(choices)}, got {value!r}")
