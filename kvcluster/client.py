@@ -21,8 +21,13 @@ node has been tried) until `timeout` seconds have passed; each attempt waits at
 most `request_timeout`. Reads have no side effects and are simply retried.
 Writes carry a session, `client_id` plus a `seq` that grows by one per write; a
 retry of a write reuses its seq, so however many attempts reach the cluster, the
-servers apply it once (Raft thesis, section 6.3). When the client gives up it
-says whether the write may have taken effect: see `kvcluster.errors`.
+servers apply it once (Raft thesis, section 6.3). The client opens its session
+(one committed entry) at its first write; the cluster expires sessions idle for
+its `session_ttl` (5 minutes by default). A write whose session the cluster no
+longer holds is never applied as new: the client opens a fresh session and
+sends it again if no earlier attempt can have reached the cluster, and raises
+`OutcomeUnknown` if one may have. When the client gives up it says whether the
+write may have taken effect: see `kvcluster.errors`.
 
 Threads. A Client is not thread-safe: use one per thread. (Its session is also a
 promise to the servers that writes come one at a time, in seq order; two
@@ -155,8 +160,10 @@ class Client:
     `endpoints`: node base URLs ("http://host:port"; "host:port" and a
     comma-separated string are accepted too). `timeout`: how long one operation
     may take in all, retries included. `request_timeout`: how long one attempt
-    may wait for an answer. `client_id`: the session id of this client's
-    writes (a fresh uuid4 by default; never share one between live clients).
+    may wait for an answer. `client_id`: a session opened with POST
+    /v1/sessions to number writes in (by default the client opens its own at
+    its first write, and a new one when the cluster has expired it; never share
+    one between live clients).
     `token`: sent as `Authorization: Bearer <token>`, needed by membership
     changes. `prefer_leader`: send requests to the remembered leader (default);
     False keeps using the endpoints in order, e.g. to measure follower reads.
@@ -193,7 +200,7 @@ class Client:
         self.request_timeout = float(request_timeout)
         # A retry is only started with at least this much time left before the deadline.
         self._min_attempt = min(self.request_timeout, max(0.1, self.request_timeout / 4))
-        self.client_id: str = client_id if client_id is not None else uuid.uuid4().hex
+        self.client_id: str | None = client_id  # None: open a session at the next write
         self.prefer_leader = prefer_leader
         self.leader: str | None = None  # the remembered leader's base URL
         self._leader_hint: str | None = None  # the raw header value `leader` came from
@@ -220,9 +227,7 @@ class Client:
         if not isinstance(value, str):
             raise TypeError(f"a value must be a str, got {type(value).__name__}")
         path = "/v1/kv/" + _quote_key(key)
-        self._seq += 1
-        body = {"value": value, "client_id": self.client_id, "seq": self._seq}
-        data = self._call("PUT", path, body, f"put {key!r}", write=True)
+        data = self._write("PUT", path, {"value": value}, f"put {key!r}")
         return self._field(data, "revision", int)
 
     def get(self, key: str, *, consistency: str = "linearizable") -> str | None:
@@ -252,9 +257,7 @@ class Client:
     def delete(self, key: str) -> bool:
         """Delete `key`; True if it existed."""
         path = "/v1/kv/" + _quote_key(key)
-        self._seq += 1
-        body = {"client_id": self.client_id, "seq": self._seq}
-        data = self._call("DELETE", path, body, f"delete {key!r}", write=True)
+        data = self._write("DELETE", path, {}, f"delete {key!r}")
         return bool(self._field(data, "deleted", int))
 
     def list(
@@ -319,6 +322,24 @@ class Client:
         path = "/v1/members/" + quote(node_id, safe="")
         return self._call("DELETE", path, None, f"remove member {node_id!r}", write=True)
 
+    def open_session(self) -> str:
+        """Open a new session for this client's writes and return its id (done
+        for you at the first write, and when the cluster expired the last one)."""
+        nonce = {"nonce": uuid.uuid4().hex}  # one per open: its retries are appended once
+        try:
+            data = self._call("POST", "/v1/sessions", nonce, "open a session", write=True)
+        except OutcomeUnknown as exc:
+            # A session opened without our hearing of it is harmless (it expires
+            # unused), and no write of ours went out: to the caller, nothing happened.
+            raise Unavailable(
+                exc.message, op=exc.op, attempts=exc.attempts, failures=exc.failures
+            ) from exc
+        client_id = data.get("client_id")
+        if not isinstance(client_id, str) or not client_id:
+            raise self._malformed(data, KeyError("client_id"))
+        self.client_id, self._seq = client_id, 0
+        return client_id
+
     def close(self) -> None:
         """Close the keep-alive connections. The client may not be used afterwards."""
         self._session.close()
@@ -341,6 +362,33 @@ class Client:
         )
 
     # ------------------------------------------------------------------ retries
+
+    def _write(self, method: str, path: str, fields: dict[str, Any], op: str) -> dict[str, Any]:
+        """A put or delete in this client's session, retried under one seq."""
+        if self.client_id is None:
+            self.open_session()
+        self._seq += 1
+        body = {**fields, "client_id": self.client_id, "seq": self._seq}
+        try:
+            return self._call(method, path, body, op, write=True)
+        except RequestError as exc:
+            if exc.error != "session_expired":
+                raise
+            expired = self.client_id
+            self.client_id = None  # the next write opens a new session
+            if not exc.known_outcome:
+                raise OutcomeUnknown(
+                    f"{op}: the cluster expired session {expired!r} while the write was "
+                    "being retried, so it cannot tell whether an earlier attempt was "
+                    "applied. Read the key before writing again.",
+                    op=op,
+                ) from exc
+        # Refused on its first delivery: nothing was applied, so it is safe to send
+        # again in a new session (with the rest of the time budget it is a new call).
+        self.open_session()
+        self._seq = 1
+        body = {**fields, "client_id": self.client_id, "seq": self._seq}
+        return self._call(method, path, body, op, write=True)
 
     def _call(
         self,

@@ -2,14 +2,18 @@
 
 A FakeNode is a tiny threaded HTTP server speaking the node API with a dict
 store and sessions deduplicated by (client_id, seq), like the real state
-machine. Its `script` is a queue of behaviours consumed one per request:
-answer an error, redirect, drop the connection, or hold the answer forever
-(after applying the write) to provoke a client timeout.
+machine. It opens sessions without recording the request or consuming its
+script (they are not what these tests script), and refuses writes in the
+sessions listed in `expired`, as the real store does once a session is gone.
+Its `script` is a queue of behaviours consumed one per request: answer an
+error, redirect, drop the connection, or hold the answer forever (after
+applying the write) to provoke a client timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 import threading
@@ -42,6 +46,9 @@ class Seen:
     client_port: int  # tells connections apart
 
 
+_SESSION_IDS = itertools.count(1)  # unique across fake nodes, as log indexes are
+
+
 @dataclass
 class FakeNode:
     """One fake node; `url` is its base URL. Not a Raft node: it just serves its dict."""
@@ -54,6 +61,8 @@ class FakeNode:
     revision: int = 0
     sessions: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
     members: dict[str, Any] = field(default_factory=lambda: {"n1": {"address": "x"}})
+    expired: set[str] = field(default_factory=set)
+    opened: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -117,6 +126,12 @@ class FakeNode:
         raw = h.rfile.read(length) if length else b""
         path, _, query = h.path.partition("?")
         body = json.loads(raw) if raw else None
+        if h.command == "POST" and path == "/v1/sessions":
+            with self.lock:
+                self.opened.append(f"s{next(_SESSION_IDS)}")
+                opened = self.opened[-1]
+            self.reply(h, 200, {"client_id": opened, "revision": self.revision, "evicted": 0})
+            return
         with self.lock:
             self.seen.append(
                 Seen(
@@ -180,6 +195,8 @@ class FakeNode:
                     if kv is None:
                         return 404, {"error": "not_found", "message": "", "revision": self.revision}
                     return 200, {**kv, "revision": self.revision}
+                if method in ("PUT", "DELETE") and (body or {}).get("client_id") in self.expired:
+                    return 409, {"error": "session_expired", "message": "no such session"}
                 if method == "PUT":
                     assert body is not None
                     if not isinstance(body.get("value"), str):
@@ -320,8 +337,54 @@ def test_writes_carry_client_id_and_increasing_seq(node: FakeNode) -> None:
         assert c.seq == 3
     assert [(s.body or {}).get("seq") for s in node.writes()] == [1, 2, 3]
     assert {(s.body or {}).get("client_id") for s in node.writes()} == {"me"}
+    assert node.opened == []  # a session given to the client is used as it is
+
+
+def test_a_client_opens_its_session_at_its_first_write_only(node: FakeNode) -> None:
     with Client(node.url) as one, Client(node.url) as two:
-        assert len(one.client_id) == 32 and one.client_id != two.client_id
+        assert one.client_id is None and one.get("k") is None
+        assert node.opened == []  # reads need no session
+        one.put("k", "1")
+        one.put("k", "2")
+        two.delete("k")
+        assert node.opened == [one.client_id, two.client_id] and one.client_id != two.client_id
+    assert [(s.body or {}).get("seq") for s in node.writes()] == [1, 2, 1]
+
+
+def test_an_expired_session_on_first_delivery_is_reopened_and_the_write_applied_once(
+    node: FakeNode,
+) -> None:
+    with Client(node.url, timeout=DEADLINE) as c:
+        c.put("k", "1")
+        old = c.client_id
+        assert old is not None
+        node.expired.add(old)
+        assert c.put("k", "2") == 2
+        assert c.client_id not in (None, old) and c.seq == 1
+    assert [(cid, seq) for cid, seq, _ in node.applied] == [(old, 1), (c.client_id, 1)]
+
+
+def test_an_expired_session_after_an_unknown_attempt_is_outcome_unknown(node: FakeNode) -> None:
+    """The retry of a write that may have applied must not be sent again in a new
+    session: the client cannot know, and says so."""
+    with Client(node.url, timeout=DEADLINE, request_timeout=SHORT) as c:
+        c.put("k", "1")
+        old = c.client_id
+        assert old is not None
+
+        def expire() -> str:
+            seen = node.seen[-1]
+            node.route(seen.method, seen.path, "", seen.body)  # applied...
+            node.expired.add(old)  # ...the session expires...
+            return "drop"  # ...and the answer is lost
+
+        node.script.append(expire)
+        with pytest.raises(OutcomeUnknown, match="expired session"):
+            c.put("k", "2")
+        assert c.client_id is None  # the next write opens a new session
+        c.put("k", "3")
+    assert [v for _, _, v in node.applied] == ["put", "put", "put"]
+    assert node.data["k"]["value"] == "3"
 
 
 @pytest.mark.parametrize(
@@ -388,7 +451,7 @@ def test_remembers_the_leader_from_the_header(make_node: Callable[..., FakeNode]
     leader = make_node()
     leader.leader_header = leader.url
     follower = make_node(leader_header=leader.url)
-    with Client([follower.url], timeout=DEADLINE) as c:
+    with Client([follower.url], timeout=DEADLINE, client_id="me") as c:
         assert c.leader is None
         c.put("k", "v")  # the follower serves it (a real one would forward it)
         assert c.leader == leader.url
@@ -401,7 +464,7 @@ def test_remembers_the_leader_from_the_header(make_node: Callable[..., FakeNode]
 def test_serializable_reads_stay_on_the_endpoint(make_node: Callable[..., FakeNode]) -> None:
     leader = make_node()
     follower = make_node(leader_header=leader.url)
-    with Client([follower.url]) as c:
+    with Client([follower.url], client_id="me") as c:
         c.put("k", "local")  # the fake follower applies it itself
         assert c.leader == leader.url
         assert c.get("k", consistency="serializable") == "local"

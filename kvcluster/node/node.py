@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kv import KVStore
+from ..kv.commands import expire_sessions_command, open_session_command
 from ..raft import (
     ConfigChangeError,
     Entry,
@@ -69,6 +70,7 @@ from .requests import (
     NO_LEADER,
     NOT_APPLIED,
     NOT_LEADER,
+    OPEN_SESSION,
     PUT,
     READ_UNCONFIRMED,
     READS,
@@ -172,10 +174,16 @@ class Node:
         snapshot: SnapshotSource | None = None,
         kv: KVStore | None = None,
         open_receiver: OpenReceiver | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         self.id = node_id
         self.options = options or NodeOptions()
         self.now = now
+        # Added to `now` for the time a leader commits for sessions: the wall
+        # clock (time.time() - loop time) in a process, so that leaders on
+        # different hosts agree roughly; 0 in the simulator.
+        self.clock_offset = clock_offset
+        self._session_upkeep: tuple[int, float] | None = None  # (term, when next)
         meta = snapshot.meta if snapshot is not None else None
         if meta is not None:
             membership = Membership.from_dict(meta.membership)
@@ -262,6 +270,8 @@ class Node:
         for out in self._outgoing.values():
             if out.acked < out.source.size:
                 t = min(t, out.last_progress + self._resend_after)
+        if self._session_upkeep is not None:
+            t = min(t, self._session_upkeep[1])
         return t
 
     def pending_requests(self) -> int:
@@ -279,6 +289,7 @@ class Node:
             "members": core.membership.to_dict(),
             "snapshot_index": self._snapshot_index,
             "pending_requests": len(self._pending),
+            "sessions": len(self.kv.sessions),
             "raft": {
                 "election_timeout": list(core.options.election_timeout),
                 "heartbeat_interval": core.options.heartbeat_interval,
@@ -466,7 +477,7 @@ class Node:
                 self._read_barrier(p)
             else:
                 self._forward(p)
-        elif op in (PUT, DELETE):
+        elif op in (PUT, DELETE, OPEN_SESSION):
             if leading:
                 self._propose(p)
             else:
@@ -540,7 +551,11 @@ class Node:
             p.state = PROPOSED
             earlier.waiters.append(req.id)
             return
-        index, term = core.propose(req.command())
+        if req.op == OPEN_SESSION:
+            command = open_session_command(self._clock_ms())
+        else:
+            command = req.command()
+        index, term = core.propose(command)
         p.state = PROPOSED
         for waiter in self._proposals.add(index, term, req.session, req.id):
             self._fail_id(waiter, NOT_APPLIED)
@@ -732,6 +747,27 @@ class Node:
                 self._redispatch(p)
         if self._outgoing:
             self._resend_stalled()
+        self._keep_sessions()
+
+    def _clock_ms(self) -> int:
+        return max(0, int((self.now + self.clock_offset) * 1000))
+
+    def _keep_sessions(self) -> None:
+        """As leader, commit the clock now and then while sessions exist, with the
+        idle time after which they expire: every replica then expires the same
+        sessions at the same index, and none reads its own clock to do it."""
+        core = self.raft
+        if core.role is not Role.LEADER or not self.kv.sessions:
+            self._session_upkeep = None
+            return
+        every = self.options.session_ttl / 10
+        upkeep = self._session_upkeep
+        if upkeep is None or upkeep[0] != core.term:
+            self._session_upkeep = (core.term, self.now + every)
+        elif self.now >= upkeep[1]:
+            ttl_ms = int(self.options.session_ttl * 1000)
+            core.propose(expire_sessions_command(self._clock_ms(), ttl_ms))
+            self._session_upkeep = (core.term, self.now + every)
 
     def _timer_live(self, timer: tuple[float, int, int, int]) -> bool:
         p = self._pending.get(timer[1])

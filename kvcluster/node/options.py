@@ -20,7 +20,9 @@ class NodeOptions:
     snapshot_keep: entries kept behind a snapshot for slightly slow followers;
     snapshot_chunk: bytes per InstallSnapshot message; snapshot_window: chunks
     in flight to one follower. read_retry: how soon a read whose leader did
-    not confirm it tries again.
+    not confirm it tries again. session_ttl: how long a client session may
+    stay idle before the leader expires it (by its clock, through the log);
+    the leader commits its clock every tenth of that while sessions exist.
     """
 
     read_mode: str = "read_index"
@@ -30,6 +32,7 @@ class NodeOptions:
     snapshot_chunk: int = 1 << 20
     snapshot_window: int = 4
     read_retry: float = 0.005
+    session_ttl: float = 300.0
 
     def __post_init__(self) -> None:
         if self.read_mode not in READ_MODES:
@@ -42,3 +45,5 @@ class NodeOptions:
             raise ValueError("snapshot_chunk must be 1 byte to 8 MiB, snapshot_window at least 1")
         if not 0 < self.read_retry < 60:
             raise ValueError("read_retry must be between 0 and 60 seconds")
+        if not 0.01 <= self.session_ttl <= 7 * 86_400:
+            raise ValueError("session_ttl must be between 0.01 seconds and 7 days")

@@ -25,9 +25,10 @@ GET = "get"
 LIST = "list"
 ADD_MEMBER = "add_member"
 REMOVE_MEMBER = "remove_member"
+OPEN_SESSION = "open_session"  # a client session for at-most-once writes (kv/sessions.py)
 
 READS = frozenset({GET, LIST})
-WRITES = frozenset({PUT, DELETE})
+WRITES = frozenset({PUT, DELETE, OPEN_SESSION})
 OPS = READS | WRITES | {ADD_MEMBER, REMOVE_MEMBER}
 
 
@@ -37,7 +38,9 @@ class Request:
 
     `key` is the key (get/put/delete), the prefix (list) or the member id
     (add/remove member). `client_id` and `seq` make a retried write apply at
-    most once. `forwarded` marks a request another node relayed to us: it is
+    most once; for open_session, `client_id` is the caller's nonce (seq 0),
+    which lets the leader append one entry for all the retries of one open.
+    `forwarded` marks a request another node relayed to us: it is
     never relayed again. `wire` is opaque to the node layer: what the driver
     needs to relay the request to the leader (the HTTP request, or the
     simulator's request object).
@@ -56,7 +59,7 @@ class Request:
     wire: Any = None
 
     def command(self) -> dict[str, Any]:
-        """The kv command this write appends to the log."""
+        """The kv command this put or delete appends to the log."""
         cmd: dict[str, Any] = {"op": self.op, "key": self.key}
         if self.op == PUT:
             cmd["value"] = self.value

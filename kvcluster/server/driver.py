@@ -120,6 +120,7 @@ class NodeDriver:
                 request_timeout=config.request_timeout,
                 snapshot_every=config.snapshot_every,
                 snapshot_keep=config.snapshot_keep,
+                session_ttl=config.session_ttl,
             ),
             raft=config.raft,
             rng=random.Random(config.seed),
@@ -131,6 +132,7 @@ class NodeDriver:
             snapshot=source,
             kv=kv,
             open_receiver=self._open_receiver,
+            clock_offset=time.time() - time.monotonic(),
         )
         self.peers = PeerLinks(config.name, self.address, config.token, config.peer_timeout)
         self._waiting: dict[int, Responder] = {}

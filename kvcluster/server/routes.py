@@ -24,6 +24,7 @@ from ..node import (
     DELETE,
     GET,
     LIST,
+    OPEN_SESSION,
     PUT,
     REMOVE_MEMBER,
     Answer,
@@ -43,6 +44,7 @@ from .validate import (
     json_object,
     key_from_path,
     member_id,
+    nonce_of,
     path_segment,
     positive_int,
     query_args,
@@ -78,6 +80,7 @@ class Routes:
             "/v1/kv": {"GET": Route(self.list_keys)},
             "/v1/status": {"GET": Route(self.status)},
             "/v1/members": {"GET": Route(self.members)},
+            "/v1/sessions": {"POST": Route(self.open_session)},
             "/register": {"POST": Route(self.register, token=True)},
             "/raft/stream": {
                 "POST": Route(self.stream_end, max_body=MAX_LINE, token=True, lines=self.line)
@@ -170,6 +173,14 @@ class Routes:
         except ApiError as exc:
             return self.fail(reply, exc)
         self.submit(http, reply, Request(0, DELETE, key, None, client_id, seq))
+
+    def open_session(self, http: HttpRequest, reply: Reply) -> None:
+        """A new session id for at-most-once writes; body {"nonce": "..."}, optional."""
+        try:
+            nonce = nonce_of(json_object(http.body, required=False))
+        except ApiError as exc:
+            return self.fail(reply, exc)
+        self.submit(http, reply, Request(0, OPEN_SESSION, client_id=nonce, seq=0))
 
     def list_keys(self, http: HttpRequest, reply: Reply) -> None:
         try:

@@ -107,6 +107,19 @@ def session_of(body: dict[str, Any]) -> tuple[str | None, int | None]:
     return client_id, seq
 
 
+def nonce_of(body: dict[str, Any]) -> str | None:
+    """An open-session request's nonce: retries of one open carry the same one, so
+    a leader appends one entry for them however many arrive (as for a write's seq)."""
+    nonce = body.get("nonce")
+    if nonce is None:
+        return None
+    if not isinstance(nonce, str) or not 0 < len(nonce) <= MAX_CLIENT_ID:
+        raise ApiError(
+            400, "bad_request", f"nonce must be a string of 1-{MAX_CLIENT_ID} characters"
+        )
+    return nonce
+
+
 def member_id(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_MEMBER_ID:
         raise ApiError(400, "bad_request", f'"id" must be a string of 1-{MAX_MEMBER_ID} characters')

@@ -1,12 +1,14 @@
 """Simulated clients: they behave like `kvcluster.client.Client` and record a history.
 
-Each client runs one operation at a time. An operation is retried, with the
-same (client_id, seq) for a write, until it succeeds or its deadline passes;
+Each client runs one operation at a time. Like the real client, it opens a
+session before its first write and again after the cluster expired it. An
+operation is retried, with the same (client_id, seq) for a write, until it
+succeeds or its deadline passes;
 each attempt goes to the leader the client last heard of (or, for clients that
 pin no leader, to any node, which forwards). The history records what the
 client can know: `ok` with what a get saw; `fail` when no attempt can have
 taken effect; `unknown` when one may have (it timed out, or was still on its
-way when the client gave up).
+way when the client gave up, or its session expired while it was retried).
 
 Serializable reads may be stale by design: they are kept out of the history
 the linearizability checker judges, in `stale_reads`, and only checked to have
@@ -23,7 +25,7 @@ from typing import Literal
 import orjson
 
 from ..check import HistoryRecorder
-from ..node import Answer, Request
+from ..node import OPEN_SESSION, Answer, Request
 from .net import RaftNet
 
 OpName = Literal["put", "get", "delete"]
@@ -58,13 +60,15 @@ class _Op:
     kind: OpName
     key: str
     value: str | None
-    seq: int
     call: float
     deadline: float
     serializable: bool
     scripted: bool = False  # a probe (see SimClient.probe)
     maybe_applied: bool = False  # some attempt may have taken effect
     in_flight: bool = False  # an attempt is out, not answered or timed out
+    seq: int = 0  # a write's number in `session`; 0 until it has one
+    session: str | None = None
+    opening: bool = False  # the attempt out is opening a session for this write
 
 
 class SimClient:
@@ -93,7 +97,8 @@ class SimClient:
         self.running = False
         self.op: _Op | None = None
         self.attempt = 0
-        self.seq = 0
+        self.session: str | None = None  # the session id the cluster gave us
+        self.seq = 0  # the last write number used in it
         self.leader: str | None = None
         self.target: str | None = None
         self.writes = 0
@@ -153,12 +158,8 @@ class SimClient:
         if kind == "put":
             self.writes += 1
             value = f"{self.name}.{self.writes}"
-        seq = 0
-        if kind != "get":
-            self.seq += 1
-            seq = self.seq
         token = -1 if serializable else self.recorder.invoke(self.name, kind, key, value)
-        self.op = _Op(token, kind, key, value, seq, now, now + timeout, serializable, scripted)
+        self.op = _Op(token, kind, key, value, now, now + timeout, serializable, scripted)
         if self.log:
             what = (
                 f"{kind} {key}" + (f" {value}" if value else "") + (" (s)" if serializable else "")
@@ -183,16 +184,24 @@ class SimClient:
         attempt = self.attempt
         node = self._pick_node()
         write = op.kind != "get"
-        req = Request(
-            0,
-            op.kind,
-            op.key,
-            op.value,
-            client_id=self.name if write else None,
-            seq=op.seq if write else None,
-            serializable=op.serializable,
-            wire=(self.name, attempt),
-        )
+        if write and op.seq == 0 and self.session is not None:
+            self.seq += 1
+            op.session, op.seq = self.session, self.seq
+        op.opening = write and op.seq == 0
+        if op.opening:
+            nonce = f"{self.name}/{op.token}"  # the same for every retry of this open
+            req = Request(0, OPEN_SESSION, client_id=nonce, seq=0, wire=(self.name, attempt))
+        else:
+            req = Request(
+                0,
+                op.kind,
+                op.key,
+                op.value,
+                client_id=op.session if write else None,
+                seq=op.seq if write else None,
+                serializable=op.serializable,
+                wire=(self.name, attempt),
+            )
         op.in_flight = True
         if self.verbose and self.log:
             self.log(f"{self.name}: attempt {attempt} -> {node}")
@@ -205,7 +214,7 @@ class SimClient:
         if op is None or attempt != self.attempt:
             return
         op.in_flight = False
-        if op.kind != "get":
+        if op.kind != "get" and not op.opening:
             op.maybe_applied = True
         if self.verbose and self.log:
             self.log(f"{self.name}: attempt {attempt} timed out")
@@ -227,10 +236,22 @@ class SimClient:
             self.log(f"{self.name}: attempt {attempt} <- {what} (leader {answer.leader})")
         if answer.leader is not None:
             self.leader = answer.leader
-        if status == 200 or (status == 404 and op.kind == "get"):
+        if op.opening:
+            if status == 200:
+                self.session, self.seq = str(body["client_id"]), 0
+                self._send()
+                return
+        elif status == 200 or (status == 404 and op.kind == "get"):
             self._finish("ok", body.get("value") if status == 200 else None)
             return
-        if status not in (503, 409) and op.kind != "get":
+        elif status == 409 and body.get("error") == "session_expired":
+            if self.session == op.session:
+                self.session = None  # the next write opens a new one
+            if op.maybe_applied:
+                self._finish("unknown", None)  # an earlier attempt may have applied
+                return
+            op.seq, op.session = 0, None  # certainly not applied: again, in a new session
+        elif status not in (503, 409) and op.kind != "get":
             op.maybe_applied = True
         self.attempt += 1  # no answer is pending any more
         self.target = answer.leader
@@ -248,7 +269,7 @@ class SimClient:
     def _give_up(self) -> None:
         op = self.op
         assert op is not None
-        if op.kind != "get" and (op.maybe_applied or op.in_flight):
+        if op.kind != "get" and (op.maybe_applied or (op.in_flight and not op.opening)):
             self._finish("unknown", None)
         else:
             self._finish("fail", None)

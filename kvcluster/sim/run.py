@@ -136,6 +136,9 @@ class Simulation:
             # transfer should take several chunks, some lost or reordered.
             snapshot_chunk=rng.choice([16, 64, 4096]),
             snapshot_window=rng.choice([1, 2, 4]),
+            # Short enough that sessions expire under the clients, now and then in
+            # the middle of a write's retries (drawn apart: the other draws stay).
+            session_ttl=random.Random(f"{seed}/sessions").choice([0.5, 1.5, 4.0, 300.0]),
         )
         self.cluster = RaftNet(
             self.n,
@@ -180,7 +183,8 @@ class Simulation:
             f"max_append_entries {self.options.max_append_entries}, "
             f"snapshot every {self.snapshot_every or 'never'} "
             f"(chunk {self.node_options.snapshot_chunk} B), "
-            f"request timeout {self.node_options.request_timeout:g}s; "
+            f"request timeout {self.node_options.request_timeout:g}s, "
+            f"session ttl {self.node_options.session_ttl:g}s; "
             f"{self.network.describe()}; "
             f"faults: {', '.join(sorted(cfg.faults)) or 'none'}, "
             f"every {interval[0]:g}-{interval[1]:g}s"
