@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -66,6 +67,7 @@ MAX_REDIRECTS = 5
 NOT_APPLIED_CODES = frozenset({"no_leader", "not_leader", "unavailable", "shutting_down"})
 BACKOFF_FIRST = 0.05  # seconds; doubled after every full round of endpoints
 BACKOFF_MAX = 0.5
+UNRESOLVED = "host name not found"  # an endpoint whose name does not resolve
 
 # Exceptions raised before a single byte of the request could reach a server.
 _NOT_SENT = (
@@ -141,6 +143,8 @@ def _describe_exception(exc: requests.RequestException) -> str:
     while reason is not None and seen < 8:  # look for the socket error under the wrappers
         if isinstance(reason, ConnectionRefusedError):
             return "connection refused"
+        if isinstance(reason, socket.gaierror):
+            return UNRESOLVED
         if isinstance(reason, MaxRetryError) and reason.reason is not None:
             reason = reason.reason
         elif reason.args and isinstance(reason.args[0], BaseException):
@@ -167,6 +171,10 @@ class Client:
     `token`: sent as `Authorization: Bearer <token>`, needed by membership
     changes. `prefer_leader`: send requests to the remembered leader (default);
     False keeps using the endpoints in order, e.g. to measure follower reads.
+    `unreachable_timeout`: give up after this many seconds (and one try of
+    every endpoint) if no connection could be made at all, every one refused
+    or its host name unknown, as a command line tool wants; None (default):
+    keep trying for `timeout`, as while nodes restart.
 
     Every operation raises `RequestError` if the cluster rejects it (not
     retried), `Unavailable` if it gave up and nothing took effect, and
@@ -182,6 +190,7 @@ class Client:
         client_id: str | None = None,
         token: str | None = None,
         prefer_leader: bool = True,
+        unreachable_timeout: float | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
@@ -202,6 +211,7 @@ class Client:
         self._min_attempt = min(self.request_timeout, max(0.1, self.request_timeout / 4))
         self.client_id: str | None = client_id  # None: open a session at the next write
         self.prefer_leader = prefer_leader
+        self.unreachable_timeout = unreachable_timeout
         self.leader: str | None = None  # the remembered leader's base URL
         self._leader_hint: str | None = None  # the raw header value `leader` came from
         self._seq = 0
@@ -473,7 +483,17 @@ class Client:
             # known not to be applied into one that may be: after a first try of every
             # endpoint, do not start one with little time left.
             first_round = attempts < len(self.endpoints)
-            if now >= deadline or (not first_round and deadline - now < self._min_attempt):
+            unreachable = (
+                all_refused
+                and not first_round
+                and self.unreachable_timeout is not None
+                and now - start >= self.unreachable_timeout
+            )
+            if (
+                now >= deadline
+                or (not first_round and deadline - now < self._min_attempt)
+                or unreachable
+            ):
                 self._give_up(
                     op, write and maybe_applied, all_refused, attempts, now - start, failures
                 )
@@ -614,7 +634,7 @@ class Client:
             and bool(exc.args)
             and isinstance(exc.args[0], MaxRetryError)  # the connection was never made
         )
-        refused = not_sent and description == "connection refused"
+        refused = not_sent and description in ("connection refused", UNRESOLVED)
         return _AttemptFailed(description, maybe_applied=not not_sent, refused=refused)
 
     # ------------------------------------------------------------------ helpers
