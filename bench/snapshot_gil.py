@@ -50,11 +50,15 @@ def build(keys: int) -> KVStore:
     store = KVStore()
     value = "v" * 64
     sessions = min(10_000, keys)
+    index = 0
     for i in range(1, keys + 1):
         cmd: dict[str, Any] = {"op": "put", "key": f"key/{i:09d}", "value": value}
-        if i > keys - sessions:
-            cmd |= {"client_id": f"client-{i}", "seq": 1}
-        store.apply(i, cmd)
+        if i > keys - sessions:  # the last writes each in a session of its own
+            index += 1
+            opened = store.apply(index, {"op": "open_session", "now": index})
+            cmd |= {"client_id": opened["client_id"], "seq": 1}
+        index += 1
+        store.apply(index, cmd)
     return store
 
 

@@ -667,7 +667,9 @@ def test_a_value_of_exactly_the_limit_is_accepted(cluster: Cluster, target: str)
 
 
 def test_the_largest_seq_is_accepted_and_reaches_every_node(cluster: Cluster) -> None:
-    body = js({"value": "top", "client_id": "largest-seq", "seq": 2**63 - 1})
+    opened = send("POST", endpoint(cluster, "follower") + "/v1/sessions", b"", retry=(503, 504))
+    assert opened.status_code == 200, opened.text[:300]
+    body = js({"value": "top", "client_id": opened.json()["client_id"], "seq": 2**63 - 1})
     resp = send("PUT", endpoint(cluster, "follower") + kv_path("seq/top"), body, retry=(503, 504))
     assert resp.status_code == 200, resp.text[:300]
     for base in cluster.endpoints:

@@ -317,7 +317,8 @@ def test_a_retry_of_a_write_still_on_its_way_waits_for_it_instead_of_appending_i
     with Cluster(3, election_timeout=(3.0, 6.0), heartbeat_interval=0.1) as c:
         leader = c.wait_for_leader(DEADLINE)
         url = f"{c.endpoints[leader]}/v1/kv/retried"
-        body = {"value": "once", "client_id": "impatient", "seq": 1}
+        opened = requests.post(f"{c.endpoints[leader]}/v1/sessions", timeout=DEADLINE)
+        body = {"value": "once", "client_id": opened.json()["client_id"], "seq": 1}
         c.isolate(leader)  # it can append but not commit
         before = c.node_status(leader)["last_index"]
         for _attempt in range(3):  # a client that gives up before the commit, and retries

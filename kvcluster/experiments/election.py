@@ -210,6 +210,8 @@ def _trial(
     # Warm the probe's connections so that the first attempts after the fault
     # do not pay for a TCP handshake (a status read does not reset any timer).
     probe.warm(others)
+    if probe.client_id is None:  # opened once, before any fault: the stopwatch times writes
+        probe.open_session(cluster.endpoints, time.monotonic() + max_wait)
     time.sleep(rng.uniform(0, s.heartbeat_ms / 1000))  # a random phase of the heartbeat
     t0 = faults.kill(cluster, leader) if s.fault == "kill" else faults.pause(cluster, leader)
     ack = probe.write(others, t0 + max_wait)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 import numpy as np
+import orjson
 
 from ..server.http.client import ConnectionFailed, HttpConnection
 
@@ -214,7 +215,7 @@ async def _worker(
     target = w % len(endpoints)
     parts = urlsplit(endpoints[target])
     conn = HttpConnection(parts.hostname or "127.0.0.1", parts.port or 80)
-    client_id = uuid.uuid4().hex.encode()
+    client_id = b""  # a session for at-most-once writes, opened at the first write
     value = b"x" * workload.value_size
     query = f"?consistency={workload.consistency}" if workload.consistency else ""
     seq = 0
@@ -223,11 +224,15 @@ async def _worker(
         is_write = rnd.random() >= workload.read_fraction
         t0 = time.monotonic()
         if is_write:
+            if not client_id:
+                client_id, seq = await open_session(conn, workload.timeout, rec.errors), 0
             seq += 1
             body = b'{"value":"%s","client_id":"%s","seq":%d}' % (value, client_id, seq)
             status, revision = await exchange(
                 conn, "PUT", f"/v1/kv/{key}", body, _JSON, workload.timeout, rec.errors
             )
+            if status == 409:
+                client_id = b""  # the session expired (or none was opened): a new one
         else:
             status, revision = await exchange(
                 conn, "GET", f"/v1/kv/{key}{query}", b"", None, workload.timeout, rec.errors
@@ -242,6 +247,20 @@ async def _worker(
         if status == 0:
             await asyncio.sleep(0.01)  # do not spin on a dead node
     conn.close()
+
+
+async def open_session(conn: HttpConnection, timeout: float, errors: list[str]) -> bytes:
+    """A new session id for a worker's writes, or b"" if none could be opened (the
+    write then fails with 409 and counts as an error, and the next one tries again)."""
+    body = b'{"nonce":"%s"}' % uuid.uuid4().hex.encode()
+    try:
+        response = await conn.request("POST", "/v1/sessions", body, _JSON, timeout)
+        client_id = orjson.loads(response.body).get("client_id", "")
+    except (ConnectionFailed, OSError, ValueError, AttributeError) as exc:
+        if len(errors) < 20:
+            errors.append(f"open session: {type(exc).__name__}: {exc}")
+        return b""
+    return client_id.encode() if isinstance(client_id, str) else b""
 
 
 async def exchange(

@@ -8,7 +8,8 @@ each surviving node directly (`X-Kvcluster-Forwarded` makes a follower answer
 and tries one node every `interval` seconds. What it measures is then the
 cluster's unavailability, to within about `interval`, not a retry policy's.
 Every attempt carries the same session (client_id, seq): however many reach
-a leader, the write applies once.
+a leader, the write applies once. The session is opened at the first write
+(`open_session`, before a fault, so as not to time the opening).
 
 It speaks HTTP through one `requests.Session` that keeps one keep-alive
 connection per node, never retries by itself (each attempt is one request,
@@ -57,7 +58,7 @@ class WriteProbe:
         self.endpoints = list(endpoints)
         self.interval = interval
         self.attempt_timeout = attempt_timeout
-        self.client_id = uuid.uuid4().hex
+        self.client_id: str | None = None
         self.seq = 0
         self._session = requests.Session()
         self._session.trust_env = False  # never route loopback traffic through a proxy
@@ -69,11 +70,33 @@ class WriteProbe:
     def _url(self, endpoint: str, path: str) -> str:
         return endpoint.rstrip("/") + path
 
-    def _attempt(self, endpoint: str, body: bytes) -> tuple[int, str | None, int]:
-        """(status, leader hint, revision); status 0 if no answer came."""
+    def open_session(self, targets: list[str], deadline: float) -> bool:
+        """Open the session the writes go in; False if none opened before `deadline`."""
+        nonce = json.dumps({"nonce": uuid.uuid4().hex}).encode()
+        order = list(targets)
+        target = order[0]
+        while time.monotonic() < deadline:
+            status, hint, data = self._attempt(target, nonce, "POST", "/v1/sessions")
+            client_id = data.get("client_id")
+            if status == 200 and isinstance(client_id, str):
+                self.client_id, self.seq = client_id, 0
+                return True
+            hint = hint.rstrip("/") if hint else None
+            target = (
+                hint
+                if hint in order and hint != target
+                else order[(order.index(target) + 1) % len(order)]
+            )
+            time.sleep(self.interval)
+        return False
+
+    def _attempt(
+        self, endpoint: str, body: bytes, method: str = "PUT", path: str = "/v1/kv/probe"
+    ) -> tuple[int, str | None, dict[str, object]]:
+        """(status, leader hint, answer body); status 0 if no answer came."""
         prepared = requests.PreparedRequest()
-        prepared.method = "PUT"
-        prepared.url = self._url(endpoint, "/v1/kv/probe")
+        prepared.method = method
+        prepared.url = self._url(endpoint, path)
         prepared.headers = CaseInsensitiveDict(_HEADERS)
         prepared.headers["Content-Length"] = str(len(body))
         prepared.body = body
@@ -81,14 +104,16 @@ class WriteProbe:
             resp = self._adapter.send(prepared, timeout=self.attempt_timeout)
             data = resp.content
         except (requests.RequestException, OSError):
-            return 0, None, 0  # the broken connection is dropped; the next attempt reconnects
-        revision = 0
-        if resp.status_code == 200:
-            try:
-                revision = int(json.loads(data).get("revision", 0))
-            except (ValueError, TypeError, AttributeError):
-                revision = 0
-        return resp.status_code, resp.headers.get(LEADER_HEADER), revision
+            return 0, None, {}  # the broken connection is dropped; the next attempt reconnects
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        return (
+            resp.status_code,
+            resp.headers.get(LEADER_HEADER),
+            answer if isinstance(answer, dict) else {},
+        )
 
     def warm(self, endpoints: list[str]) -> None:
         """Open the connections now (a status read resets no Raft timer)."""
@@ -99,6 +124,8 @@ class WriteProbe:
 
     def write(self, targets: list[str], deadline: float, first: str | None = None) -> Ack | None:
         """Write once, trying `targets` until one acknowledges; None if `deadline` passes."""
+        if self.client_id is None and not self.open_session(targets, deadline):
+            return None
         self.seq += 1
         body = json.dumps(
             {"value": str(self.seq), "client_id": self.client_id, "seq": self.seq}
@@ -109,9 +136,14 @@ class WriteProbe:
         followed = False
         while time.monotonic() < deadline:
             attempts += 1
-            status, hint, revision = self._attempt(target, body)
+            status, hint, answer = self._attempt(target, body)
             if status == 200:
+                revision = answer.get("revision")
+                revision = revision if isinstance(revision, int) else 0
                 return Ack(time.monotonic(), target, attempts, revision)
+            if status == 409 and answer.get("error") == "session_expired":
+                self.client_id = None  # the next write opens a new session
+                return None
             hint = hint.rstrip("/") if hint else None
             if hint in order and hint != target and not followed:
                 target, followed = hint, True  # a node names the leader: go there at once
