@@ -1,0 +1,99 @@
+"""Client sessions against real nodes: at-most-once survives a full session table.
+
+The table holds at most 10,000 sessions. Before sessions were opened through
+the log, the 10,001st client evicted the oldest silently, and a late retry of
+that client's write was applied a second time. Now the retry is refused with
+`session_expired`, and the key keeps the one write.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from kvcluster import Cluster
+from kvcluster.kv.sessions import MAX_SESSIONS
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 60.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster(3) as c:
+        c.wait_for_leader(DEADLINE)
+        yield c
+
+
+def open_sessions(base: str, count: int, threads: int = 4) -> list[str]:
+    """Open `count` sessions through `base`, a few connections at a time."""
+    opened: list[str] = []
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def work(n: int) -> None:
+        with requests.Session() as http:
+            http.trust_env = False
+            for _ in range(n):
+                for _attempt in range(100):  # 503 while between leaders: certainly not applied
+                    resp = http.post(f"{base}/v1/sessions", json={}, timeout=DEADLINE)
+                    if resp.status_code != 503:
+                        break
+                if resp.status_code != 200:
+                    errors.append(resp.text[:200])
+                    return
+                with lock:
+                    opened.append(resp.json()["client_id"])
+
+    share = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    workers = [threading.Thread(target=work, args=(n,)) for n in share]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors[:3]
+    return opened
+
+
+def test_a_retry_from_an_evicted_session_is_refused_not_applied_again(cluster: Cluster) -> None:
+    leader = cluster.endpoints[cluster.wait_for_leader(DEADLINE)]
+    http = requests.Session()
+    http.trust_env = False
+    first = http.post(f"{leader}/v1/sessions", timeout=DEADLINE).json()["client_id"]
+    write = {"value": "once", "client_id": first, "seq": 1}
+    assert http.put(f"{leader}/v1/kv/evicted", json=write, timeout=DEADLINE).status_code == 200
+    before = http.get(f"{leader}/v1/kv/evicted", timeout=DEADLINE).json()
+    assert before["version"] == 1
+
+    others = open_sessions(leader, MAX_SESSIONS)  # 10,001 sessions in all: the first goes
+    assert len(set(others)) == MAX_SESSIONS and first not in others
+
+    retry = http.put(f"{leader}/v1/kv/evicted", json=write, timeout=DEADLINE)
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["error"] == "session_expired"
+    assert "Open a new session" in retry.json()["message"]
+    after = http.get(f"{leader}/v1/kv/evicted", timeout=DEADLINE).json()
+    assert (after["version"], after["mod_revision"]) == (1, before["mod_revision"])
+
+    # Memory stays bounded on every node, and a newer session still works.
+    for i in range(3):
+        status = cluster.node_status(i)
+        assert status is not None and status["sessions"] <= MAX_SESSIONS
+    latest = {"value": "twice", "client_id": others[-1], "seq": 1}
+    assert http.put(f"{leader}/v1/kv/evicted", json=latest, timeout=DEADLINE).status_code == 200
+    http.close()
+
+
+def test_the_client_opens_a_new_session_when_its_own_was_evicted(cluster: Cluster) -> None:
+    with cluster.client(timeout=DEADLINE) as client:
+        client.put("reopen", "1")
+        old = client.client_id
+        open_sessions(cluster.endpoints[0], MAX_SESSIONS)  # evicts the client's session
+        assert client.put("reopen", "2") > 0  # refused at first delivery: sent again, anew
+        assert client.client_id not in (None, old)
+        kv = client.get_kv("reopen")
+        assert kv is not None and (kv.value, kv.version) == ("2", 2)
