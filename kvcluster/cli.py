@@ -1,4 +1,10 @@
-"""`kvcluster`: run a node, a local cluster, the demo, or talk to a cluster."""
+"""`kvcluster`: run a node, a local cluster, the demo, or talk to a cluster.
+
+Exit status: 0 when the command did what was asked; 1 when it could not (no
+node reachable, the cluster refused or gave up, `status` could not reach an
+endpoint, `get` of a key that does not exist); 2 for a usage error, which
+names the flag and what it accepts; 130 after Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,25 @@ import json
 import os
 import secrets
 import signal
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .errors import KvClusterError
+from .raft import ConfigError
+
+T = TypeVar("T")
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+TOKEN_ENV = "KVCLUSTER_TOKEN"
+ENDPOINTS_ENV = "KVCLUSTER_ENDPOINTS"
+# A client command gives up this soon when no endpoint accepts a connection at all.
+UNREACHABLE_TIMEOUT = 1.0
 
 # Subcommands with parsers of their own: `kvcluster check --help` shows theirs.
 DELEGATED = {
@@ -23,6 +40,39 @@ DELEGATED = {
     "sim": "many seeds of the deterministic simulator (Raft safety + linearizability)",
     "bench": "measure a local cluster: election | commit | reads | timeline",
 }
+
+# The flag that sets each configuration setting, to name it in a usage error.
+FLAGS = {
+    "name": "--name",
+    "token": "--token-file",
+    "host": "--listen",
+    "port": "--listen",
+    "listen": "--listen",
+    "advertise_url": "--advertise",
+    "initial_members": "--initial-cluster",
+    "join": "--join",
+    "election_timeout": "--election-timeout",
+    "heartbeat_interval": "--heartbeat",
+    "read_mode": "--read-mode",
+    "data_dir": "--data-dir",
+    "fsync": "--fsync",
+    "snapshot_every": "--snapshot-every",
+    "event_loop": "--event-loop",
+    "n": "-n",
+    "first_port": "--port",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS:
+            return action.help
+        if "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _delegate(name: str, argv: list[str]) -> int:
@@ -45,25 +95,71 @@ def _delegate(name: str, argv: list[str]) -> int:
     raise AssertionError(name)
 
 
+# ---------------------------------------------------------------------- argument types
+
+
+def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a config parser: its ConfigError becomes a usage error."""
+
+    def check(text: str) -> T:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(exc.reason) from None
+
+    check.__name__ = parse.__name__
+    return check
+
+
 def _timeout_range(text: str) -> tuple[float, float]:
+    """'LO,HI' (or one number for both) in seconds; RaftOptions checks the range."""
+    lo, _, hi = text.partition(",")
     try:
-        lo, _, hi = text.partition(",")
-        pair = (float(lo), float(hi or lo))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected LO,HI in seconds, e.g. 0.5,1.0: {exc}") from exc
-    if not 0 < pair[0] <= pair[1]:
-        raise argparse.ArgumentTypeError("need 0 < LO <= HI")
-    return pair
+        return float(lo), float(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LO,HI in seconds, e.g. 0.5,1.0, got {text!r}"
+        ) from None
 
 
-def _members(text: str) -> dict[str, str]:
-    members = {}
-    for part in filter(None, text.split(",")):
-        name, sep, url = part.partition("=")
-        if not sep or not url.startswith("http://"):
-            raise argparse.ArgumentTypeError(f"expected NAME=http://HOST:PORT, got {part!r}")
-        members[name] = url.rstrip("/")
-    return members
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < float("inf"):  # type: ignore[operator]
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _endpoints(text: str) -> list[str]:
+    """URL,URL,...: each http(s)://HOST:PORT (or HOST:PORT)."""
+    urls: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        url = part if "://" in part else "http://" + part
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            port = None
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not an endpoint like http://127.0.0.1:2379 (scheme, host and port)"
+            )
+        urls.append(url.rstrip("/"))
+    if not urls:
+        raise argparse.ArgumentTypeError("give at least one URL, like http://127.0.0.1:2379")
+    return urls
+
+
+# ---------------------------------------------------------------------- the parser
 
 
 def _add_raft_options(p: argparse.ArgumentParser) -> None:
@@ -71,7 +167,7 @@ def _add_raft_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--election-timeout",
         type=_timeout_range,
-        default=(0.5, 1.0),
+        default="0.5,1.0",
         metavar="LO,HI",
         help="randomized election timeout range, seconds",
     )
@@ -79,34 +175,111 @@ def _add_raft_options(p: argparse.ArgumentParser) -> None:
         "--read-mode",
         default="read_index",
         choices=["proxy", "read_index", "lease", "serializable"],
+        help="how linearizable reads are served",
     )
     p.add_argument("--no-pre-vote", action="store_true", help="turn pre-vote off")
     p.add_argument("--no-check-quorum", action="store_true", help="turn check-quorum off")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kvcluster", description="A Raft-replicated key/value store for experiments."
+def _add_token_options(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"read the cluster token ({what}) from FILE; else ${TOKEN_ENV} is used",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    group.add_argument(
+        "--token",
+        help="the token itself: visible to every local user in the process list; "
+        "prefer --token-file or $" + TOKEN_ENV,
+    )
 
-    serve = sub.add_parser("serve", help="run one node in the foreground")
-    serve.add_argument("--name", required=True, help="this node's unique name")
-    serve.add_argument("--listen", default="127.0.0.1:2379", help="HOST:PORT to bind")
-    serve.add_argument("--advertise", help="URL peers use to reach us (default: http://LISTEN)")
+
+def _add_client_options(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """The flags every client command takes, before or after its name: the
+    top-level parser holds the defaults, a subcommand's copy only overrides them."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument(
+        "--endpoints",
+        type=_endpoints,
+        default=default(None),  # None: from the environment, see _endpoints_of
+        help=f"comma-separated node URLs (default: ${ENDPOINTS_ENV} or {DEFAULT_ENDPOINTS})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=default(10.0),
+        help="seconds a command may retry while the cluster answers but cannot serve it "
+        f"(no node accepting connections fails after about {UNREACHABLE_TIMEOUT:g} s) "
+        "(default: 10)",
+    )
+
+
+class Parsers:
+    """The top-level parser and each subcommand's, to report a usage error
+    against the subcommand it belongs to."""
+
+    def __init__(self) -> None:
+        self.top = argparse.ArgumentParser(
+            prog="kvcluster",
+            description="A Raft-replicated key/value store for experiments.",
+            epilog="Exit status: 0 done; 1 not done (unreachable, refused, not found); 2 usage.",
+            formatter_class=HelpFormatter,
+        )
+        _add_client_options(self.top, top=True)
+        self.sub = self.top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        self.by_name: dict[str, argparse.ArgumentParser] = {}
+
+    def add(self, name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p = self.sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter, **kwargs
+        )
+        self.by_name[name] = p
+        return p
+
+    def usage_error(self, command: str | None, exc: ConfigError) -> None:
+        """Exit 2 with argparse's usage message for `command`, naming the flag."""
+        parser = self.by_name.get(command or "", self.top)
+        flag = FLAGS.get(exc.setting)
+        parser.error(f"argument {flag}: {exc.reason}" if flag else str(exc))
+
+
+def build_parsers() -> Parsers:
+    from .server.config import parse_listen, parse_members, parse_peer_url, parse_peer_urls
+
+    ps = Parsers()
+    serve = ps.add("serve", "run one node in the foreground")
+    serve.add_argument("--name", required=True, help="this node's unique name (A-Z a-z 0-9 . _ -)")
+    serve.add_argument(
+        "--listen",
+        type=_checked(parse_listen),
+        default="127.0.0.1:2379",
+        metavar="HOST:PORT",
+        help="the address to bind, exactly",
+    )
+    serve.add_argument(
+        "--advertise",
+        type=_checked(lambda text: parse_peer_url(text, "advertise_url")),
+        metavar="URL",
+        help="the URL peers use to reach this node (default: http://LISTEN)",
+    )
     group = serve.add_mutually_exclusive_group(required=True)
     group.add_argument(
         "--initial-cluster",
-        type=_members,
+        type=_checked(parse_members),
         metavar="NAME=URL,...",
         help="bootstrap a new cluster with these members (this node included)",
     )
-    group.add_argument("--join", help="join an existing cluster through any member (URL,...)")
-    serve.add_argument(
-        "--token",
-        default=os.environ.get("KVCLUSTER_TOKEN"),
-        help="cluster token for peer and admin routes (or $KVCLUSTER_TOKEN)",
+    group.add_argument(
+        "--join",
+        type=_checked(lambda text: parse_peer_urls(text, "join")),
+        metavar="URL,...",
+        help="join an existing cluster through any of these members",
     )
+    _add_token_options(serve, "for peer and admin routes")
     serve.add_argument("--data-dir", help="keep the log and snapshots here (default: memory only)")
     serve.add_argument(
         "--fsync",
@@ -134,43 +307,128 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_raft_options(serve)
 
-    up = sub.add_parser("up", help="run a local cluster in the foreground; Ctrl-C stops it")
+    up = ps.add("up", "run a local cluster in the foreground; Ctrl-C stops it")
     up.add_argument("-n", type=int, default=5, help="number of nodes")
+    up.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="the first node's port; node i listens on PORT + i (0: ports the OS picks)",
+    )
+    up.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="use the token in FILE; if FILE does not exist, write a new one there "
+        "(readable only by you). Default: a file in the cluster's work directory",
+    )
     _add_raft_options(up)
 
-    demo = sub.add_parser("demo", help="the quick-start experiment on a local 5-node cluster")
-    demo.add_argument("-n", type=int, default=5)
+    demo = ps.add("demo", "the quick-start experiment on a local cluster")
+    demo.add_argument("-n", type=int, default=5, help="number of nodes")
 
     for name, help_text in DELEGATED.items():
-        p = sub.add_parser(name, help=help_text, add_help=False)
+        p = ps.add(name, help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument(
-            "--endpoints",
-            default=os.environ.get("KVCLUSTER_ENDPOINTS", DEFAULT_ENDPOINTS),
-            help="comma-separated node URLs (or $KVCLUSTER_ENDPOINTS)",
-        )
-        p.add_argument("--timeout", type=float, default=10.0)
+        p = ps.add(name, help_text)
+        _add_client_options(p, top=False)
         return p
 
-    p = client_cmd("put", "set a key")
+    p = client_cmd("put", "set a key; prints its revision")
     p.add_argument("key")
     p.add_argument("value")
-    p = client_cmd("get", "read a key")
+    p = client_cmd("get", "print a key's value (exit status 1 if there is no such key)")
     p.add_argument("key")
     p.add_argument("--serializable", action="store_true", help="local, possibly stale read")
-    p = client_cmd("delete", "delete a key")
+    p = client_cmd("delete", "delete a key; prints deleted 1, or 0 if there was no such key")
     p.add_argument("key")
-    p = client_cmd("list", "list keys by prefix")
-    p.add_argument("prefix", nargs="?", default="")
-    p.add_argument("--limit", type=int)
-    client_cmd("status", "show every node's status")
-    p = client_cmd("remove-member", "remove a node from the cluster")
+    p = client_cmd("list", "list keys and values by prefix")
+    p.add_argument("prefix", nargs="?", default="", help="key prefix (default: every key)")
+    p.add_argument("--limit", type=_positive(int), help="at most this many keys")
+    client_cmd("status", "show every endpoint's status (exit status 1 if one cannot be reached)")
+    p = client_cmd("remove-member", "remove a node from the cluster (needs the token)")
     p.add_argument("name")
-    p.add_argument("--token", default=os.environ.get("KVCLUSTER_TOKEN"))
-    return parser
+    _add_token_options(p, "needed to change the membership")
+    return ps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_parsers().top
+
+
+def _endpoints_of(args: argparse.Namespace, ps: Parsers) -> list[str]:
+    """--endpoints, else $KVCLUSTER_ENDPOINTS, else the default (a bad
+    environment value is a usage error that names the variable)."""
+    if args.endpoints is not None:
+        return list(args.endpoints)
+    try:
+        return _endpoints(os.environ.get(ENDPOINTS_ENV) or DEFAULT_ENDPOINTS)
+    except argparse.ArgumentTypeError as exc:
+        ps.by_name[args.command].error(f"${ENDPOINTS_ENV}: {exc}")
+        raise AssertionError("unreachable") from exc
+
+
+# ---------------------------------------------------------------------- tokens
+
+
+def _token(args: argparse.Namespace, ps: Parsers) -> str | None:
+    """The token from --token-file, --token (with a warning) or $KVCLUSTER_TOKEN."""
+    if args.token_file:
+        try:
+            text = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            ps.by_name[args.command].error(f"argument --token-file: cannot read it: {exc}")
+        if not text:
+            ps.by_name[args.command].error(f"argument --token-file: {args.token_file} is empty")
+        _warn_if_readable_by_others(Path(args.token_file))
+        return text
+    if args.token:
+        print(
+            "warning: --token is visible to every user of this machine in the process list "
+            f"(ps, /proc/PID/cmdline); use --token-file FILE or ${TOKEN_ENV} instead",
+            file=sys.stderr,
+        )
+        return str(args.token)
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(
+            f"warning: {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}",
+            file=sys.stderr,
+        )
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Create `path` holding `token`, readable and writable only by its owner
+    (0600 from the start: never briefly readable by others; never overwritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+
+
+def _new_token_file(name: str, token: str) -> Path:
+    """A new 0600 file holding `token`: in the current directory, or in the
+    temporary directory if that one cannot be written."""
+    for where in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            fd, path = tempfile.mkstemp(prefix=f"kvcluster-{name}-", suffix=".token", dir=where)
+        except OSError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # mkstemp makes it 0600
+            f.write(token + "\n")
+        return Path(path).resolve()
+    raise SystemExit("error: cannot write a token file in the current or temporary directory")
+
+
+# ---------------------------------------------------------------------- commands
 
 
 def _raft_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,27 +440,22 @@ def _raft_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, ps: Parsers) -> int:
     from .raft import RaftOptions
     from .server.config import NodeConfig
     from .server.main import run_node
 
-    host, _, port = args.listen.rpartition(":")
-    token = args.token
-    if not token:
-        token = secrets.token_hex(16)
-        print(
-            f"No --token given; generated one. Start the other nodes with --token {token}",
-            file=sys.stderr,
-        )
+    token = _token(args, ps)
+    generated = token is None
+    host, port = args.listen
     config = NodeConfig(
         name=args.name,
-        token=token,
-        host=host.strip("[]") or "127.0.0.1",
-        port=int(port),
+        token=token or secrets.token_hex(16),
+        host=host,
+        port=port,
         advertise_url=args.advertise,
         initial_members=args.initial_cluster or {},
-        join=[u.rstrip("/") for u in (args.join or "").split(",") if u],
+        join=args.join or [],
         raft=RaftOptions(**_raft_options(args)),
         read_mode=args.read_mode,
         events_path=args.events,
@@ -213,33 +466,87 @@ def _serve(args: argparse.Namespace) -> int:
         snapshot_every=args.snapshot_every,
         event_loop=args.event_loop,
     )
-    run_node(config)
+    path = None
+    if generated:
+        path = _new_token_file(config.name, config.token)
+        print(
+            f"No token given (--token-file FILE or ${TOKEN_ENV}): generated one and wrote it "
+            f"to {path}, readable only by you. Every node of the cluster needs the same token: "
+            f"copy that file to the others and start them with --token-file {path} "
+            f"(or export {TOKEN_ENV}=$(cat {path})).",
+            file=sys.stderr,
+        )
+    try:
+        run_node(config)
+    except SystemExit:
+        if path is not None:  # the node never ran: its token is of no use to anyone
+            path.unlink(missing_ok=True)
+        raise
     return 0
 
 
-def _up(args: argparse.Namespace) -> int:
-    from .cluster import Cluster
+def _up(args: argparse.Namespace, ps: Parsers) -> int:
+    from .cluster import Cluster, PortTaken
 
-    with Cluster(args.n, read_mode=args.read_mode, **_raft_options(args)) as cluster:
+    token_file = Path(args.token_file) if args.token_file else None
+    token = None
+    if token_file is not None and token_file.exists():
+        token = _token(args, ps)
+    # Checked (a ConfigError) before a token file is written or a node started.
+    cluster = Cluster(
+        args.n,
+        first_port=args.port,
+        token=token,
+        read_mode=args.read_mode,
+        start=False,
+        **_raft_options(args),
+    )
+    with cluster:
+        if token_file is None:
+            token_file = cluster.work_dir / "token"  # removed with the cluster
+        if token is None:
+            try:
+                write_token_file(token_file, cluster.token)
+            except OSError as exc:
+                ps.by_name["up"].error(f"argument --token-file: cannot write it: {exc}")
+        try:
+            cluster.start()
+        except PortTaken as exc:
+            last = args.port + args.n - 1
+            raise SystemExit(
+                f"error: {exc}\nkvcluster up --port {args.port} needs ports {args.port}-{last} "
+                f"free; choose another first port, or leave out --port."
+            ) from None
         leader = cluster.wait_for_leader()
-        print(f"{args.n} nodes up; node {leader} leads. Work directory: {cluster.work_dir}")
-        print(f"export KVCLUSTER_ENDPOINTS={','.join(cluster.endpoints)}")
-        print(f"export KVCLUSTER_TOKEN={cluster.token}")
+        ports = [h.port for h in cluster.nodes]
+        print(
+            f"{args.n} nodes up (ports {', '.join(map(str, ports))}); "
+            f"{cluster.nodes[leader].name} leads. Work directory: {cluster.work_dir}"
+        )
+        print(f"export {ENDPOINTS_ENV}={','.join(cluster.endpoints)}")
+        print(f"export {TOKEN_ENV}=$(cat {token_file})")
         print("Ctrl-C stops the cluster.", flush=True)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started in the background
+            signal.signal(sig, signal.default_int_handler)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            print("stopping...")
+            print("stopping...", flush=True)
     return 0
 
 
-def _client_command(args: argparse.Namespace) -> int:
+def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
     from .client import Client
 
-    endpoints = [e.rstrip("/") for e in args.endpoints.split(",") if e]
-    with Client(endpoints, timeout=args.timeout, token=getattr(args, "token", None)) as c:
+    token = _token(args, ps) if args.command == "remove-member" else None
+    endpoints = _endpoints_of(args, ps)
+    with Client(
+        endpoints,
+        timeout=args.timeout,
+        token=token,
+        unreachable_timeout=min(args.timeout, UNREACHABLE_TIMEOUT),
+    ) as c:
         if args.command == "put":
             print(json.dumps({"key": args.key, "revision": c.put(args.key, args.value)}))
         elif args.command == "get":
@@ -251,16 +558,22 @@ def _client_command(args: argparse.Namespace) -> int:
                 return 1
             print(kv.value)
         elif args.command == "delete":
-            print(json.dumps({"key": args.key, "deleted": c.delete(args.key)}))
+            print(json.dumps({"key": args.key, "deleted": int(c.delete(args.key))}))
         elif args.command == "list":
             for key, value in c.list(args.prefix, limit=args.limit).items():
                 print(f"{key}\t{value}")
         elif args.command == "status":
+            failed = 0
             for e in endpoints:
                 try:
                     print(json.dumps(c.status(e)))
                 except KvClusterError as exc:
+                    failed += 1
                     print(json.dumps({"address": e, "error": str(exc)}))
+            if failed:
+                print(f"error: {failed} of {len(endpoints)} endpoint(s) did not answer",
+                      file=sys.stderr)  # fmt: skip
+                return 1
         elif args.command == "remove-member":
             print(json.dumps(c.remove_member(args.name)))
     return 0
@@ -270,18 +583,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         return _delegate(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    ps = build_parsers()
+    args = ps.top.parse_args(argv)
+    if args.command in DELEGATED:  # after top-level flags, which they do not take
+        return _delegate(args.command, args.args)
     try:
         if args.command == "serve":
-            return _serve(args)
+            return _serve(args, ps)
         if args.command == "up":
-            return _up(args)
+            return _up(args, ps)
         if args.command == "demo":
             from .demo import run_demo
 
             run_demo(args.n)
             return 0
-        return _client_command(args)
+        try:
+            return _client_command(args, ps)
+        except (ValueError, TypeError) as exc:  # an argument the client refuses (an empty key)
+            if isinstance(exc, ConfigError):
+                raise
+            ps.by_name[args.command].error(str(exc))
+            return 2
+    except ConfigError as exc:
+        ps.usage_error(args.command, exc)
+        return 2
     except KvClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
