@@ -85,52 +85,100 @@ def _choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
     return parse
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--out and --quiet, before or after the experiment's name: the top-level
+    parser holds the defaults, an experiment's copy only overrides them."""
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results") if top else argparse.SUPPRESS,
+        help="results directory" + ("" if top else " (default: results)"),
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="no progress bar",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kvcluster bench", description="Measure a local cluster; results as CSV + JSON."
+        prog="kvcluster bench",
+        description="Measure a local cluster; results as CSV + JSON.",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=Path("results"), help="results directory")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="experiment", required=True)
 
-    e = sub.add_parser("election", help="failover: time to a new leader and to the next write")
-    e.add_argument("-n", "--sizes", type=_list(int), default=[5], help="cluster sizes, e.g. 3,5")
+    def experiment(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+        _add_common(p, top=False)
+        return p
+
+    # String defaults: argparse parses them like typed values, and --help shows
+    # them as one would type them.
+    e = experiment("election", "failover: time to a new leader and to the next write")
+    e.add_argument("-n", "--sizes", type=_list(int), default="5", help="cluster sizes, e.g. 3,5")
     e.add_argument(
         "--timeouts",
         type=_ranges,
-        default=[(150.0, 300.0)],
-        help="election timeout ranges in ms: LO-HI,... or 'paper' or 'short' (default 150-300)",
+        default="150-300",
+        help="election timeout ranges in ms: LO-HI,... or 'paper' or 'short'",
     )
-    e.add_argument("--pre-vote", type=_bools, default=[True], help="on, off or both")
-    e.add_argument("--fault", type=_choices(("kill", "pause")), default=["kill"])
+    e.add_argument("--pre-vote", type=_bools, default="on", help="on, off or both")
+    e.add_argument(
+        "--fault", type=_choices(("kill", "pause")), default="kill", help="kill, pause or both"
+    )
     e.add_argument("--trials", type=int, default=100, help="failovers per setting")
     e.add_argument("--heartbeat-ms", type=float, help="default: half the shortest timeout")
     e.add_argument("--max-wait", type=float, default=30.0, help="give up on a failover (s)")
-    e.add_argument("--seed", type=int)
+    e.add_argument("--seed", type=int, help="for reproducible runs")
 
-    c = sub.add_parser("commit", help="write latency and throughput against concurrency")
-    c.add_argument("-n", "--sizes", type=_list(int), default=[1, 3, 5])
-    c.add_argument("--value-sizes", type=_list(int), default=[100], help="bytes")
-    c.add_argument("--clients", type=_list(int), default=[1, 4, 16, 64, 256])
-    c.add_argument("--targets", type=_choices(TARGETS), default=["leader", "followers"])
+    c = experiment("commit", "write latency and throughput against concurrency")
+    c.add_argument("-n", "--sizes", type=_list(int), default="1,3,5", help="cluster sizes")
+    c.add_argument("--value-sizes", type=_list(int), default="100", help="bytes")
+    c.add_argument("--clients", type=_list(int), default="1,4,16,64,256", help="concurrent clients")
+    c.add_argument(
+        "--targets", type=_choices(TARGETS), default="leader,followers", help="where writes go"
+    )
     c.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
-    c.add_argument("--warmup", type=float, default=0.5)
+    c.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
 
-    r = sub.add_parser("reads", help="read throughput, latency and staleness per read mode")
-    r.add_argument("-n", "--sizes", type=_list(int), default=[3])
-    r.add_argument("--modes", type=_choices(READ_MODES), default=list(READ_MODES))
-    r.add_argument("--targets", type=_choices(TARGETS), default=["leader", "all"])
-    r.add_argument("--mixes", type=_list(_mix), default=list(MIXES), help="e.g. 100:0,99:1,95:5")
-    r.add_argument("--clients", type=_list(int), default=[16])
-    r.add_argument("--value-size", type=int, default=100)
-    r.add_argument("--keys", type=int, default=100)
-    r.add_argument("--duration", type=float, default=2.0)
-    r.add_argument("--warmup", type=float, default=0.5)
+    r = experiment("reads", "read throughput, latency and staleness per read mode")
+    r.add_argument("-n", "--sizes", type=_list(int), default="3", help="cluster sizes")
+    r.add_argument(
+        "--modes", type=_choices(READ_MODES), default=",".join(READ_MODES), help="read modes"
+    )
+    r.add_argument("--targets", type=_choices(TARGETS), default="leader,all", help="where reads go")
+    r.add_argument(
+        "--mixes",
+        type=_list(_mix),
+        default=",".join(f"{m:g}" for m in MIXES),
+        help="read fractions, e.g. 100:0,99:1,95:5 or 0.95",
+    )
+    r.add_argument("--clients", type=_list(int), default="16", help="concurrent clients")
+    r.add_argument("--value-size", type=int, default=100, help="bytes")
+    r.add_argument("--keys", type=int, default=100, help="distinct keys read and written")
+    r.add_argument("--duration", type=float, default=2.0, help="seconds measured per run")
+    r.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
 
-    t = sub.add_parser("timeline", help="a scripted crash/partition/pause, plotted per node")
-    t.add_argument("-n", type=int, default=5)
-    t.add_argument("--timeout", type=_ranges, default=[(150.0, 300.0)], help="LO-HI in ms")
-    t.add_argument("--heartbeat-ms", type=float, default=50.0)
+    t = experiment("timeline", "a scripted crash/partition/pause, plotted per node")
+    t.add_argument("-n", type=int, default=5, help="cluster size")
+    t.add_argument("--timeout", type=_ranges, default="150-300", help="LO-HI in ms")
+    t.add_argument("--heartbeat-ms", type=float, default=50.0, help="heartbeat interval")
     t.add_argument("--hold", type=float, default=1.0, help="seconds a partition or pause lasts")
     return parser
 
@@ -174,7 +222,8 @@ def _commit(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
         )
     }
     q = lat.groupby(["n", "value_size", "target"])["latency_ms"]
-    _show(q.describe(percentiles=[0.5, 0.9, 0.99]).reset_index())
+    described = q.describe(percentiles=[0.5, 0.9, 0.99]).reset_index()
+    _show(described.astype({"count": "int64"}))  # a count, not a measurement
     thr_params = {
         "sizes": args.sizes,
         "clients": args.clients,

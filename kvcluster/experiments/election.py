@@ -290,23 +290,22 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     how often votes split and how many terms an election used."""
     keys = [c for c in [*SETTING_COLUMNS, "fault"] if c in df.columns]
 
-    def stats(g: pd.DataFrame) -> pd.Series:
+    def stats(g: pd.DataFrame) -> dict[str, Any]:
+        # A dict, not a Series: a Series of counts and means is all floats (trials 5.0).
         e, u = g["election_ms"].dropna(), g["unavailable_ms"].dropna()
-        return pd.Series(
-            {
-                "trials": len(g),
-                "elected": int(g["elected"].sum()),
-                "election_median_ms": e.median(),
-                "election_mean_ms": e.mean(),
-                "election_p90_ms": e.quantile(0.9),
-                "election_p99_ms": e.quantile(0.99),
-                "election_max_ms": e.max(),
-                "unavailable_median_ms": u.median(),
-                "unavailable_p99_ms": u.quantile(0.99),
-                "split_votes": g["split_vote"].mean(),
-                "terms_used_mean": g["terms_used"].mean(),
-            }
-        )
+        return {
+            "trials": len(g),
+            "elected": int(g["elected"].sum()),
+            "election_median_ms": e.median(),
+            "election_mean_ms": e.mean(),
+            "election_p90_ms": e.quantile(0.9),
+            "election_p99_ms": e.quantile(0.99),
+            "election_max_ms": e.max(),
+            "unavailable_median_ms": u.median(),
+            "unavailable_p99_ms": u.quantile(0.99),
+            "split_votes": g["split_vote"].mean(),
+            "terms_used_mean": g["terms_used"].mean(),
+        }
 
     rows = [{**dict(zip(keys, k, strict=True)), **stats(g)} for k, g in df.groupby(keys)]
     return pd.DataFrame(rows)
