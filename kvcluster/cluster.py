@@ -611,6 +611,8 @@ class Cluster:
             return df
         df = df.sort_values("t", kind="stable").reset_index(drop=True)
         df["time"] = df["t"] - df["t"].iloc[0]
+        if "term" in df.columns:  # an integer; <NA>, not NaN, where an event has none
+            df["term"] = df["term"].astype("Int64")
         return df
 
 

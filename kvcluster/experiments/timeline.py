@@ -50,7 +50,8 @@ def _node_key(name: str) -> tuple[int, str]:
 
 def _value(r: Mapping[Any, Any], key: str) -> Any:
     v = r.get(key)
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    # Missing: None, NaN in a float column, <NA> in an integer one (Cluster.events' term).
+    return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
 
 
 def role_intervals(events: pd.DataFrame, t0: float | None = None) -> pd.DataFrame:
