@@ -278,9 +278,12 @@ class RaftNet(SafetyChecks):
 
         core.read_index = read_index  # type: ignore[method-assign]
 
-    def crash(self, nid: str) -> None:
-        """Stop a node; what it persisted stays in `storage`. Messages it already
+    def crash(self, nid: str, *, power_cut: bool = False) -> None:
+        """Stop a node; what it persisted stays in `storage` (after a power cut,
+        only what its fsync policy had synced: see Storage). Messages it already
         sent may still arrive; messages to it (and its pending requests) are lost."""
+        if power_cut:
+            self.storage[nid].power_cut()
         if nid in self.alive:
             self.alive.discard(nid)
             self._alive_sorted = sorted(self.alive)
@@ -617,7 +620,6 @@ class RaftNet(SafetyChecks):
                 self._fail(f"{nid}: term went back from {old.term} to {new.term}")
             if new.term == old.term and old.vote is not None and new.vote != old.vote:
                 self._fail(f"{nid}: voted for {old.vote} then {new.vote} in term {new.term}")
-            st.hard_state = new
         if rd.entries:
             first, last = rd.entries[0].index, st.last_index()
             if first > last + 1:
@@ -627,10 +629,8 @@ class RaftNet(SafetyChecks):
                     f"{nid}: overwrites entry {first} but had committed up to "
                     f"{self._durable_commit[nid]}"
                 )
-            base = st.base
-            added = [e for e in rd.entries if e.index > base] if first <= base else rd.entries
-            del st.entries[max(first - base - 1, 0) :]
-            st.entries.extend(added)
+        added = st.save(rd.hard_state, rd.entries)
+        if added:
             self._check_new_entries(nid, st, added)
 
     # ------------------------------------------------------------------ snapshots
@@ -673,16 +673,8 @@ class RaftNet(SafetyChecks):
     def _save_snapshot(self, nid: str, snap: MemorySnapshot) -> None:
         """Storage keeps the newest snapshot, and the entries after it only if
         its own entry at the snapshot's index agrees (InstallSnapshot's rule)."""
-        st = self.storage[nid]
-        index, term = snap.meta.index, snap.meta.term
-        if index <= st.base:
-            return
-        if st.term_at(index) == term:
-            del st.entries[: index - st.base]
-        else:
-            st.entries.clear()
-        st.snapshot = snap
-        self._durable_commit[nid] = max(self._durable_commit[nid], index)
+        if self.storage[nid].save_snapshot(snap):
+            self._durable_commit[nid] = max(self._durable_commit[nid], snap.meta.index)
 
     def _install(self, nid: str, source: SnapshotSource) -> None:
         """A follower persists the snapshot its leader sent, replacing its state."""

@@ -213,7 +213,9 @@ class Storage(Protocol):
         ...
 
     def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
-        """Persist before returning (as far as the fsync policy promises).
+        """Persist before returning: a changed hard state (term, vote) durably
+        under every fsync policy, since the node sends the vote or acknowledgement
+        that depends on it next; entries as far as the policy promises.
 
         `entries` are contiguous; if the first index is <= the last stored one,
         the stored suffix from there is replaced (a new leader overwrote it).

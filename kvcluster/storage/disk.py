@@ -86,7 +86,14 @@ class DiskStorage:
     fsync: `always` (each save is fsynced before it returns: one fsync per
     batch), `batch` (at most one fsync per `sync_interval`; the node calls
     `sync()` that often), `never` (the page cache only: survives a killed
-    process, not a crashed machine). Segments rotate at `segment_size` bytes.
+    process, not a crashed machine). The policy is for entries only: a save
+    that changes the term or the vote is fsynced before it returns under every
+    policy, because the node sends that vote or acknowledgement next, and a
+    node that forgot it after a machine crash could vote twice in one term.
+    That costs one fsync per election or term change. The directories and the
+    identity file are made durable at first start under every policy too (a
+    durable hard state in a directory that could vanish would not be).
+    Segments rotate at `segment_size` bytes.
 
     `name` must match the one stored at first start (a directory belongs to one
     node); `incarnation` is only used at first start: afterwards the stored one
@@ -120,12 +127,10 @@ class DiskStorage:
         self.keep_snapshots = keep_snapshots
         self._fail_stop = FailStop()
         durable = fsync != "never"
-        self.path.mkdir(parents=True, exist_ok=True)
+        _make_dir(self.path, self._fsync)
         self._wal_dir = self.path / "wal"
-        self.name, self.incarnation = _identity(
-            self.path, name, incarnation, durable=durable, fsync=self._fsync
-        )
-        self._wal_dir.mkdir(exist_ok=True)
+        self.name, self.incarnation = _identity(self.path, name, incarnation, self._fsync)
+        _make_dir(self._wal_dir, self._fsync)
         self._snaps = SnapshotStore(
             self.path / "snap", durable=durable, fsync=self._fsync, fail_stop=self._fail_stop
         )
@@ -168,6 +173,8 @@ class DiskStorage:
             return self._replay(repair=False).state
 
     def save(self, hard_state: HardState | None, entries: list[Entry]) -> None:
+        """Entries are as durable as the policy makes them; a new term or vote is
+        on disk before this returns, whatever the policy (see the class docstring)."""
         with self._fail_stop:
             check_batch(entries, self._terms.last_index)
             self._loaded = None
@@ -177,7 +184,8 @@ class DiskStorage:
             if not parts:
                 return
             self._writer.rotate_if_full()
-            self._writer.append(b"".join(parts))
+            changed = hard_state is not None and hard_state != self._hard_state
+            self._writer.append(b"".join(parts), durable=changed)
             if hard_state is not None:
                 self._hard_state = hard_state
             if entries:
@@ -284,8 +292,8 @@ class DiskStorage:
             doomed.append((seq, path))
         if doomed:
             # The hard state survives only in the open segment's header once the
-            # older segments are gone: make it durable first.
-            self._writer.sync()
+            # older segments are gone: make it durable first, whatever the policy.
+            self._writer.sync(force=True)
         for seq, path in doomed:
             path.unlink()
             self._segment_max.pop(seq, None)
@@ -350,10 +358,21 @@ class DiskStorage:
         return _Recovered(state, source, segment_max, missing)
 
 
+def _make_dir(path: Path, fsync: Callable[[int], None]) -> None:
+    """Create `path` (and missing parents) so that it survives a machine crash:
+    each new directory's name is fsynced in its parent. Once, at first start."""
+    if path.is_dir():
+        return
+    _make_dir(path.parent, fsync)
+    path.mkdir(exist_ok=True)
+    fsync_dir(path.parent, fsync)
+
+
 def _identity(
-    path: Path, name: str, incarnation: str, *, durable: bool, fsync: Callable[[int], None]
+    path: Path, name: str, incarnation: str, fsync: Callable[[int], None]
 ) -> tuple[str, str]:
-    """The (name, incarnation) this directory belongs to, recorded at first start."""
+    """The (name, incarnation) this directory belongs to, recorded (durably,
+    whatever the fsync policy) at first start."""
     meta = path / META
     if meta.exists():
         try:
@@ -370,10 +389,8 @@ def _identity(
         raise StorageIdentityError(f"{path} holds a log but no {META}: whose is it?")
     tmp = path / (META + ".tmp")
     tmp.write_text(json.dumps({"name": name, "incarnation": incarnation}), "utf-8")
-    if durable:
-        with open(tmp, "rb") as f:
-            fsync(f.fileno())
+    with open(tmp, "rb") as f:
+        fsync(f.fileno())
     os.replace(tmp, meta)
-    if durable:
-        fsync_dir(path, fsync)
+    fsync_dir(path, fsync)
     return name, incarnation

@@ -252,7 +252,12 @@ class SegmentWriter:
       seconds old; `sync()` (called by the node on a timer every `interval`)
       fsyncs whatever is pending. Data survives a process crash at once (it is
       in the page cache) and an OS crash after at most about `interval`.
-    - never: no fsync at all; survives process crashes, not OS crashes.
+    - never: no fsync of its own; survives process crashes, not OS crashes.
+
+    Whatever the policy, `append(..., durable=True)` and `sync(force=True)`
+    fsync before returning (the segment, and under `never` its directory
+    entry, which `never` does not sync when it creates a segment): that is
+    how the hard state stays durable under every policy (see DiskStorage.save).
 
     `fsync` is injectable so tests can fail the Nth one. Any error leaves the
     writer to its owner's fail-stop: it is never retried here.
@@ -280,6 +285,7 @@ class SegmentWriter:
         self._header = header
         self._fsync_fn = fsync
         self._pending_since: float | None = None  # time of the oldest unsynced write
+        self._dir_synced = False  # the open segment's name is durable in its directory
         self.seq = seq
         self._fd = -1
         self.size = 0
@@ -293,8 +299,9 @@ class SegmentWriter:
         self.seq = seq
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.size = 0
+        self._dir_synced = False
         if self.policy != "never":
-            fsync_dir(self.directory, self._fsync_fn)
+            self._sync_dir()
         head = self._header()
         if head:
             self._write(head)  # durable with the next append (or sync)
@@ -321,24 +328,30 @@ class SegmentWriter:
         if self._pending_since is None:
             self._pending_since = self._clock()
 
-    def append(self, data: bytes) -> None:
-        """Write `data` (whole records) and fsync as the policy says."""
+    def append(self, data: bytes, *, durable: bool = False) -> None:
+        """Write `data` (whole records) and fsync as the policy says, or now if `durable`."""
         self._write(data)
-        if self.policy == "always":
+        if durable or self.policy == "always":
             self._fsync()
         elif self.policy == "batch":
             assert self._pending_since is not None
             if self._clock() - self._pending_since >= self.interval:
                 self._fsync()
 
-    def sync(self) -> None:
-        """Fsync whatever is unsynced (nothing to do under `never`)."""
-        if self._pending_since is not None and self.policy != "never":
+    def sync(self, *, force: bool = False) -> None:
+        """Fsync whatever is unsynced (nothing to do under `never` unless `force`)."""
+        if self._pending_since is not None and (force or self.policy != "never"):
             self._fsync()
 
     def _fsync(self) -> None:
         self._fsync_fn(self._fd)
         self._pending_since = None
+        if not self._dir_synced:  # under `never`: the data is durable, now its name
+            self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        fsync_dir(self.directory, self._fsync_fn)
+        self._dir_synced = True
 
     def close(self) -> None:
         if self._fd >= 0:
