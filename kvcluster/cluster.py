@@ -2,9 +2,15 @@
 
 Nodes are forked from a `forkserver`: a clean single-threaded process, so
 forking stays safe even from a Jupyter kernel full of threads, and each node
-starts with the node process's modules already imported. Every node dies with
-its parent, and the Cluster stops them all on exit, on exceptions and at
-interpreter shutdown.
+starts with the node process's modules already imported. The forkserver is
+shared by every Cluster of a process and lives as long as that process.
+
+Nothing outlives the process that owns the Cluster. The Cluster stops its nodes
+on exit, on exceptions and at interpreter shutdown. If the owner dies without
+any of these (SIGKILL, a restarted Jupyter kernel), the forkserver sees it go,
+kills the nodes and removes the owner's directories under the temp directory
+before it exits itself (server/forkserver.py), and a node dies with its
+forkserver whatever ends it.
 """
 
 from __future__ import annotations
@@ -36,19 +42,19 @@ from urllib3.util.retry import Retry
 
 from .raft import RaftOptions
 from .server.config import NodeConfig, check_cluster
+from .server.forkserver import OWNER_FILE, WORK_DIR_PREFIX
 from .server.main import run_node
 
 if TYPE_CHECKING:
     from .client import Client
 
 _ctx = multiprocess.get_context("forkserver")
-_ctx.set_forkserver_preload(["kvcluster.server.main"])
+# forkserver first: importing it in the forkserver arms the clean-up after a dead owner.
+_ctx.set_forkserver_preload(["kvcluster.server.forkserver", "kvcluster.server.main"])
 
 T = TypeVar("T")
 
 HARNESS_EVENTS = "harness.events.jsonl"  # what the harness did to the nodes (Cluster.mark)
-WORK_DIR_PREFIX = "kvcluster-"
-OWNER_FILE = ".owner"  # the pid of the process whose Cluster made the directory
 
 
 def remove_abandoned_work_dirs(tmp: Path) -> None:

@@ -17,6 +17,7 @@ import orjson
 
 from .config import NodeConfig
 from .driver import NodeDriver
+from .forkserver import detach_node
 from .http import ConnectionFailed, HttpConnection, HttpServer, Limits
 from .join import join
 from .routes import Routes
@@ -192,10 +193,18 @@ async def _refuse_unsafe_bootstrap(config: NodeConfig) -> None:
 
 
 def _die_with_parent() -> None:
-    """A node started by a Cluster must not outlive it, even if it is SIGKILLed."""
+    """A node started by a Cluster must not outlive it, even if it is SIGKILLed.
+
+    Its parent is the forkserver, which exits once the Cluster's process is gone
+    (and then kills its nodes: see forkserver.py), provided no node holds the
+    forkserver's alive pipe open; PR_SET_PDEATHSIG kills the node if the
+    forkserver dies in any other way. A parent that died before prctl took
+    effect is caught by comparing the parent pid with the forkserver's."""
+    forkserver_pid = detach_node()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
+    parent = os.getppid()
+    if parent == 1 or (forkserver_pid is not None and parent != forkserver_pid):
         os._exit(1)
