@@ -102,8 +102,11 @@ class NodeDriver:
         # A node that joins has no place in anyone's memory yet: a fresh
         # incarnation. Disk storage remembers the first one it was given.
         incarnation = config.incarnation or (uuid.uuid4().hex[:12] if config.join else "")
-        self.storage: Storage = storage or open_storage(config, incarnation)
-        persisted = self.storage.load()
+        # A corrupt log found while recovering stops the node like any storage
+        # error: one line naming the file and offset, exit 3, nothing served.
+        with _storage_errors_stop("recovering the data directory"):
+            self.storage: Storage = storage or open_storage(config, incarnation)
+            persisted = self.storage.load()
         self.incarnation = (
             persisted.incarnation if persisted.incarnation is not None else incarnation
         )
