@@ -65,9 +65,13 @@ peers: $(STAMP)
 	$(BIN)/pip install -q -e '.[peers]'
 	$(BIN)/python bench/peers.py --nodes 3,5
 
+# Jupyter refuses to start as root without --allow-root, and containers and many
+# cloud notebooks run as root: pass it then, and only then.
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,lab]'
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || \
