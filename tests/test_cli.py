@@ -71,7 +71,7 @@ def closed_port() -> int:
 def usage_error(result: subprocess.CompletedProcess[str], flag: str, says: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
-    assert "usage: kvcluster" in result.stderr
+    assert "usage: kvcluster" in result.stderr, result.stderr
     assert f"argument {flag}: " in result.stderr, result.stderr
     assert says in result.stderr, result.stderr
 
@@ -130,6 +130,11 @@ def help_of(*command: str) -> str:
     result = kvcluster(*command, "--help")
     assert result.returncode == 0, result.stderr
     return " ".join(result.stdout.split())  # as one line, whatever the terminal width
+
+
+def test_bench_refuses_timing_no_cluster_could_run_before_it_starts_one() -> None:
+    usage_error(kvcluster("bench", "election", "--timeouts", "1000-100000"), "--timeouts", "<= 60")
+    usage_error(kvcluster("bench", "timeline", "--heartbeat-ms", "0"), "--heartbeat-ms", "0.001")
 
 
 def test_help_shows_defaults() -> None:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
+from ..raft import ConfigError, RaftOptions
 from ..server.config import READ_MODES
 from .election import PAPER_RANGES_MS, SHORT_RANGES_MS
 from .reads import MIXES
@@ -287,9 +288,27 @@ def _timeline(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     return {"timeline": path, "plot": png}
 
 
+def _check_timing(args: argparse.Namespace) -> None:
+    """Every timing setting of the run, checked before the first cluster starts."""
+    ranges = args.timeouts if args.experiment == "election" else args.timeout
+    for lo, hi in ranges:
+        hb = lo / 2 if args.heartbeat_ms is None else args.heartbeat_ms
+        RaftOptions(election_timeout=(lo / 1000, hi / 1000), heartbeat_interval=hb / 1000)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `kvcluster bench` (argv: what follows `bench`)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.experiment in ("election", "timeline"):
+        try:
+            _check_timing(args)
+        except ConfigError as exc:
+            flags = {"election_timeout": "--timeouts", "heartbeat_interval": "--heartbeat-ms"}
+            if args.experiment == "timeline":
+                flags["election_timeout"] = "--timeout"
+            flag = flags.get(exc.setting, exc.setting)
+            parser.error(f"argument {flag}: {exc} (in seconds; the flag takes milliseconds)")
     run = {
         "election": _election,
         "commit": _commit,
