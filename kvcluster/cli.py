@@ -448,12 +448,15 @@ def _serve(args: argparse.Namespace, ps: Parsers) -> int:
     token = _token(args, ps)
     generated = token is None
     host, port = args.listen
+    advertise = args.advertise
+    if advertise is None and ":" in host:  # an IPv6 address goes in brackets in a URL
+        advertise = f"http://[{host}]:{port}"
     config = NodeConfig(
         name=args.name,
         token=token or secrets.token_hex(16),
         host=host,
         port=port,
-        advertise_url=args.advertise,
+        advertise_url=advertise,
         initial_members=args.initial_cluster or {},
         join=args.join or [],
         raft=RaftOptions(**_raft_options(args)),
