@@ -98,7 +98,7 @@ SERVE = ["serve", "--name", "a", "--initial-cluster", "a=http://127.0.0.1:2379"]
         ),
         (["--initial-cluster", "a=http://127.0.0.1"], "--initial-cluster", "port from 1"),
         (["--name", ""], "--name", "1-64 characters"),
-        (["--snapshot-every", "-5"], "--snapshot-every", "from 0 to"),
+        (["--snapshot-every", "-5"], "--snapshot-every", "at least 0"),
     ],
 )
 def test_serve_refuses_nonsense_configuration_with_a_usage_error(

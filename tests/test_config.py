@@ -132,11 +132,14 @@ def node(**changes: Any) -> NodeConfig:
         ),
         ({"join": ["not-a-url"]}, "join", "http://"),
         ({"join": ["http://10.0.0.2"]}, "join", "port from 1 to 65535"),
-        ({"snapshot_every": -5}, "snapshot_every", "from 0 to"),
-        ({"snapshot_keep": -1}, "snapshot_keep", "from 0 to"),
-        ({"request_timeout": INF}, "request_timeout", "(0, 3600]"),
-        ({"request_timeout": 0}, "request_timeout", "(0, 3600]"),
-        ({"peer_timeout": -1.0}, "peer_timeout", "(0, 3600]"),
+        ({"snapshot_every": -5}, "snapshot_every", "at least 0 (0: never)"),
+        ({"snapshot_every": 1.5}, "snapshot_every", "integer"),
+        ({"snapshot_keep": -1}, "snapshot_keep", "at least 0"),
+        ({"request_timeout": INF}, "request_timeout", "above 0 and below 3600"),
+        ({"request_timeout": 0}, "request_timeout", "above 0 and below 3600"),
+        ({"peer_timeout": -1.0}, "peer_timeout", "above 0 and below 3600"),
+        ({"session_ttl": 0.0}, "session_ttl", "0.01 s to 7 days"),
+        ({"session_ttl": math.nan}, "session_ttl", "0.01 s to 7 days"),
         ({"max_value_bytes": 0}, "max_value_bytes", "from 1"),
         ({"read_mode": "fast"}, "read_mode", "proxy, read_index, lease, serializable"),
         ({"storage": "tape"}, "storage", "memory, disk"),
@@ -235,7 +238,7 @@ def test_cluster_level_settings_are_refused(
 
 
 def test_check_cluster_also_checks_every_node_setting() -> None:
-    refused("snapshot_every", "from 0", check_cluster, 3, 0, token="t", snapshot_every=-5)
+    refused("snapshot_every", "at least 0", check_cluster, 3, 0, token="t", snapshot_every=-5)
     check_cluster(3, 65533, token="t")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ..raft import ConfigError
 
 READ_MODES = ("proxy", "read_index", "lease", "serializable")
 
@@ -35,15 +38,36 @@ class NodeOptions:
     session_ttl: float = 300.0
 
     def __post_init__(self) -> None:
+        # Each refusal names its setting (ConfigError, a ValueError): NodeConfig
+        # builds these options to check them, so the CLI can name the flag.
         if self.read_mode not in READ_MODES:
-            raise ValueError(f"read_mode must be one of {READ_MODES}, got {self.read_mode!r}")
-        if not 0 < self.request_timeout < 3600:
-            raise ValueError("request_timeout must be between 0 and 3600 seconds")
-        if self.snapshot_every < 0 or self.snapshot_keep < 0:
-            raise ValueError("snapshot_every and snapshot_keep must not be negative")
-        if not 0 < self.snapshot_chunk <= 8 << 20 or self.snapshot_window < 1:
-            raise ValueError("snapshot_chunk must be 1 byte to 8 MiB, snapshot_window at least 1")
-        if not 0 < self.read_retry < 60:
-            raise ValueError("read_retry must be between 0 and 60 seconds")
-        if not 0.01 <= self.session_ttl <= 7 * 86_400:
-            raise ValueError("session_ttl must be between 0.01 seconds and 7 days")
+            raise ConfigError(
+                "read_mode", f"must be one of {', '.join(READ_MODES)}, got {self.read_mode!r}"
+            )
+        _seconds("request_timeout", self.request_timeout, 3600)
+        _count("snapshot_every", self.snapshot_every, 0, " (0: never)")
+        _count("snapshot_keep", self.snapshot_keep, 0)
+        _count("snapshot_chunk", self.snapshot_chunk, 1)
+        if self.snapshot_chunk > 8 << 20:
+            raise ConfigError(
+                "snapshot_chunk", f"must be 1 byte to 8 MiB, got {self.snapshot_chunk}"
+            )
+        _count("snapshot_window", self.snapshot_window, 1)
+        _seconds("read_retry", self.read_retry, 60)
+        ttl = self.session_ttl
+        if not (_real(ttl) and 0.01 <= ttl <= 7 * 86_400):
+            raise ConfigError("session_ttl", f"must be 0.01 s to 7 days (604800 s), got {ttl!r}")
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _seconds(setting: str, value: object, below: float) -> None:
+    if not (_real(value) and 0 < value < below):  # type: ignore[operator]
+        raise ConfigError(setting, f"must be seconds above 0 and below {below:g}, got {value!r}")
+
+
+def _count(setting: str, value: object, least: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(setting, f"must be an integer of at least {least}{note}, got {value!r}")

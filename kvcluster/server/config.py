@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..node.options import READ_MODES, NodeOptions
 from ..raft import ConfigError, RaftOptions
 from ..storage.wal import FsyncPolicy
 
@@ -33,7 +34,6 @@ __all__ = [
     "parse_peer_urls",
 ]
 
-READ_MODES = ("proxy", "read_index", "lease", "serializable")
 EVENT_LOOPS = ("uvloop", "asyncio")
 FSYNC_POLICIES = ("always", "batch", "never")
 STORAGES = ("memory", "disk")
@@ -43,7 +43,7 @@ MAX_NAME = 64  # what a member id may hold on the wire (server/validate.MAX_MEMB
 NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 MAX_TOKEN = 512
 MAX_URL = 256  # what the routes accept as a member's address
-MAX_WAIT = 3600.0  # seconds: the longest request or peer timeout that makes sense
+MAX_WAIT = 3600.0  # seconds: peer_timeout is below it (request_timeout: NodeOptions)
 
 
 @dataclass(slots=True)
@@ -90,8 +90,14 @@ class NodeConfig:
         self.join = [parse_peer_url(u, "join") for u in self.join]
         if not isinstance(self.raft, RaftOptions):
             raise ConfigError("raft", f"must be a RaftOptions, got {type(self.raft).__name__}")
-        _check_choice("read_mode", self.read_mode, READ_MODES)
-        _check_seconds("request_timeout", self.request_timeout)
+        # What the node layer takes is checked where it is defined (NodeOptions).
+        NodeOptions(
+            read_mode=self.read_mode,
+            request_timeout=self.request_timeout,
+            snapshot_every=self.snapshot_every,
+            snapshot_keep=self.snapshot_keep,
+            session_ttl=self.session_ttl,
+        )
         _check_seconds("peer_timeout", self.peer_timeout)
         _check_int("max_key_bytes", self.max_key_bytes, 1, 1 << 20)
         _check_int("max_value_bytes", self.max_value_bytes, 1, 1 << 26)
@@ -99,8 +105,6 @@ class NodeConfig:
         _check_choice("fsync", self.fsync, FSYNC_POLICIES)
         if self.storage == "disk" and not self.data_dir:
             raise ConfigError("data_dir", "is needed with disk storage (a directory path)")
-        _check_int("snapshot_every", self.snapshot_every, 0, 1 << 62, "0: never")
-        _check_int("snapshot_keep", self.snapshot_keep, 0, 1 << 62)
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
@@ -273,9 +277,9 @@ def _check_seconds(setting: str, value: object) -> None:
         isinstance(value, int | float)
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and 0 < value <= MAX_WAIT
+        and 0 < value < MAX_WAIT
     ):
-        raise ConfigError(setting, f"must be seconds in (0, {MAX_WAIT:g}], got {value!r}")
+        raise ConfigError(setting, f"must be seconds above 0 and below {MAX_WAIT:g}, got {value!r}")
 
 
 def _check_choice(setting: str, value: object, choices: tuple[str, ...]) -> None:
