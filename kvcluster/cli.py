@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .errors import KvClusterError
 from .raft import ConfigError
+from .server.config import EVENT_LOOPS, FSYNC_POLICIES, READ_MODES
 
 T = TypeVar("T")
 
@@ -174,7 +175,7 @@ def _add_raft_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--read-mode",
         default="read_index",
-        choices=["proxy", "read_index", "lease", "serializable"],
+        choices=READ_MODES,
         help="how linearizable reads are served",
     )
     p.add_argument("--no-pre-vote", action="store_true", help="turn pre-vote off")
@@ -284,7 +285,7 @@ def build_parsers() -> Parsers:
     serve.add_argument(
         "--fsync",
         default="always",
-        choices=["always", "batch", "never"],
+        choices=FSYNC_POLICIES,
         help="with --data-dir: when the log is fsynced",
     )
     serve.add_argument(
@@ -297,7 +298,7 @@ def build_parsers() -> Parsers:
     serve.add_argument(
         "--event-loop",
         default="uvloop",
-        choices=["uvloop", "asyncio"],
+        choices=EVENT_LOOPS,
         help="uvloop (faster; falls back to asyncio where it is not installed) or asyncio",
     )
     serve.add_argument(
