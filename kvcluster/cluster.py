@@ -465,14 +465,30 @@ class Cluster:
         finally:
             pipe.close()
 
-    def remove_node(self, i: int, timeout: float = 30.0) -> None:
-        """Remove node i from the membership through the log, then stop it."""
+    def remove_node(
+        self, i: int, timeout: float = 30.0, *, exit_timeout: float | None = 30.0
+    ) -> bool:
+        """Remove node i from the membership through the log; True if it then
+        exited by itself.
+
+        A removed node learns of its removal (a member answers it so, or it
+        applies the change itself: a removed leader does) and exits with status
+        0, saying why in its log. Wait up to `exit_timeout` seconds for that,
+        then stop it anyway: one cut off by a partition, paused or killed cannot
+        learn it. `exit_timeout=None` waits for nothing and leaves the node to
+        find out by itself (`stop()` stops it if it never does)."""
         h = self.nodes[i]
         with self.client(timeout=timeout) as c:
             c.remove_member(h.name)
         h.removed = True
-        self._kill(i)
         self.mark("remove", i)
+        if exit_timeout is None:
+            return False
+        if h.alive and not h.paused:
+            h.process.join(exit_timeout)
+        if self._kill(i):
+            return False  # still running: it never learned of its removal
+        return h.process is not None and h.process.exitcode == 0
 
     def pause(self, i: int) -> float:
         """SIGSTOP node i: it stops mid-flight, like a long GC pause or a VM freeze."""

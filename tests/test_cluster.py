@@ -215,21 +215,58 @@ def test_a_new_node_joins_through_a_follower(cluster: Cluster) -> None:
         assert c.get("via-new-node") == "works"
 
 
+def removal_logged(cluster: Cluster, i: int) -> bool:
+    log = (cluster.work_dir / f"{cluster.nodes[i].name}.log").read_text()
+    return f"node {cluster.nodes[i].name} was removed from the cluster" in log
+
+
 @pytest.mark.parametrize("cluster", [3], indirect=True)
 def test_members_are_removed_including_the_leader(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
     follower = (leader + 1) % 3
-    cluster.remove_node(follower)
+    # Each exits by itself: the follower once told, the leader once it has
+    # applied its own removal.
+    assert cluster.remove_node(follower, exit_timeout=DEADLINE)
+    assert removal_logged(cluster, follower)
     status = cluster.node_status(leader)
     assert status is not None and cluster.nodes[follower].name not in status["members"]
     with cluster.client(timeout=DEADLINE) as c:
         c.put("after-removal", "2 nodes")
-    cluster.remove_node(leader)
+    assert cluster.remove_node(leader, exit_timeout=DEADLINE)
+    assert removal_logged(cluster, leader)
     last = 3 - leader - follower
     assert cluster.wait_for_leader(DEADLINE) == last
     with only(cluster, last) as c:
         c.put("alone", "1 node")
         assert c.get("after-removal") == "2 nodes"
+
+
+@pytest.mark.parametrize("cluster", [4], indirect=True)
+def test_a_removed_member_cut_off_learns_of_its_removal_and_exits(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader(DEADLINE)
+    gone = (leader + 1) % 4
+    cluster.isolate(gone)  # it cannot hear of the change while it is made
+    assert not cluster.remove_node(gone, exit_timeout=None)
+    handle = cluster.nodes[gone]
+    status = cluster.node_status(gone)
+    assert status is not None and status["role"] != "removed"
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("without", "it")
+    cluster.heal()
+    # Back in touch, it asks for votes; a member answers that it was removed.
+    handle.process.join(DEADLINE)
+    assert handle.process.exitcode == 0
+    assert removal_logged(cluster, gone)
+    exits = cluster.events().query("event == 'exit' and node == @handle.name")
+    assert list(exits["reason"]) == ["removed"]
+    # The other three go on, and the cluster still takes writes.
+    rest = [i for i in range(4) if i != gone]
+    assert cluster.wait_for_leader(DEADLINE) in rest
+    with cluster.client(timeout=DEADLINE) as c:
+        c.put("after", "exit")
+        assert c.get("without") == "it"
+    members = cluster.node_status(rest[0])["members"]  # type: ignore[index]
+    assert sorted(members) == sorted(cluster.nodes[i].name for i in rest)
 
 
 @pytest.mark.parametrize("cluster", [3, 5], indirect=True)

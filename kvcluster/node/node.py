@@ -75,6 +75,8 @@ from .requests import (
     READ_UNCONFIRMED,
     READS,
     REMOVE_MEMBER,
+    REMOVED,
+    REMOVED_OUTCOME_UNKNOWN,
     WRITE_TIMEOUT,
     Answer,
     Failure,
@@ -141,6 +143,9 @@ class NodeReady:
     load: SnapshotReceiver | None = None
     membership: Membership | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # This node has just learned that it was removed from the cluster: the
+    # driver stops it once it has done the rest of this batch (see Node.removed).
+    removed: bool = False
 
     def __bool__(self) -> bool:
         return bool(
@@ -153,6 +158,7 @@ class NodeReady:
             or self.load is not None
             or self.membership is not None
             or self.events
+            or self.removed
         )
 
 
@@ -229,6 +235,7 @@ class Node:
         self._events: list[dict[str, Any]] = []
         self._leader_seen: str | None = None
         self._membership_seen: Membership | None = None
+        self._removed_seen = False
 
     # ------------------------------------------------------------------ queries
 
@@ -239,6 +246,15 @@ class Node:
     @property
     def leader_id(self) -> str | None:
         return self.raft.leader_id
+
+    @property
+    def removed(self) -> bool:
+        """This node is out of the cluster: a committed configuration left it
+        out (it applied it, or a member told it). It serves nothing any more,
+        and whoever drives it should stop it (etcd shuts a removed member
+        down): its log is of no use to the cluster, and a node that believes
+        it is still a voter would only campaign, in vain, forever."""
+        return self.raft.removed
 
     @property
     def applied_index(self) -> int:
@@ -326,6 +342,8 @@ class Node:
         `ready()`, or a `Forward` does, which the driver must relay."""
         self._time(now)
         self._after_input()
+        if self.raft.removed:
+            return Answer(req.id, REMOVED.status, REMOVED.body())
         if req.op in READS and (req.serializable or self.options.read_mode == "serializable"):
             return self._read(req)  # local state, possibly stale: nothing to wait for
         p = _Pending(req, now + self.options.request_timeout)
@@ -420,6 +438,7 @@ class Node:
             or self.raft.has_ready()
             or self._load is not None
             or self._capture_due()
+            or (self.raft.removed and not self._removed_seen)
         )
 
     def ready(self) -> NodeReady:
@@ -439,6 +458,8 @@ class Node:
             self._read_confirmed(rs.ctx, rs.index)
         for ctx in raft.failed_reads:
             self._read_failed(ctx)
+        if core.removed and not self._removed_seen:
+            self._on_removed(rd)
         if self._capture_due():
             rd.capture = self._capture()
         rd.load, self._load = self._load, None
@@ -633,6 +654,17 @@ class Node:
         for waiter in self._proposals.add(index, term, None, req.id):
             self._fail_id(waiter, NOT_APPLIED)
 
+    def _on_removed(self, rd: NodeReady) -> None:
+        """We are out of the cluster: answer everything still waiting (a write
+        that reached a log may yet commit there), stop snapshot transfers, and
+        tell the driver to stop us."""
+        self._removed_seen = rd.removed = True
+        for p in list(self._pending.values()):
+            write_out = p.proposed and p.req.op not in READS
+            self._fail(p, REMOVED_OUTCOME_UNKNOWN if write_out else REMOVED)
+        self._outgoing.clear()
+        self._drop_incoming()
+
     def _membership_changed(self, p: _Pending) -> None:
         members = p.members.to_dict() if p.members is not None else {}
         body: dict[str, Any] = {"members": members}
@@ -810,7 +842,7 @@ class Node:
         return bool(every) and self.kv.applied_index - self._snapshot_index >= every
 
     def _capture_due(self) -> bool:
-        return not self._capturing and self._snapshot_due()
+        return not self._capturing and self._snapshot_due() and not self.raft.removed
 
     def _capture(self) -> SnapshotCapture:
         """Freeze the state machine for the driver to save in the background."""

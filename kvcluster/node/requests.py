@@ -132,6 +132,22 @@ WRITE_TIMEOUT = Failure(
 MEMBERSHIP_BUSY = Failure(
     503, "membership_busy", "another membership change is still committing; retry"
 )
+# A removed node is on its way out: "shutting_down" tells a client (and
+# kvcluster.client) that nothing was applied and another member will serve it.
+REMOVED = Failure(
+    503,
+    "shutting_down",
+    "this node was removed from the cluster and is shutting down; send requests to a "
+    "current member (GET /v1/members on any of them lists them)",
+    {"removed": True},
+)
+REMOVED_OUTCOME_UNKNOWN = Failure(
+    504,
+    "timeout",
+    "this node was removed from the cluster before the write's outcome was known; the "
+    "outcome is unknown",
+    {"removed": True},
+)
 
 
 def unreachable(reason: str) -> Failure:

@@ -51,6 +51,8 @@ class Role(enum.Enum):
 # Bounds of the Raft timing settings (seconds).
 MIN_HEARTBEAT = 0.001
 MAX_ELECTION_TIMEOUT = 60.0
+# A removed node has nothing left to time: its caller stops it.
+REMOVED_IDLE = 3600.0
 
 
 class ConfigError(ValueError):
@@ -201,6 +203,13 @@ class RaftNode:
         self.applied = snapshot_index  # highest index handed out for applying
         self.role = Role.FOLLOWER
         self.leader_id: str | None = None
+        # Set once this life of the node is known to be out of the cluster (a
+        # committed configuration left it out): it then does nothing more, and
+        # its caller shuts it down. removed_at is that configuration's index;
+        # removed_by the node that said so (None: we applied it ourselves).
+        self.removed = False
+        self.removed_at = 0
+        self.removed_by: str | None = None
         self._base_membership = membership or Membership()
         self._config_entries: list[tuple[int, Membership]] = []
         for e in self.log.slice(self.log.first_index(), self.log.last_index() + 1):
@@ -249,6 +258,8 @@ class RaftNode:
         return self.membership.is_voter(self.id, self.incarnation)
 
     def next_deadline(self) -> float:
+        if self.removed:
+            return self.now + REMOVED_IDLE
         if self.role is Role.LEADER:
             if self.options.check_quorum:
                 return min(self._heartbeat_deadline, self._check_quorum_deadline)
@@ -267,13 +278,14 @@ class RaftNode:
     def status(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "role": self.role.value,
+            "role": "removed" if self.removed else self.role.value,
             "term": self.term,
             "vote": self.vote,
             "leader": self.leader_id,
             "commit_index": self.commit,
             "last_index": self.log.last_index(),
             "voter": self.is_voter(),
+            "removed": self.removed,
         }
 
     # ------------------------------------------------------------------ inputs
@@ -281,6 +293,8 @@ class RaftNode:
     def tick(self, now: float) -> None:
         """Let time pass; fire whichever timers are due."""
         self.now = now
+        if self.removed:
+            return
         if self.role is Role.LEADER:
             if now >= self._heartbeat_deadline:
                 self._broadcast_heartbeat()
@@ -294,7 +308,7 @@ class RaftNode:
 
     def campaign(self) -> None:
         """Start an election now (tests and leadership experiments)."""
-        if self.role is not Role.LEADER and self.is_voter():
+        if self.role is not Role.LEADER and self.is_voter() and not self.removed:
             self._campaign(pre_vote=self.options.pre_vote)
 
     def propose(self, data: Any) -> tuple[int, int]:
@@ -322,7 +336,9 @@ class RaftNode:
         later `ready()`. A follower asks the leader; the leader confirms it is
         still leader with one heartbeat round shared by every waiting read, or
         (lease=True) answers at once while its check-quorum lease holds."""
-        if self.role is Role.LEADER:
+        if self.removed:
+            self._failed_reads.append(ctx)
+        elif self.role is Role.LEADER:
             if lease and self.lease_valid():
                 self._reads.append(ReadState(ctx, self.commit))
             else:
@@ -345,8 +361,27 @@ class RaftNode:
 
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
-        if m.term > self.term + MAX_TERM_STEP or m.term > MAX_TERM:
+        if self.removed or m.term > self.term + MAX_TERM_STEP or m.term > MAX_TERM:
             return
+        if m.type is MT.REMOVED:
+            self._on_removed(m)
+            return
+        if m.type in _FROM_MEMBERS and not self.membership.names(m.src, m.incarnation):
+            removed_at = self._removal_of(m.src, m.incarnation)
+            if removed_at:
+                # A life of a node our committed log removed: tell it, and let it
+                # disturb nothing (its higher term would depose us otherwise).
+                self._send(
+                    MT.REMOVED,
+                    m.src,
+                    index=removed_at,
+                    log_term=self.log.term_at(removed_at) or 0,
+                    snapshot={
+                        "membership": self.membership.to_dict(),
+                        "incarnation": m.incarnation,
+                    },
+                )
+                return
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE) and self._in_lease():
                 return  # a leader is alive: do not let a stray candidate depose it
@@ -400,6 +435,8 @@ class RaftNode:
         rd.entries = self.log.take_unstable()
         if self.commit > self.applied:
             rd.committed = self.log.slice(self.applied + 1, self.commit + 1)
+            if self._config_entries and not self.removed:
+                self._check_applied_removal(self.applied, self.commit)
             self.applied = self.commit
         rd.messages, self._msgs = self._msgs, []
         rd.reads, self._reads = self._reads, []
@@ -608,6 +645,63 @@ class RaftNode:
                 ):
                     self.propose_membership(m.promoted(p))
                     break
+
+    # ------------------------------------------------------------------ removal
+
+    def _check_applied_removal(self, after: int, upto: int) -> None:
+        """Entries after..upto are handed out to apply: if one of them is a
+        configuration that leaves this life of the node out (and no later one
+        in our log takes it back), the node is removed. Only a committed
+        configuration counts: an appended one may still be cut from the log,
+        and the node would have stopped for nothing -- perhaps as a voter the
+        cluster still counts on."""
+        me, inc = self.id, self.incarnation
+        if self.membership.names(me, inc):
+            return
+        for index, m in self._config_entries:
+            left_out = after < index <= upto and not m.names(me, inc)
+            if left_out and self.membership_at(index - 1).names(me, inc):
+                self._become_removed(index, None)
+                return
+
+    def _removal_of(self, node_id: str, incarnation: str) -> int:
+        """The index of the committed configuration that removed this life of
+        `node_id` (it was a member before, and no configuration in our log
+        names it since), or 0 if our log shows no such removal: a node we
+        never knew, one still being added, or one whose removal is not
+        committed yet. (A removal older than our snapshot is forgotten:
+        the snapshot keeps only the membership of its index.)"""
+        named = self._base_membership.names(node_id, incarnation)
+        removed_at = 0
+        for index, m in self._config_entries:
+            now_named = m.names(node_id, incarnation)
+            if named and not now_named:
+                removed_at = index
+            elif now_named:
+                removed_at = 0
+            named = now_named
+        return removed_at if not named and removed_at <= self.commit else 0
+
+    def _on_removed(self, m: Message) -> None:
+        """A node whose log committed our removal says so: stop, unless the
+        message is about another life of ours or our own log has us back."""
+        payload = m.snapshot if isinstance(m.snapshot, dict) else {}
+        if payload.get("incarnation") != self.incarnation or m.index < 1:
+            return
+        me, inc = self.id, self.incarnation
+        if self.log.snapshot_index >= m.index and self._base_membership.names(me, inc):
+            return
+        if any(i > m.index and c.names(me, inc) for i, c in self._config_entries):
+            return
+        self._become_removed(m.index, m.src)
+
+    def _become_removed(self, index: int, by: str | None) -> None:
+        if self.role is Role.LEADER:
+            self._abandon_leadership()
+        self.role = Role.FOLLOWER
+        self._set_leader(None)
+        self.removed, self.removed_at, self.removed_by = True, index, by
+        self._event("removed", index=index, by=by)
 
     def _may_vote(self) -> bool:
         """Raft servers vote whatever their latest configuration says (thesis 4.1):
@@ -939,6 +1033,22 @@ def _within_bytes(entries: list[Entry], budget: int) -> list[Entry]:
             return entries[:i]
     return entries
 
+
+# What a member sends: from a node our log no longer names, any of these may
+# be answered with REMOVED. (What only a leader sends is left alone: a
+# removed node that still believes it leads finds out once it steps down.)
+_FROM_MEMBERS = frozenset(
+    {
+        MT.PRE_VOTE,
+        MT.VOTE,
+        MT.APPEND_RESP,
+        MT.HEARTBEAT_RESP,
+        MT.READ_INDEX,
+        MT.PRE_VOTE_RESP,
+        MT.VOTE_RESP,
+        MT.READ_INDEX_RESP,
+    }
+)
 
 _HANDLERS = {
     MT.VOTE: RaftNode._on_vote,

@@ -39,6 +39,11 @@ class Membership:
         m = self.members.get(node_id)
         return m is not None and m.voter and m.incarnation == incarnation
 
+    def names(self, node_id: str, incarnation: str) -> bool:
+        """Whether this life of the node (voter or learner) is a member."""
+        m = self.members.get(node_id)
+        return m is not None and m.incarnation == incarnation
+
     def address(self, node_id: str) -> str | None:
         m = self.members.get(node_id)
         return m.address if m else None

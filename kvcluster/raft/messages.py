@@ -41,6 +41,7 @@ class MessageType(enum.IntEnum):
     # share the wire and the peer links, but the core never sees them.
     SNAPSHOT_CHUNK = 12
     SNAPSHOT_ACK = 13
+    REMOVED = 14
 
 
 @dataclass(slots=True)
@@ -70,6 +71,12 @@ class Message:
                           snapshot = {"membership": ..., "data": base64 bytes}
       SNAPSHOT_ACK:       index, log_term echoed; ctx = the offset wanted next;
                           reject = send nothing more
+      REMOVED:            "you are no longer a member": the answer to a message
+                          from a node whose removal the sender's log has
+                          committed. index, log_term = the configuration entry
+                          that removed it; snapshot = {"membership": the
+                          sender's, "incarnation": the removed life's} (another
+                          life of that node, at the same address, ignores it)
     """
 
     type: MessageType

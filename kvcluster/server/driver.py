@@ -12,7 +12,9 @@ ready batches say, in their order, with the process's I/O:
   never serving on after a failed write);
 - relays to the leader go through the one internal HTTP client;
 - snapshots are encoded and written, or verified and decoded, in one worker
-  thread, so the event loop keeps answering heartbeats meanwhile.
+  thread, so the event loop keeps answering heartbeats meanwhile;
+- a node that learns it was removed from the cluster says so in its log and
+  calls `on_removed` (the server then closes and the process exits with 0).
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ class NodeDriver:
         self._freeze_at = 0
         self.loop_stall_max = 0.0  # seconds: the longest the event loop was held up
         self.stopped = False
+        # Called once the node has learned that it is no longer a member.
+        self.on_removed: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -343,9 +347,35 @@ class NodeDriver:
             self._start(self._load_snapshot(rd.load))
         if rd.events:
             self.events.emit_raft(rd.events)
+        if rd.removed:
+            self._removed()
         self.node.advance(rd)
         if self.node.applied_index >= self._freeze_at:
             self._freeze_long_lived()
+
+    def _removed(self) -> None:
+        """Out of the cluster: say why in the node's log, then let the process end."""
+        core = self.node.raft
+        how = f"{core.removed_by} says so" if core.removed_by else "this node applied that change"
+        data = self.config.data_dir
+        keep = (
+            f" Its data directory {data} is of no further use: to bring {self.config.name} back,"
+            " empty it and start it with --join."
+            if data
+            else ""
+        )
+        log.warning(
+            "node %s was removed from the cluster (the membership change at index %d is "
+            "committed; %s): it stops serving and exits.%s",
+            self.config.name,
+            core.removed_at,
+            how,
+            keep,
+        )
+        self.events.emit("exit", reason="removed", index=core.removed_at)
+        self.events.flush()
+        if self.on_removed is not None:
+            self.on_removed()
 
     def _arm_timer(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()

@@ -22,6 +22,11 @@ from .http import ConnectionFailed, HttpConnection, HttpServer, Limits
 from .join import join
 from .routes import Routes
 
+# Seconds a removed node lingers before it exits: answers already written
+# reach their clients, and whoever asks meanwhile is told it was removed
+# (/v1/status says "removed"; client requests are refused with that reason).
+REMOVED_LINGER = 1.0
+
 # Descriptors kept for the node's own use whatever its clients do: WAL segments,
 # snapshot files being written and received, peer links out, logs, the loop.
 RESERVED_FDS = 256
@@ -113,6 +118,9 @@ def _choose_event_loop(name: str) -> None:
 
 
 async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any = None) -> None:
+    """Serve until SIGTERM or SIGINT, or until the node learns that it was
+    removed from the cluster (its log says why); either way the process then
+    ends normally, with exit status 0 (a storage failure exits with 3)."""
     has_disk_state = bool(config.data_dir and os.path.isdir(config.data_dir)) and bool(
         os.listdir(config.data_dir or ".")
     )
@@ -121,9 +129,10 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
     driver = NodeDriver(config)
     server = HttpServer(Routes(driver), token=config.token, limits=limits_for_descriptors())
     await server.listen(sockets)
+    stop = asyncio.Event()
+    driver.on_removed = stop.set  # a removed member shuts down, as etcd's does
     driver.start()
     join_task = _start_joining(driver)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -135,6 +144,8 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
     await stop.wait()
     if join_task is not None:
         join_task.cancel()
+    if driver.node.removed:
+        await asyncio.sleep(REMOVED_LINGER)
     server.close()
     driver.stop()
 

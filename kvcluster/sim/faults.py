@@ -139,7 +139,7 @@ class Nemesis:
         net.heal()
         for st in net.storage.values():
             st.fail_after = None  # disks that were about to fill up get their space
-        for nid in sorted(set(net.nodes) - net.alive):  # crashed, or stopped by a full disk
+        for nid in self._down():  # crashed, or stopped by a full disk
             net.restart(nid)
         self.down.clear()
         net.drop_rate = net.dup_rate = net.delay_rate = 0.0
@@ -150,6 +150,12 @@ class Nemesis:
 
     def _ids(self) -> list[str]:
         return sorted(self.net.nodes)
+
+    def _down(self) -> list[str]:
+        """Nodes to restart: crashed ones, not those that stopped because they
+        were removed from the cluster (no operator brings those back)."""
+        net = self.net
+        return sorted(set(net.nodes) - net.alive - net.removed)
 
     def _partition(self) -> None:
         if len(self.net.nodes) < 2:
@@ -199,7 +205,7 @@ class Nemesis:
             self.log(f"nemesis: crash {nid} (a leader)")
 
     def _restart(self) -> None:
-        down = sorted(set(self.net.nodes) - self.net.alive)
+        down = self._down()
         if down:
             nid = self.rng.choice(down)
             self.down.discard(nid)

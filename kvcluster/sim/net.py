@@ -22,7 +22,8 @@ Faults: `crash`/`restart` (optionally amnesiac: storage lost, new incarnation),
 cut), a random drop/duplicate/long-delay rate, reordering, per-node clocks that
 drift and step forward (`clock_rate`, `step_clock`), a disk that fills up
 (`fail_storage`), and `drop(pred)` / `deliver_all(pred)` to remove or
-hand-deliver particular messages.
+hand-deliver particular messages. A node that learns of its own removal from
+the membership stops, as the node process exits (`removed`).
 
 Clients (`kvcluster.sim.clients`) `submit` requests to a node over a client
 hop; a follower's relay to the leader is a node-to-node hop, as exposed to
@@ -167,6 +168,7 @@ class RaftNet(SafetyChecks):
         self.storage: dict[str, Storage] = {}
         self.incarnations: dict[str, str] = {}
         self.alive: set[str] = set()
+        self.removed: set[str] = set()  # stopped because they learned of their removal
         self._alive_sorted: list[str] = []
         self.applied: dict[str, list[Entry]] = {}  # since the node last (re)started
         self.applied_from: dict[str, int] = {}  # the index just before applied[nid][0]
@@ -305,6 +307,7 @@ class RaftNet(SafetyChecks):
         node lost its storage: it comes back empty, knowing no membership, under
         a new incarnation."""
         self.crash(nid)
+        self.removed.discard(nid)
         self.storage[nid].fail_after = None  # whatever failed, the operator mended
         if amnesia:
             self.storage[nid] = Storage()
@@ -544,11 +547,13 @@ class RaftNet(SafetyChecks):
         """Do what the node's ready batch says, as the node process does: persist,
         send, relay, answer, save or load snapshots in the background, advance."""
         server = self.servers[nid]
+        removed = False
         while True:
             inputs = self._inputs
             rd = server.ready()
             if not rd:
                 break
+            removed = removed or rd.removed
             try:
                 self._persist(nid, rd)
             except DiskFull:
@@ -583,6 +588,15 @@ class RaftNet(SafetyChecks):
         self._check_node(nid)
         for obs in self.observers:
             obs(self, nid)
+        if removed:
+            self._stop_removed(nid)
+
+    def _stop_removed(self, nid: str) -> None:
+        """The node learned that it is out of the cluster: it stops, as the node
+        process exits (a test may still `restart` it, as an operator might)."""
+        self.removed.add(nid)
+        self.faults["removed"] += 1
+        self.crash(nid)
 
     def _storage_failed(self, nid: str) -> None:
         """Fail-stop: a write failed, so the process exits there and then."""
