@@ -94,6 +94,7 @@ class Owner:
                 stderr=stderr,
                 env=env,
                 cwd=log.parent,
+                start_new_session=True,  # a group of its own, for signals to the group
             )
         self._buffer = b""
         self._seen: set[tuple[int, str]] = set()  # for close(): orphans have no parent to find
@@ -140,8 +141,13 @@ class Owner:
         mine = set(children(self.proc.pid))
         return [pid for pid, _ in self.descendants() if pid not in mine]
 
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+    def kill(self, group: bool = False) -> None:
+        """SIGKILL the owner, or its whole process group (as Jupyter's forced
+        restart of a kernel does)."""
+        if group:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
     def close(self) -> None:
@@ -220,8 +226,9 @@ HOLD_A_CLUSTER = """
 """
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["owner", "group"])
 def test_a_sigkilled_script_leaves_no_node_no_forkserver_and_no_files(
-    tmp_path: Path, private_tmp: Path, start_owner: Callable[[list[str]], Owner]
+    group: bool, tmp_path: Path, private_tmp: Path, start_owner: Callable[[list[str]], Owner]
 ) -> None:
     owner = start_owner(python_script(tmp_path, HOLD_A_CLUSTER))
     nodes = json.loads(owner.read_line("nodes "))
@@ -231,7 +238,7 @@ def test_a_sigkilled_script_leaves_no_node_no_forkserver_and_no_files(
     assert len(processes) == len(nodes) + 2, processes  # + the forkserver, + resource tracker
     assert temp_entries(private_tmp) == ["kvcluster", "pymp"]
 
-    owner.kill()
+    owner.kill(group)
 
     wait_until_gone(processes, "processes of the killed script")
     wait_until_empty(private_tmp)
@@ -295,5 +302,38 @@ def test_an_owner_that_exits_normally_leaves_nothing_and_clusters_share_the_fork
     owner.proc.stdin.flush()
     assert owner.proc.wait(DEADLINE) == 0, owner.stderr()
 
+    wait_until_gone(processes, "processes of an owner that exited")
+    wait_until_empty(private_tmp)
+
+
+def test_an_interrupt_to_the_owners_group_does_not_stop_the_nodes(
+    tmp_path: Path, private_tmp: Path, start_owner: Callable[[list[str]], Owner]
+) -> None:
+    """Jupyter interrupts a kernel with SIGINT to its whole process group, and a
+    terminal sends Ctrl-C to its foreground group: the running cell stops, the
+    cluster must not."""
+    script = """
+        import json, time
+        from kvcluster.cluster import Cluster
+
+        c = Cluster(n=3)
+        c.wait_for_leader(60)
+        print("ready", flush=True)
+        try:
+            time.sleep(3600)  # the cell the user interrupts
+        except KeyboardInterrupt:
+            pass
+        c.wait_for_leader(60)
+        print("answering", json.dumps([c.node_status(i) is not None for i in range(3)]), flush=True)
+        c.stop()
+    """
+    owner = start_owner(python_script(tmp_path, script))
+    owner.read_line("ready")
+    processes = owner.descendants()
+
+    os.killpg(owner.proc.pid, signal.SIGINT)
+
+    assert json.loads(owner.read_line("answering ")) == [True, True, True]
+    assert owner.proc.wait(DEADLINE) == 0, owner.stderr()
     wait_until_gone(processes, "processes of an owner that exited")
     wait_until_empty(private_tmp)

@@ -12,12 +12,13 @@ all of them running. Two halves undo that:
 - In a node, `detach_node` closes the node's copy of the alive pipe, so the
   forkserver sees EOF as soon as its owner is gone.
 - In the forkserver, importing this module (it is the first forkserver preload)
-  arranges that when the forkserver exits because its owner died, it first kills
-  and reaps the nodes it forked (paused ones included) and then removes what the
-  owner left in the temp directory: its Cluster work directories and
-  multiprocess's `pymp-*` directory, which holds the forkserver's socket. An
-  owner that exits normally removes both itself; this covers the owner that
-  cannot (SIGKILL, a Jupyter kernel restart, os._exit).
+  moves it to a session of its own, so that signals sent to the owner's process
+  group reach neither it nor the nodes, and arranges that when it exits because
+  its owner died, it first kills and reaps the nodes it forked (paused ones
+  included) and then removes what the owner left in the temp directory: its
+  Cluster work directories and multiprocess's `pymp-*` directory, which holds
+  the forkserver's socket. An owner that exits normally removes both itself;
+  this covers the owner that cannot (SIGKILL, a Jupyter kernel restart).
 
 This module imports nothing from kvcluster: the forkserver imports it before
 anything else and should stay small.
@@ -94,6 +95,14 @@ def _arm() -> None:
     global forkserver_pid, owner_pid
     forkserver_pid = os.getpid()
     owner_pid = os.getppid()  # the forkserver is started directly by its owner
+    # Leave the owner's process group and session: what is sent to the owner's
+    # whole group must reach neither the nodes nor, before it has cleaned up,
+    # the forkserver. Jupyter interrupts a kernel with SIGINT to its group (which
+    # stopped every node) and force-restarts it with SIGKILL to its group; a
+    # terminal sends Ctrl-C and Ctrl-Z to its foreground group. The owner stops
+    # its nodes itself, and the alive pipe tells the forkserver when it is gone.
+    with contextlib.suppress(OSError):
+        os.setsid()
     atexit.register(_clean_up_after_owner)
 
 
