@@ -58,6 +58,7 @@ FLAGS = {
     "data_dir": "--data-dir",
     "fsync": "--fsync",
     "snapshot_every": "--snapshot-every",
+    "session_ttl": "--session-ttl",
     "event_loop": "--event-loop",
     "n": "-n",
     "first_port": "--port",
@@ -180,6 +181,12 @@ def _add_raft_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-pre-vote", action="store_true", help="turn pre-vote off")
     p.add_argument("--no-check-quorum", action="store_true", help="turn check-quorum off")
+    p.add_argument(
+        "--session-ttl",
+        type=float,
+        default=300.0,
+        help="seconds a client session may stay idle before the leader expires it",
+    )
 
 
 def _add_token_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -267,12 +274,14 @@ def build_parsers() -> Parsers:
         metavar="URL",
         help="the URL peers use to reach this node (default: http://LISTEN)",
     )
-    group = serve.add_mutually_exclusive_group(required=True)
+    # Neither is needed to restart a node from its --data-dir: its log has the members.
+    group = serve.add_mutually_exclusive_group()
     group.add_argument(
         "--initial-cluster",
         type=_checked(parse_members),
         metavar="NAME=URL,...",
-        help="bootstrap a new cluster with these members (this node included)",
+        help="bootstrap a new cluster with these members (this node included); "
+        "not needed to restart from --data-dir",
     )
     group.add_argument(
         "--join",
@@ -468,6 +477,7 @@ def _serve(args: argparse.Namespace, ps: Parsers) -> int:
         data_dir=args.data_dir,
         fsync=args.fsync,
         snapshot_every=args.snapshot_every,
+        session_ttl=args.session_ttl,
         event_loop=args.event_loop,
     )
     path = None
@@ -502,6 +512,7 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         first_port=args.port,
         token=token,
         read_mode=args.read_mode,
+        session_ttl=args.session_ttl,
         start=False,
         **_raft_options(args),
     )

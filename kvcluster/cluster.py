@@ -135,6 +135,7 @@ class Cluster:
         fsync: str = "always",
         snapshot_every: int = 10_000,
         snapshot_keep: int = 1_000,
+        session_ttl: float = 300.0,
         event_loop: str = "uvloop",
         start: bool = True,
         start_timeout: float = 30.0,
@@ -161,6 +162,7 @@ class Cluster:
             fsync=fsync,
             snapshot_every=snapshot_every,
             snapshot_keep=snapshot_keep,
+            session_ttl=session_ttl,
             event_loop=event_loop,
             seed=seed,
         )
@@ -181,6 +183,7 @@ class Cluster:
         self.fsync = fsync
         self.snapshot_every = snapshot_every
         self.snapshot_keep = snapshot_keep
+        self.session_ttl = session_ttl
         self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
@@ -262,6 +265,7 @@ class Cluster:
             fsync=self.fsync,  # type: ignore[arg-type]
             snapshot_every=self.snapshot_every,
             snapshot_keep=self.snapshot_keep,
+            session_ttl=self.session_ttl,
             event_loop=self.event_loop,
             seed=None if self.seed is None else self.seed * 1000 + h.index,
         )

@@ -97,3 +97,26 @@ def test_the_client_opens_a_new_session_when_its_own_was_evicted(cluster: Cluste
         assert client.client_id not in (None, old)
         kv = client.get_kv("reopen")
         assert kv is not None and (kv.value, kv.version) == ("2", 2)
+
+
+def test_idle_sessions_expire_on_every_node_through_the_log() -> None:
+    """The leader commits its clock; every replica expires the same sessions,
+    and a late retry of an expired session's write is refused, not re-applied."""
+    with Cluster(3, session_ttl=1.0) as c:
+        leader = c.endpoints[c.wait_for_leader(DEADLINE)]
+        with c.client(timeout=DEADLINE) as client:
+            client.put("idle", "1")
+            write = {"value": "1", "client_id": client.client_id, "seq": 1}
+
+            def expired_everywhere() -> bool:
+                statuses = [c.node_status(i) for i in range(3)]
+                return all(s is not None and s["sessions"] == 0 for s in statuses)
+
+            c.wait_until(expired_everywhere, timeout=DEADLINE)
+            retry = requests.put(f"{leader}/v1/kv/idle", json=write, timeout=DEADLINE)
+            assert retry.status_code == 409 and retry.json()["error"] == "session_expired"
+            kv = client.get_kv("idle")
+            assert kv is not None and kv.version == 1
+            client.put("idle", "2")  # refused at first delivery, then sent in a new session
+            kv = client.get_kv("idle")
+            assert kv is not None and (kv.value, kv.version) == ("2", 2)
