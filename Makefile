@@ -8,17 +8,22 @@ STAMP := $(VENV)/.installed
 
 LINTED := kvcluster tests $(wildcard bench)
 
-.PHONY: demo test lint unit lab torture bench experiments notebooks peers clean
+.PHONY: demo test test-tools lint unit lab torture bench experiments notebooks peers clean
 
 demo: $(STAMP)
 	$(BIN)/kvcluster demo
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# System programs the tests run as a user would (the README's curl examples).
+test-tools:
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; } || \
+	  { echo "the tests need curl (on Debian: sudo apt-get install curl)"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
