@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 from raft_harness import RaftNet
 
-from kvcluster.raft import ConfigChangeError, Member, MessageType, RaftOptions, Role
+from kvcluster.raft import (
+    ConfigChangeError,
+    Member,
+    MessageType,
+    RaftOptions,
+    Role,
+    bootstrap_entry,
+)
 
 MT = MessageType
 
@@ -321,3 +328,55 @@ def test_node_left_out_of_its_latest_configuration_still_votes() -> None:
     assert sorted(net.nodes["n2"].membership.voters) == ["n1", "n3"]
     assert sorted(net.nodes["n3"].membership.voters) == ["n1", "n2", "n3"]
     assert net.run_until(lambda: net.stable_leader() is not None, 10.0)
+
+
+def test_the_initial_members_are_the_first_entry_of_every_log() -> None:
+    net = RaftNet(3, seed=10, bootstrap_in_log=True)
+    first = bootstrap_entry(net.bootstrap)
+    for nid, node in net.nodes.items():
+        # Written by each node itself, committed by definition (term 0 is no
+        # leader's), in effect before any election.
+        assert node.log.entry(1) == first and node.commit == 1
+        assert node.membership == net.bootstrap
+        net.tick(nid)
+        assert net.storage[nid].entries == [first]
+    n1 = net.elect("n1")
+    assert n1.term == 1
+    index, _ = net.propose("n1", "x")
+    net.deliver_all()
+    assert index == 3  # 1: the members, 2: n1's no-op, 3: the first command
+    assert net.nodes["n2"].commit >= index
+
+    # Every node restarts from its storage alone: the members come from the log.
+    for nid in sorted(net.nodes):
+        net.crash(nid)
+    for nid in sorted(net.nodes):
+        assert net.restart(nid).membership == net.bootstrap
+    assert net.run_until(lambda: net.stable_leader() is not None, 5.0)
+    lid = net.leader()
+    assert lid is not None
+    net.propose(lid, "y")
+    assert net.run_until(lambda: all("y" in net.applied_data(i) for i in net.nodes), 2.0)
+
+    # A node that joins later receives the entry like any other.
+    n4 = net.add_node("n4", incarnation="n4-a")
+    leader = net.nodes[lid]
+    learner = leader.membership.with_member("n4", Member("n4", voter=False, incarnation="n4-a"))
+    net.propose_membership(lid, learner)
+    assert net.run_until(lambda: n4.is_voter(), 3.0)
+    assert n4.log.entry(1) == first
+    assert net.run_until(net.converged, 2.0)
+    net.check_logs()
+
+
+def test_a_node_that_lost_its_disk_does_not_bootstrap_again() -> None:
+    # An amnesiac node comes back with no members, as a node joining: it is
+    # given the log, bootstrap entry included, once it is added again.
+    net = RaftNet(3, seed=11, bootstrap_in_log=True)
+    net.elect("n1")
+    n3 = net.restart("n3", amnesia=True, incarnation="n3-b")
+    assert n3.log.last_index() == 0 and not n3.membership.members and n3.commit == 0
+    n1 = net.nodes["n1"]
+    net.propose_membership("n1", n1.membership.with_member("n3", Member("n3", False, "n3-b")))
+    assert net.run_until(lambda: n3.is_voter(), 3.0)
+    assert n3.log.entry(1) == bootstrap_entry(net.bootstrap)

@@ -68,6 +68,7 @@ def run_schedule(seed: int) -> RaftNet:
         dup_rate=rng.choice([0.0, 0.0, 0.03]),
         reorder=rng.random() < 0.3,
         record=False,
+        bootstrap_in_log=seed % 2 == 1,  # as the node process does (odd seeds)
     )
     ids = sorted(net.nodes)
     down: set[str] = set()

@@ -181,7 +181,10 @@ class Node:
         kv: KVStore | None = None,
         open_receiver: OpenReceiver | None = None,
         clock_offset: float = 0.0,
+        bootstrap: Membership | None = None,
     ) -> None:
+        # bootstrap: a new cluster's initial members, written into the log if
+        # this node has persisted nothing yet (RaftNode, bootstrap_entry).
         self.id = node_id
         self.options = options or NodeOptions()
         self.now = now
@@ -204,6 +207,7 @@ class Node:
             entries=entries,
             snapshot_index=meta.index if meta else 0,
             snapshot_term=meta.term if meta else 0,
+            bootstrap=bootstrap,
         )
         self.kv = kv if kv is not None else KVStore()
         if self.kv.applied_index < self.raft.applied:

@@ -1,6 +1,7 @@
 """The sans-IO Raft core: feed it time and messages, collect what to do."""
 
 from .core import (
+    BOOTSTRAP_TERM,
     ConfigChangeError,
     ConfigError,
     HardState,
@@ -10,12 +11,14 @@ from .core import (
     ReadState,
     Ready,
     Role,
+    bootstrap_entry,
 )
 from .log import RaftLog
 from .membership import Member, Membership
 from .messages import Entry, EntryKind, Message, MessageType
 
 __all__ = [
+    "BOOTSTRAP_TERM",
     "ConfigChangeError",
     "ConfigError",
     "Entry",
@@ -32,4 +35,5 @@ __all__ = [
     "ReadState",
     "Ready",
     "Role",
+    "bootstrap_entry",
 ]

@@ -173,6 +173,25 @@ class _PendingRead:
     round: int
 
 
+BOOTSTRAP_TERM = 0  # the term of the bootstrap entry, and of nothing else
+
+
+def bootstrap_entry(members: Membership) -> Entry:
+    """The first entry of a new cluster's log: its initial members.
+
+    Every bootstrapping node writes it, so a node restarted from its disk knows
+    the membership without being told again (etcd writes the initial members
+    into the log too). It has term 0, which no leader ever has (the first
+    election is for term 1), and that is what makes it safe: no leader can
+    ever write another entry at (1, 0), so the nodes' copies, identical since
+    they are made from the same initial members, satisfy log matching, and
+    the entry is committed by definition -- a node knows that from its own
+    log, at bootstrap and after every restart. A node that joins later gets
+    it from the leader like any other entry.
+    """
+    return Entry(1, BOOTSTRAP_TERM, EntryKind.CONFIG, members.to_dict())
+
+
 class RaftNode:
     def __init__(
         self,
@@ -187,7 +206,13 @@ class RaftNode:
         entries: Iterable[Entry] = (),
         snapshot_index: int = 0,
         snapshot_term: int = 0,
+        bootstrap: Membership | None = None,
     ) -> None:
+        """`membership` is the membership before the log's first entry (the
+        snapshot's, or none); `entries` and the rest are what was persisted.
+        `bootstrap`: the initial members of a new cluster, written into the log
+        as its first entry if the node has persisted nothing (see
+        `bootstrap_entry`); ignored otherwise, the log has it then."""
         self.id = node_id
         self.incarnation = incarnation
         self.options = options or RaftOptions()
@@ -212,9 +237,15 @@ class RaftNode:
         self.removed_by: str | None = None
         self._base_membership = membership or Membership()
         self._config_entries: list[tuple[int, Membership]] = []
+        if bootstrap is not None and self.log.last_index() == 0:
+            # Unstable: the first ready() hands it out to persist, like any entry.
+            self.log.append(bootstrap_entry(bootstrap))
+            self._base_membership = Membership()
         for e in self.log.slice(self.log.first_index(), self.log.last_index() + 1):
             if e.kind is EntryKind.CONFIG:
                 self._config_entries.append((e.index, Membership.from_dict(e.data)))
+        while self.log.term_at(self.commit + 1) == BOOTSTRAP_TERM:
+            self.commit += 1  # committed by definition (see bootstrap_entry)
         self.progress: dict[str, Progress] = {}
         self._votes: dict[str, bool] = {}
         self._msgs: list[Message] = []
@@ -1065,6 +1096,7 @@ _HANDLERS = {
 }
 
 __all__ = [
+    "BOOTSTRAP_TERM",
     "ConfigChangeError",
     "ConfigError",
     "HardState",
@@ -1075,4 +1107,5 @@ __all__ = [
     "ReadState",
     "Ready",
     "Role",
+    "bootstrap_entry",
 ]

@@ -138,6 +138,9 @@ class NodeDriver:
             kv=kv,
             open_receiver=self._open_receiver,
             clock_offset=time.time() - time.monotonic(),
+            # A new cluster's members go into the log: after a restart the node
+            # needs only its data directory (the log has them).
+            bootstrap=bootstrap if bootstrap.members else None,
         )
         self.peers = PeerLinks(config.name, self.address, config.token, config.peer_timeout)
         self._waiting: dict[int, Responder] = {}

@@ -125,8 +125,21 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
         os.listdir(config.data_dir or ".")
     )
     if handshake is None and not has_disk_state:
+        if not config.initial_members and not config.join:
+            where = f"{config.data_dir} holds no state" if config.data_dir else "no --data-dir"
+            raise SystemExit(
+                f"{where} to restart {config.name} from: start a new cluster with "
+                f"--initial-cluster NAME=URL,..., or join one with --join URL"
+            )
         await _refuse_unsafe_bootstrap(config)
     driver = NodeDriver(config)
+    if not driver.node.raft.membership.members and not config.join:
+        driver.stop()
+        raise SystemExit(
+            f"{config.data_dir} holds no membership yet (the node never received the "
+            f"log's first entry, or an older kvcluster wrote the directory): start "
+            f"{config.name} with --join URL, or with the same --initial-cluster as before"
+        )
     server = HttpServer(Routes(driver), token=config.token, limits=limits_for_descriptors())
     await server.listen(sockets)
     stop = asyncio.Event()

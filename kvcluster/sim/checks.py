@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..node import Node
-from ..raft import Entry, EntryKind, Membership, RaftNode, Role
+from ..raft import BOOTSTRAP_TERM, Entry, EntryKind, Membership, RaftNode, Role
 from ..storage.stream import MemorySnapshot
 from .storage import Storage
 
@@ -99,8 +99,8 @@ class SafetyChecks:
 
     def _check_new_entries(self, nid: str, st: Storage, new: list[Entry]) -> None:
         for e in new:
-            if e.kind is EntryKind.CONFIG:
-                self._config_seen = True
+            if e.kind is EntryKind.CONFIG and e.term != BOOTSTRAP_TERM:
+                self._config_seen = True  # a change (the bootstrap entry is no change)
             if st.entry(e.index) is not e:
                 self._fail(f"{nid}: entry {e.index} persisted at the wrong position")
             prev_term = st.term_at(e.index - 1) or 0

@@ -129,6 +129,7 @@ class RaftNet(SafetyChecks):
         background: tuple[float, float] = (0.0, 0.0),
         initial: dict[str, tuple[int, Sequence[int]]] | None = None,
         record: bool = True,
+        bootstrap_in_log: bool = False,
     ) -> None:
         """`initial` maps a node to (term, [term of each log entry]): the state it
         starts from, as if persisted by an earlier run. A message is held up by
@@ -136,7 +137,13 @@ class RaftNet(SafetyChecks):
         link, so is everything sent after it). `background` is how long saving
         or decoding a snapshot takes (uniform, simulated seconds): the node
         process does both off its event loop, and the node must cope with
-        anything that happens meanwhile."""
+        anything that happens meanwhile. `bootstrap_in_log`: the initial members
+        are the log's first entry, as in the node process, and a node restarts
+        from its storage alone; otherwise (the core tests' indexes count on it)
+        every node is given them, at every start, as the membership before its
+        log."""
+        if bootstrap_in_log and initial:
+            raise ValueError("`initial` logs come without a bootstrap entry")
         ids = [f"n{i}" for i in range(1, nodes + 1)] if isinstance(nodes, int) else list(nodes)
         self.seed = seed
         self.rng = random.Random(seed)
@@ -151,6 +158,7 @@ class RaftNet(SafetyChecks):
         self.client_latency = client_latency
         self.background = background
         self.record = record
+        self.bootstrap_in_log = bootstrap_in_log
         self.now = 0.0
         # Each node's clock reads offset + rate * now: it drifts and steps
         # forward, never back (a monotonic clock).
@@ -222,7 +230,7 @@ class RaftNet(SafetyChecks):
             self.storage[i] = st
             self._durable_commit[i] = 0
             self.clock_offset[i], self.clock_rate[i] = 0.0, 1.0
-            self._start(i, incarnation="", membership=self.bootstrap)
+            self._start(i, incarnation="", membership=self._base(), bootstrap=self.bootstrap_in_log)
         if initial:
             # Nodes restarted from persisted state refuse votes for the shortest
             # election timeout (a leader's lease may rest on them); let that pass,
@@ -231,7 +239,13 @@ class RaftNet(SafetyChecks):
 
     # ------------------------------------------------------------------ nodes
 
-    def _start(self, nid: str, *, incarnation: str, membership: Membership) -> None:
+    def _base(self) -> Membership:
+        """The membership a node starts with before its log (see bootstrap_in_log)."""
+        return Membership() if self.bootstrap_in_log else self.bootstrap
+
+    def _start(
+        self, nid: str, *, incarnation: str, membership: Membership, bootstrap: bool = False
+    ) -> None:
         st = self.storage[nid]
         self._lives[nid] += 1
         self.clock_offset.setdefault(nid, 0.0)
@@ -251,6 +265,7 @@ class RaftNet(SafetyChecks):
             snapshot=snap,
             kv=kv,
             open_receiver=lambda meta, size: MemoryReceiver(meta, size, None),
+            bootstrap=self.bootstrap if bootstrap else None,
         )
         self.servers[nid] = server
         self.nodes[nid] = server.raft
@@ -317,7 +332,9 @@ class RaftNet(SafetyChecks):
             self._start(nid, incarnation=inc, membership=Membership())
         else:
             inc = incarnation if incarnation is not None else self.incarnations[nid]
-            self._start(nid, incarnation=inc, membership=self.bootstrap)
+            self._start(
+                nid, incarnation=inc, membership=self._base(), bootstrap=self.bootstrap_in_log
+            )
         return self.nodes[nid]
 
     def add_node(
