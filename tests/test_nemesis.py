@@ -13,9 +13,16 @@ pytestmark = pytest.mark.integration
 
 def test_a_five_node_cluster_stays_linearizable_under_random_faults() -> None:
     # About a minute in CI; `make torture` runs longer ones.
+    # The faults include membership changes (as in Jepsen's etcd test): a
+    # member removed and a new node added while kills, pauses and partitions
+    # go on; each removed member must find out and exit by itself.
     result = run(NemesisConfig(nodes=5, duration=45.0, seed=2026), progress=False)
     print(result.summary())
     assert len(result.faults) >= 10
+    changes = [what for _, what in result.faults]
+    assert any(what.startswith("remove n") for what in changes), changes
+    assert any(what.startswith("add n") for what in changes), changes
+    assert result.removed_exited and all(result.removed_exited.values()), result.summary()
     assert result.counts.get("ok", 0) > 500
     assert result.ok is True, result.summary()
     assert result.live_after_heal
