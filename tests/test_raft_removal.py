@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from raft_harness import RaftNet
 
-from kvcluster.node import GET, PUT, Answer, Request
+from kvcluster.node import ADD_MEMBER, GET, PUT, Answer, Request
 from kvcluster.raft import Member, Message, MessageType, RaftOptions, Role
 
 MT = MessageType
@@ -59,6 +59,27 @@ def test_a_removed_leader_applies_its_removal_and_stops() -> None:
     assert lid is not None
     i, _ = net.propose(lid, "after")
     assert net.run_until(lambda: net.nodes[lid].commit >= i, 1.0)
+
+
+def test_a_node_that_holds_its_removal_without_its_commit_asks_and_stops() -> None:
+    # The leader removes itself; its appends reach the others but their answers
+    # do not come back, and it is cut off. Another leader commits the removal.
+    # No one writes to n1 any more (it is out), so it would never hear of the
+    # commit: left out of its own latest configuration, it asks.
+    net = RaftNet(3, seed=7)
+    n1 = net.elect("n1")
+    index, _ = net.propose_membership("n1", n1.membership.without("n1"))
+    net.deliver_all(lambda m: m.src == "n1")
+    net.isolate("n1")
+    net.drop()
+    assert net.run_until(
+        lambda: (lid := net.stable_leader()) in ("n2", "n3") and net.nodes[lid].commit >= index,
+        10.0,
+    )
+    assert not n1.removed and n1.commit < index and n1.log.last_index() >= index
+    net.heal()
+    assert net.run_until(lambda: "n1" in net.removed, 10.0)
+    assert n1.removed_at == index and n1.removed_by in ("n2", "n3")
 
 
 def test_no_one_is_told_before_the_removal_commits() -> None:
@@ -157,3 +178,27 @@ def test_a_removed_node_answers_what_it_holds_and_refuses_new_requests() -> None
     late = server.submit(Request(99, GET, "k", serializable=True), server.now)
     assert late is not None and late.status == 503 and late.body == get.body
     assert server.status()["role"] == "removed" and server.status()["removed"] is True
+
+
+def test_a_removed_life_of_a_node_is_not_added_back() -> None:
+    """Taken back under the same incarnation, a node could apply its old removal
+    while catching up and stop itself as a member: the leader refuses, and the
+    node must come back as a new life (an empty data directory)."""
+    net = RaftNet(3, seed=9)
+    n1 = net.elect("n1")
+    answers: dict[str, Answer] = {}
+    net.reply_to = lambda wire, answer: answers.__setitem__(wire, answer)
+    old = n1.membership.members["n3"]
+    net.propose_membership("n1", n1.membership.without("n3"))
+    net.deliver_all()
+    back = Member(old.address, voter=False, incarnation=old.incarnation)
+    net.submit("n1", Request(0, ADD_MEMBER, "n3", member=back, wire="same life"))
+    net.advance(0.1)
+    refused = answers["same life"]
+    assert refused.status == 409 and refused.body is not None
+    assert refused.body["error"] == "member_removed" and "--join" in refused.body["message"]
+    assert "n3" not in n1.membership.members
+    anew = Member(old.address, voter=False, incarnation="n3-new")
+    net.submit("n1", Request(0, ADD_MEMBER, "n3", member=anew, wire="new life"))
+    assert net.run_until(lambda: "new life" in answers, 2.0)
+    assert answers["new life"].status == 200

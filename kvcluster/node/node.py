@@ -76,6 +76,7 @@ from .requests import (
     READS,
     REMOVE_MEMBER,
     REMOVED,
+    REMOVED_LIFE,
     REMOVED_OUTCOME_UNKNOWN,
     WRITE_TIMEOUT,
     Answer,
@@ -306,7 +307,8 @@ class Node:
             "keys": len(self.kv),
             "read_mode": self.options.read_mode,
             "leader_address": self.leader_address(),
-            "members": core.membership.to_dict(),
+            "members": core.membership.to_dict(),  # the latest in the log (in effect)
+            "members_committed": core.membership_at(core.commit).to_dict(),
             "snapshot_index": self._snapshot_index,
             "pending_requests": len(self._pending),
             "sessions": len(self.kv.sessions),
@@ -635,6 +637,12 @@ class Node:
             ):
                 p.members = current  # already added (a retried /register)
                 self._membership_changed(p)
+                return
+            if core.removal_of(req.key, member.incarnation):
+                # That life of the node was removed; taken back it could apply the old
+                # removal while catching up and stop itself as a member. A node comes
+                # back as a new life: with an empty data directory.
+                self._fail(p, REMOVED_LIFE)
                 return
             new = current.with_member(req.key, member)
         else:

@@ -156,3 +156,11 @@ def unreachable(reason: str) -> Failure:
 
 def leader_silent(reason: str) -> Failure:
     return Failure(504, "timeout", f"the leader did not answer: {reason}; the outcome is unknown")
+
+
+REMOVED_LIFE = Failure(
+    409,
+    "member_removed",
+    "this node (with this incarnation) was removed from the cluster; to bring it back, "
+    "empty its data directory and start it again with --join",
+)

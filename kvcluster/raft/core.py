@@ -237,7 +237,10 @@ class RaftNode:
         self.removed_by: str | None = None
         self._base_membership = membership or Membership()
         self._config_entries: list[tuple[int, Membership]] = []
-        if bootstrap is not None and self.log.last_index() == 0:
+        # Only a node that has persisted nothing at all: a directory with a term
+        # but no log (written before the members went into the log) must get its
+        # first entry from the leader, not make one up that the leader would cut.
+        if bootstrap is not None and self.log.last_index() == 0 and self.term == 0:
             # Unstable: the first ready() hands it out to persist, like any entry.
             self.log.append(bootstrap_entry(bootstrap))
             self._base_membership = Membership()
@@ -335,6 +338,7 @@ class RaftNode:
             if self.is_voter():
                 self._campaign(pre_vote=self.options.pre_vote)
             else:
+                self._ask_if_removed()
                 self._reset_election_timer()
 
     def campaign(self) -> None:
@@ -694,6 +698,31 @@ class RaftNode:
             if left_out and self.membership_at(index - 1).names(me, inc):
                 self._become_removed(index, None)
                 return
+
+    def _ask_if_removed(self) -> None:
+        """Our latest configuration leaves this life of the node out, and an
+        earlier one named it: we hold our removal, perhaps without its commit,
+        and no leader writes to us any more (a leader drops a removed follower
+        as soon as the change is in its log; a restarted node has no leader).
+        Ask the members with a pre-vote, which changes nothing anywhere; one
+        whose log committed the removal answers REMOVED."""
+        me, inc = self.id, self.incarnation
+        if self.membership.names(me, inc):
+            return  # a learner on its way in: the leader writes to it
+        was_member = self._base_membership.names(me, inc) or any(
+            c.names(me, inc) for _, c in self._config_entries
+        )
+        if not was_member:
+            return
+        last, last_term = self.log.last_index(), self.log.last_term()
+        for v in sorted(self.membership.voters):
+            if v != me:
+                self._send(MT.PRE_VOTE, v, term=self.term + 1, index=last, log_term=last_term)
+
+    def removal_of(self, node_id: str, incarnation: str) -> int:
+        """The index of the committed configuration that removed this life of
+        `node_id`, or 0 (see `_removal_of`)."""
+        return self._removal_of(node_id, incarnation)
 
     def _removal_of(self, node_id: str, incarnation: str) -> int:
         """The index of the committed configuration that removed this life of

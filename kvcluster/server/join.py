@@ -3,12 +3,14 @@
 Any member answers; a follower answers 307 with the leader's address (307
 keeps the method and the body), and the leader adds the node as a learner
 through the log. The node keeps asking, round the members it was given, until
-one says yes.
+one says yes; a refusal (a 4xx, e.g. a removed node back with its old data
+directory) is logged, once per distinct answer, so the operator sees why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -17,6 +19,8 @@ import orjson
 from .http import ConnectionFailed, HttpConnection
 
 MAX_HOPS = 5
+
+log = logging.getLogger(__name__)
 
 
 async def join(
@@ -32,6 +36,7 @@ async def join(
     body = orjson.dumps({"id": node_id, "address": address, "incarnation": incarnation})
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     attempt = 0
+    refusal = b""
     while True:
         target = members[attempt % len(members)]
         attempt += 1
@@ -52,5 +57,9 @@ async def join(
             if resp.status == 200:
                 joined(f"{parts.scheme}://{parts.netloc}")
                 return
+            if 400 <= resp.status < 500 and resp.body != refusal:
+                refusal = resp.body
+                why = resp.body[:500].decode("utf-8", "replace")
+                log.warning("joining through %s was refused (%d): %s", target, resp.status, why)
             break
         await asyncio.sleep(min(0.05 * attempt, 1.0))
