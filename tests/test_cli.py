@@ -19,11 +19,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 import requests
+from served import clean_env, free_port, serving_alone
 
 from kvcluster.cluster import Cluster
 from kvcluster.experiments.cli import build_parser as bench_parser
@@ -35,12 +35,6 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 # only need it to come back at all (in far less than RUN_LIMIT).
 HOUR = "3600"
 RUN_LIMIT = 300.0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVCLUSTER_")}
-    env.update(extra)
-    return env
 
 
 def kvcluster(
@@ -55,12 +49,6 @@ def kvcluster(
         timeout=RUN_LIMIT,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_port() -> int:
@@ -197,64 +185,6 @@ def test_status_exits_1_when_an_endpoint_does_not_answer() -> None:
 # ---------------------------------------------------------------------- tokens
 
 
-@dataclass
-class Node:
-    proc: subprocess.Popen[str]
-    url: str
-    stderr: Path
-
-    def says(self) -> str:
-        return self.stderr.read_text()
-
-
-@contextlib.contextmanager
-def serve_one(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Node]:
-    """`kvcluster serve`, a one-node cluster, until it leads; stopped after."""
-    for _ in range(5):  # a port can be taken between choosing and binding it
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        stderr = cwd / f"serve-{port}.err"
-        listen = ["--listen", f"127.0.0.1:{port}", "--initial-cluster", f"a={url}"]
-        with open(stderr, "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "kvcluster", "serve", "--name", "a", *listen, *args],
-                cwd=cwd,
-                env=env if env is not None else clean_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                text=True,
-            )
-        try:
-            if _wait_for_leader(proc, url):
-                yield Node(proc, url, stderr)
-                return
-        finally:
-            _stop(proc)
-        if "cannot listen" not in stderr.read_text():
-            raise AssertionError(f"the node did not start: {stderr.read_text()}")
-    raise AssertionError("no free port")
-
-
-def _wait_for_leader(proc: subprocess.Popen[Any], url: str) -> bool:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(requests.RequestException, ValueError):
-            if requests.get(f"{url}/v1/status", timeout=1).json().get("role") == "leader":
-                return True
-        time.sleep(0.05)
-    return False
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def uses_token(url: str, token: str) -> bool:
     """Whether the node takes `token` on a token-protected route (a member that
     does not exist: 404 with the token, 401 without it)."""
@@ -273,35 +203,35 @@ def test_serve_reads_its_token_from_a_file_and_never_shows_it(tmp_path: Path) ->
     token_file = tmp_path / "cluster.token"
     token_file.write_text("s3cret-from-a-file\n")
     token_file.chmod(0o600)
-    with serve_one(tmp_path, "--token-file", str(token_file)) as node:
+    with serving_alone(tmp_path, "--token-file", str(token_file), cwd=tmp_path) as node:
         assert uses_token(node.url, "s3cret-from-a-file")
         assert not uses_token(node.url, "something-else")
         cmdline = Path(f"/proc/{node.proc.pid}/cmdline").read_bytes()
         assert b"s3cret" not in cmdline
-        assert "warning" not in node.says()
+        assert "warning" not in node.stderr()
 
 
 def test_serve_reads_its_token_from_the_environment(tmp_path: Path) -> None:
     env = clean_env(KVCLUSTER_TOKEN="s3cret-from-the-env")
-    with serve_one(tmp_path, env=env) as node:
+    with serving_alone(tmp_path, env=env, cwd=tmp_path) as node:
         assert uses_token(node.url, "s3cret-from-the-env")
 
 
 def test_a_token_on_the_command_line_works_but_warns(tmp_path: Path) -> None:
-    with serve_one(tmp_path, "--token", "visible-to-all") as node:
+    with serving_alone(tmp_path, "--token", "visible-to-all", cwd=tmp_path) as node:
         assert uses_token(node.url, "visible-to-all")
-        assert "--token is visible to every user" in node.says()
-        assert "--token-file" in node.says()
+        assert "--token is visible to every user" in node.stderr()
+        assert "--token-file" in node.stderr()
 
 
 def test_a_generated_token_goes_to_a_file_only_its_owner_can_read(tmp_path: Path) -> None:
-    with serve_one(tmp_path) as node:
+    with serving_alone(tmp_path, cwd=tmp_path) as node:
         files = list(tmp_path.glob("kvcluster-a-*.token"))
         assert len(files) == 1, files
         path = files[0]
         assert private(path)
         assert uses_token(node.url, path.read_text().strip())
-        message = node.says()
+        message = node.stderr()
         assert str(path) in message and f"--token-file {path}" in message
         assert "KVCLUSTER_TOKEN=$(cat" in message
         assert path.read_text().strip() not in message  # the token itself is not printed

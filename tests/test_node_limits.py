@@ -19,17 +19,19 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import requests
+from served import clean_env, serving_alone
 
 from kvcluster.cluster import Cluster
 from kvcluster.raft import Message, MessageType
@@ -208,46 +210,11 @@ def test_a_client_that_pipelines_and_never_reads_holds_bounded_memory(cluster: C
 # ---------------------------------------------------------------------- descriptors
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def few_descriptors(limit: int) -> None:
+    """In the child before exec: RLIMIT_NOFILE = limit, soft and hard."""
+    import resource
 
-
-def serve_with_few_descriptors(data: Path, limit: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`kvcluster serve` (one node, disk storage) under RLIMIT_NOFILE = limit."""
-    env = {**os.environ, "KVCLUSTER_TOKEN": "t" * 32}
-
-    def few_descriptors() -> None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    for _ in range(5):  # a port can be taken between choosing and binding it
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        cmd = [
-            sys.executable, "-m", "kvcluster", "serve", "--name", "a",
-            "--listen", f"127.0.0.1:{port}", "--initial-cluster", f"a={base}",
-            "--data-dir", str(data), "--snapshot-every", "20",
-            "--election-timeout", "0.1,0.2", "--heartbeat", "0.02",
-        ]  # fmt: skip
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            preexec_fn=few_descriptors,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{base}/v1/status", timeout=1).json().get("role") == "leader":
-                    return proc, base
-            time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    raise AssertionError("the node did not start")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def test_a_connection_flood_leaves_the_node_its_files(tmp_path: Path) -> None:
@@ -255,47 +222,53 @@ def test_a_connection_flood_leaves_the_node_its_files(tmp_path: Path) -> None:
     # clients. 500 connections arrive; the excess is refused at once, and the
     # node goes on writing its log and taking snapshots (an EMFILE there used
     # to break the ready loop).
-    proc, base = serve_with_few_descriptors(tmp_path / "data", 400)
-    session = requests.Session()
-    flood: list[socket.socket] = []
-    try:
-        assert session.put(f"{base}/v1/kv/first", json={"value": "1"}, timeout=5).ok
-        host, port = base.removeprefix("http://").rsplit(":", 1)
-        refused = 0
-        for _ in range(500):
-            try:
-                flood.append(socket.create_connection((host, int(port)), timeout=5))
-            except OSError:
-                refused += 1
-        # Most of the flood is refused: closed at once, or answered 503 and closed.
-        closed = 0
-        waiting = list(flood)
-        deadline = time.monotonic() + 10
-        while waiting and time.monotonic() < deadline:
-            ready, _, _ = select.select(waiting, [], [], 0.5)
-            if not ready and closed + refused >= 300:
-                break
-            for s in ready:
-                waiting.remove(s)
+    args = ["--data-dir", str(tmp_path / "data"), "--snapshot-every", "20"]
+    args += ["--election-timeout", "0.1,0.2", "--heartbeat", "0.02"]
+    env = clean_env(KVCLUSTER_TOKEN="t" * 32)
+    limit = partial(few_descriptors, 400)
+    with serving_alone(tmp_path, *args, env=env, preexec_fn=limit) as node:
+        base = node.url
+        session = requests.Session()
+        flood: list[socket.socket] = []
+        try:
+            assert session.put(f"{base}/v1/kv/first", json={"value": "1"}, timeout=5).ok
+            host, port = base.removeprefix("http://").rsplit(":", 1)
+            refused = 0
+            for _ in range(500):
                 try:
-                    got = s.recv(100)
+                    flood.append(socket.create_connection((host, int(port)), timeout=5))
                 except OSError:
-                    got = b""
-                closed += got == b"" or got.startswith(b"HTTP/1.1 503")
-        assert refused + closed >= 300, (refused, closed)
-        # The client that was connected before keeps writing; snapshots happen.
-        for k in range(60):
-            r = session.put(f"{base}/v1/kv/k{k}", json={"value": str(k)}, timeout=10)
-            assert r.status_code == 200, r.text
-        wait_until(lambda: any((tmp_path / "data" / "snap").glob("*.snap")), what="a snapshot")
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-    finally:
-        for s in flood:
-            s.close()
-        session.close()
-        proc.terminate()
-        _, err = proc.communicate(timeout=DEADLINE)
-    assert b"Too many open files" not in err and b"Traceback" not in err, err.decode()[-3000:]
+                    refused += 1
+            # Most of the flood is refused: closed at once, or answered 503 and closed.
+            closed = 0
+            waiting = list(flood)
+            deadline = time.monotonic() + 10
+            while waiting and time.monotonic() < deadline:
+                ready, _, _ = select.select(waiting, [], [], 0.5)
+                if not ready and closed + refused >= 300:
+                    break
+                for s in ready:
+                    waiting.remove(s)
+                    try:
+                        got = s.recv(100)
+                    except OSError:
+                        got = b""
+                    closed += got == b"" or got.startswith(b"HTTP/1.1 503")
+            assert refused + closed >= 300, (refused, closed)
+            # The client that was connected before keeps writing; snapshots happen.
+            for k in range(60):
+                r = session.put(f"{base}/v1/kv/k{k}", json={"value": str(k)}, timeout=10)
+                assert r.status_code == 200, r.text
+            wait_until(lambda: any((tmp_path / "data" / "snap").glob("*.snap")), what="a snapshot")
+            assert node.proc.poll() is None, node.stderr()
+        finally:
+            for s in flood:
+                s.close()
+            session.close()
+            code = node.stop()
+    assert code != -signal.SIGKILL, "the node did not stop on SIGTERM"
+    err = node.stderr()
+    assert "Too many open files" not in err and "Traceback" not in err, err[-3000:]
 
 
 # ---------------------------------------------------------------------- disks
