@@ -580,7 +580,7 @@ def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -
     assert all(b"\n" not in line for line in lines)
     header = json.loads(lines[0])
     assert header == {
-        "format": 3,
+        "format": 4,
         "revision": 10,
         "applied_index": 13,
         "max_sessions": 5,
@@ -588,6 +588,10 @@ def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -
         "clock": 7,
         "sessions": 3,
         "keys": 10,
+        "compacted": 0,
+        "events": 10,
+        "leases": 0,
+        "max_leases": 100_000,
     }
     sessions = json.loads(lines[1])
     # order of last activity, each with its last seq and the clock at that activity
@@ -596,11 +600,17 @@ def test_lines_are_newline_free_json_header_then_sessions_then_keys_in_order() -
         ("3", 9, 7),
         ("1", 10, 7),
     ]
-    flat = [x for line in lines[2:] for x in json.loads(line)]  # rows of five, flat
-    key_rows = [flat[i : i + 5] for i in range(0, len(flat), 5)]
-    assert [len(json.loads(line)) for line in lines[2:]] == [20, 20, 10]
+    flat = [x for line in lines[2:5] for x in json.loads(line)]  # rows of six, flat
+    key_rows = [flat[i : i + 6] for i in range(0, len(flat), 6)]
+    assert [len(json.loads(line)) for line in lines[2:5]] == [24, 24, 12]
     assert [r[0] for r in key_rows] == sorted(f"k{i}" for i in range(10))
-    assert key_rows[0] == ["k0", "line\nbreak ✓", 10, 10, 1]
+    assert key_rows[0] == ["k0", "line\nbreak ✓", 10, 10, 1, 0]
+    # then the history, in revision order, rows of eleven (no previous KV: null, zeros)
+    flat = [x for line in lines[5:] for x in json.loads(line)]
+    assert [len(json.loads(line)) for line in lines[5:]] == [44, 44, 22]
+    events = [flat[i : i + 11] for i in range(0, len(flat), 11)]
+    assert [e[3] for e in events] == list(range(1, 11))
+    assert events[0] == ["k9", "line\nbreak ✓", 1, 1, 1, 0, None, 0, 0, 0, 0]
 
 
 def test_lines_stay_bounded_with_large_values_and_session_results() -> None:
@@ -635,17 +645,23 @@ def test_apply_refuses_a_seq_beyond_63_bits() -> None:
 
 
 def _good_lines() -> list[bytes]:
+    """A format 3 snapshot (before history and leases), which is still read."""
     f = Feeder(KVStore(max_sessions=3, max_session_bytes=1000))
     f.now = 9
     f.open("c1")
     f(put("a", "1", client_id="c1", seq=1))
     f(put("b", "2"))
     f(put("a", "3"))
-    lines = _lines(f.store)
-    assert lines == [HEADER, SESSIONS, KEYS]
+    lines = [HEADER, SESSIONS, KEYS]
+    store = KVStore.from_lines(lines)
+    assert store.list() == f.store.list() and store.sessions == f.store.sessions
+    # no history before the snapshot: reads and watches start at its revision
+    assert (store.revision, store.compacted, store.history_size) == (3, 3, 0)
+    assert store.range("a", revision=2)["error"] == "compacted"
     return lines
 
 
+# Format 3 (still read): rows of five, no lease, no history.
 HEADER = (
     b'{"format":3,"revision":3,"applied_index":4,"max_sessions":3,"max_session_bytes":1000,'
     b'"clock":9,"sessions":1,"keys":2}'
@@ -740,9 +756,13 @@ def test_stored_rows_are_invisible_to_the_cyclic_gc() -> None:
     hold the GIL for hundreds of ms (measured in bench/snapshot_gil.py)."""
     f = _busy_feeder()
     rebuilt = KVStore.from_lines(_lines(f.store, rows_per_line=1))
+    # An event (a tuple of row tuples) is untracked by the first collection that finds
+    # its rows untracked: the same young-generation pass as a rule, at worst the next.
+    gc.collect()
     gc.collect()
     for store in (f.store, rebuilt):
         assert store._rows and not any(gc.is_tracked(row) for row in store._rows)
+        assert store._events and not any(gc.is_tracked(e) for e in store._events)
         kv = store.get("x/1")
         assert kv is not None and kv == KeyValue("x/1", "again", 1, 3, 2)
 

@@ -1,12 +1,13 @@
-"""The kv state machine: an etcd-style revisioned map, applied from the Raft log."""
+"""The kv state machine: an etcd-style MVCC store, applied from the Raft log."""
 
 from .commands import Command, InvalidCommand, delete_command, parse, put_command
 from .snapshot import LINES_FORMAT, FrozenKV
-from .store import KeyValue, KVStore
+from .store import CompactedError, KeyValue, KVStore
 
 __all__ = [
     "LINES_FORMAT",
     "Command",
+    "CompactedError",
     "FrozenKV",
     "InvalidCommand",
     "KVStore",

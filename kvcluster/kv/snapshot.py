@@ -6,29 +6,41 @@ decodes) one bounded line at a time and the GIL changes hands between lines.
 
 Lines (orjson, compact, no newline inside any of them):
 
-    {"format":3,"revision":R,"applied_index":A,"max_sessions":M,
-     "max_session_bytes":B,"clock":C,"sessions":S,"keys":K}
+    {"format":4,"revision":R,"applied_index":A,"max_sessions":M,
+     "max_session_bytes":B,"clock":C,"sessions":S,"keys":K,
+     "compacted":P,"events":E,"leases":L,"max_leases":N}
     [[client_id, seq, result or null, last_active], ...]   session lines, S rows in all
-    [key, value, create_revision, mod_revision, version, key, value, ...]
-                                                        key lines, K rows of 5 in all
+    [id, ttl, deadline, id, ...]                           lease lines, L rows of 3
+    [key, value, create_revision, mod_revision, version, lease, key, ...]
+                                                        key lines, K rows of 6 in all
+    [key, value or null, create, mod, version, lease,
+     prev value or null, prev create, prev mod, prev version, prev lease, key, ...]
+                                                        event lines, E rows of 11
 
 Sessions come in order of last activity (that order decides future expiry and
-eviction), keys in key order. Format 2 (no clock, no activity times, no byte
-bound) is still read: its sessions count as active at time 0. Sessions get
-lines of their own rather than riding in the header because a stored result
-can carry a 1 MiB `prev_value`: a header holding 10,000 of them would be the
-unbounded line this format exists to avoid. A line holds at most
-`rows_per_line` rows and, unless one row alone is larger, about
-`max_line_bytes` of text.
+eviction), leases in id order, keys in key order, events (the history since
+the compact revision P, kv/history.py) in revision order: a null value is a
+delete, a null prev value a key that did not exist before. Format 3 (rows of
+five, no lease, no history) and format 2 (no clock, no activity times, no byte
+bound: its sessions count as active at time 0) are still read; their history
+starts at their revision. Sessions get lines of their own rather than riding in
+the header because a stored result can carry a 1 MiB `prev_value`: a header
+holding 10,000 of them would be the unbounded line this format exists to
+avoid. A line holds at most `rows_per_line` rows and, unless one row alone is
+larger, about `max_line_bytes` of text.
 
-Key rows are flat, five values after five, not one array per row: decoding a
+Rows are flat, six values after six, not one array per row: decoding a
 million small arrays makes a million short-lived lists that the cyclic GC
 promotes and then rescans in full collections (20 of them, up to 57 ms each
 with the GIL held, measured at 1M keys), where flat lines cause none.
 
-The reader trusts nothing: bad JSON, wrong shapes, integers outside
-0..2**63-1, revisions that could not have happened, keys out of order or
-repeated, and counts that disagree with the header all raise ValueError.
+The reader trusts nothing: bad JSON, wrong shapes, integers outside 64 bits,
+revisions that could not have happened, keys out of order or repeated, a
+history with a gap or out of order, events that contradict themselves, rows
+on leases that do not exist, and counts that disagree with the header all
+raise ValueError. (It does not match every event against the rows: that
+would need a dict of every key, whose resizes would hold the GIL for tens of
+ms in the worker thread; the last event is checked against its row.)
 """
 
 from __future__ import annotations
@@ -40,42 +52,68 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .history import Event, Row
+from .leases import MAX_LEASE_TTL, LeaseTable
 from .sessions import MAX_SESSION_BYTES, SessionTable
 
 if TYPE_CHECKING:
     from .store import KVStore
 
-Row = tuple[str, str, int, int, int]  # key, value, create_revision, mod_revision, version
-
-LINES_FORMAT = 3  # format 1, the whole state as one JSON document, is no longer read
+LINES_FORMAT = 4  # format 1, the whole state as one JSON document, is no longer read
 MAX_INT = (1 << 63) - 1  # every integer fits a signed 64-bit field, as on the wire
+MIN_INT = -(1 << 63)
 
 _HEADER_KEYS_V2 = frozenset(
     {"format", "revision", "applied_index", "max_sessions", "sessions", "keys"}
 )
-_HEADER_KEYS = _HEADER_KEYS_V2 | {"max_session_bytes", "clock"}
+_HEADER_KEYS_V3 = _HEADER_KEYS_V2 | {"max_session_bytes", "clock"}
+_HEADER_KEYS = _HEADER_KEYS_V3 | {"compacted", "events", "leases", "max_leases"}
 _KEY = itemgetter(0)
 _VALUE = itemgetter(1)
-_ROW_OVERHEAD = 48  # brackets, quotes, commas and three integers, roughly
+_ROW_OVERHEAD = 56  # brackets, quotes, commas and four integers, roughly
+_NO_PREV = (None, 0, 0, 0, 0)
 
 
 class FrozenKV:
     """A consistent capture of a KVStore, independent of later applies.
 
-    Taking it costs one shallow copy of the sorted rows (row tuples and stored
-    session results are never mutated, so sharing them is safe); encoding it is
-    left to `lines()`, which is meant to run in a worker thread.
+    Taking it costs shallow copies of the sorted rows and of the history (row
+    tuples, events and stored session results are never mutated, so sharing
+    them is safe) and of the lease deadlines; encoding it is left to
+    `lines()`, which is meant to run in a worker thread.
     """
 
-    __slots__ = ("_rows", "_sessions", "applied_index", "revision")
+    __slots__ = (
+        "_events",
+        "_leases",
+        "_rows",
+        "_sessions",
+        "applied_index",
+        "compacted",
+        "max_leases",
+        "revision",
+    )
 
     def __init__(
-        self, *, revision: int, applied_index: int, rows: list[Row], sessions: SessionTable
+        self,
+        *,
+        revision: int,
+        applied_index: int,
+        rows: list[Row],
+        sessions: SessionTable,
+        compacted: int = 0,
+        events: list[Event] | None = None,
+        leases: dict[int, tuple[int, int]] | None = None,
+        max_leases: int = 1,
     ) -> None:
         self.revision = revision
         self.applied_index = applied_index
+        self.compacted = compacted
+        self.max_leases = max_leases
         self._rows = rows
         self._sessions = sessions
+        self._events = events if events is not None else []
+        self._leases = leases if leases is not None else {}
 
     def _header(self) -> dict[str, Any]:
         sessions = self._sessions
@@ -88,6 +126,10 @@ class FrozenKV:
             "clock": sessions.clock,
             "sessions": len(sessions),
             "keys": len(self._rows),
+            "compacted": self.compacted,
+            "events": len(self._events),
+            "leases": len(self._leases),
+            "max_leases": self.max_leases,
         }
 
     def _session_rows(self) -> list[list[Any]]:
@@ -98,8 +140,10 @@ class FrozenKV:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """Everything but the keys: header fields plus the sessions as rows."""
-        return {**self._header(), "sessions": self._session_rows()}
+        """Everything but the keys and the history: header fields plus the sessions
+        and leases as rows."""
+        leases = [[i, *self._leases[i]] for i in sorted(self._leases)]
+        return {**self._header(), "sessions": self._session_rows(), "leases": leases}
 
     def lines(self, rows_per_line: int = 4096, max_line_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole state as newline-free JSON lines (see the module docstring)."""
@@ -108,6 +152,9 @@ class FrozenKV:
         yield orjson.dumps(self._header())
         sessions = self._session_rows()
         yield from _bounded(sessions, rows_per_line, max_line_bytes, _session_size, list)
+        leases = [(i, *self._leases[i]) for i in sorted(self._leases)]
+        for start in range(0, len(leases), rows_per_line):
+            yield orjson.dumps(_flat(leases[start : start + rows_per_line]))
         rows = self._rows
         for start in range(0, len(rows), rows_per_line):
             part = rows[start : start + rows_per_line]
@@ -117,6 +164,15 @@ class FrozenKV:
                 yield orjson.dumps(list(chain.from_iterable(part)))
             else:  # large values: split by size so no line holds 4096 of them
                 yield from _bounded(part, rows_per_line, max_line_bytes, _kv_size, _flat)
+        events = self._events
+        for start in range(0, len(events), rows_per_line):
+            flat = [_flat_event(e) for e in events[start : start + rows_per_line]]
+            yield from _bounded(flat, rows_per_line, max_line_bytes, _event_size, _flat)
+
+
+def _flat_event(event: Event) -> tuple[Any, ...]:
+    new, prev = event
+    return new + (_NO_PREV if prev is None else prev[1:])
 
 
 def _flat(rows: list[Any]) -> list[Any]:
@@ -125,6 +181,10 @@ def _flat(rows: list[Any]) -> list[Any]:
 
 def _kv_size(row: Any) -> int:
     return len(row[0]) + len(row[1]) + _ROW_OVERHEAD
+
+
+def _event_size(row: Any) -> int:
+    return len(row[0]) + len(row[1] or "") + len(row[6] or "") + 2 * _ROW_OVERHEAD
 
 
 def _session_size(row: Any) -> int:
@@ -156,10 +216,10 @@ def _bounded(
 # ---------------------------------------------------------------- decoding
 
 
-def _int(x: Any, what: str) -> int:
+def _int(x: Any, what: str, lo: int = 0) -> int:
     # bool is an int subclass; true as a revision is garbage, not 1.
-    if type(x) is not int or not 0 <= x <= MAX_INT:
-        raise ValueError(f"{what} must be an integer from 0 to 2**63-1, got {str(x)[:40]}")
+    if type(x) is not int or not lo <= x <= MAX_INT:
+        raise ValueError(f"{what} must be an integer from {lo} to 2**63-1, got {str(x)[:40]}")
     return x
 
 
@@ -171,6 +231,23 @@ def _rows(line: bytes, what: str) -> list[Any]:
     if type(rows) is not list or not rows:
         raise ValueError(f"{what} line must be a non-empty JSON array")
     return rows
+
+
+def _groups(it: Iterator[bytes], count: int, width: int, what: str) -> Iterator[tuple[Any, ...]]:
+    """`count` flat rows of `width` values from the next lines of `it`."""
+    seen = 0
+    while seen < count:
+        line = next(it, None)
+        if line is None:
+            raise ValueError(f"{seen} {what}s of {count}: truncated")
+        flat = _rows(line, what)
+        if len(flat) % width:
+            raise ValueError(f"a {what} line must hold rows of {width} values")
+        seen += len(flat) // width
+        if seen > count:
+            raise ValueError(f"more {what}s than the {count} announced")
+        values = iter(flat)
+        yield from zip(*([values] * width), strict=True)
 
 
 def decode_lines(lines: Iterable[bytes], store: KVStore) -> None:
@@ -185,12 +262,13 @@ def decode_lines(lines: Iterable[bytes], store: KVStore) -> None:
         raise ValueError(f"header line is not JSON: {e}") from None
     if type(head) is not dict:
         raise ValueError("the header line must be a JSON object")
-    if head.get("format") not in (2, LINES_FORMAT):
-        raise ValueError(f"unsupported kv line format {str(head.get('format'))[:40]}")
-    v2 = head["format"] == 2
-    expected = _HEADER_KEYS_V2 if v2 else _HEADER_KEYS
+    version = head.get("format")
+    if version not in (2, 3, LINES_FORMAT) or type(version) is not int:
+        raise ValueError(f"unsupported kv line format {str(version)[:40]}")
+    expected = {2: _HEADER_KEYS_V2, 3: _HEADER_KEYS_V3, LINES_FORMAT: _HEADER_KEYS}[version]
     if head.keys() != expected:
         raise ValueError(f"header must be an object with exactly {sorted(expected)}")
+    v2 = version == 2
     revision = _int(head["revision"], "revision")
     applied = _int(head["applied_index"], "applied_index")
     max_sessions = _int(head["max_sessions"], "max_sessions")
@@ -202,7 +280,39 @@ def decode_lines(lines: Iterable[bytes], store: KVStore) -> None:
         raise ValueError(f"revision {revision} > applied_index {applied}: impossible")
     if max_sessions < 1 or max_bytes < 1 or n_sessions > max_sessions:
         raise ValueError(f"{n_sessions} sessions do not fit max_sessions {max_sessions}")
-    store.revision, store.applied_index = revision, applied
+    if version == LINES_FORMAT:
+        compacted = _int(head["compacted"], "compacted")
+        n_events = _int(head["events"], "events")
+        n_leases = _int(head["leases"], "leases")
+        max_leases = _int(head["max_leases"], "max_leases")
+        if compacted > revision:
+            raise ValueError(f"compacted {compacted} > revision {revision}: impossible")
+        if max_leases < 1 or n_leases > max_leases:
+            raise ValueError(f"{n_leases} leases do not fit max_leases {max_leases}")
+    else:  # no history before this snapshot: reads start at its revision
+        compacted, n_events, n_leases, max_leases = revision, 0, 0, store.leases.max_leases
+    store.revision, store.applied_index, store.compacted = revision, applied, compacted
+    _decode_sessions(it, store, n_sessions, max_sessions, max_bytes, clock, v2)
+    leases = store.leases = LeaseTable(max_leases)
+    _decode_leases(it, leases, n_leases)
+    if version == LINES_FORMAT:
+        _decode_keys(it, store, n_keys, 6)
+    else:
+        _decode_keys(it, store, n_keys, 5)
+    _decode_events(it, store, n_events)
+    if next(it, None) is not None:
+        raise ValueError("lines after the last event")
+
+
+def _decode_sessions(
+    it: Iterator[bytes],
+    store: KVStore,
+    n_sessions: int,
+    max_sessions: int,
+    max_bytes: int,
+    clock: int,
+    v2: bool,
+) -> None:
     sessions = store.sessions = SessionTable(max_sessions, max_bytes)
     sessions.clock = clock
     table = sessions.table
@@ -228,32 +338,97 @@ def decode_lines(lines: Iterable[bytes], store: KVStore) -> None:
         if len(table) > n_sessions:
             raise ValueError(f"more sessions than the {n_sessions} announced")
 
+
+def _decode_leases(it: Iterator[bytes], leases: LeaseTable, n_leases: int) -> None:
+    prev = MIN_INT - 1
+    for lease_id, ttl, due in _groups(it, n_leases, 3, "lease"):
+        if type(lease_id) is not int or not MIN_INT <= lease_id <= MAX_INT or not lease_id:
+            raise ValueError(f"lease id {str(lease_id)[:40]} is not a non-zero 64-bit integer")
+        if lease_id <= prev:
+            raise ValueError(f"lease {lease_id} is out of order or repeated")
+        if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL:
+            raise ValueError(f"lease {lease_id}: ttl {str(ttl)[:40]} out of range")
+        leases.set(lease_id, ttl, _int(due, "lease deadline"))
+        prev = lease_id
+
+
+def _decode_keys(it: Iterator[bytes], store: KVStore, n_keys: int, width: int) -> None:
     rows, keys = store._rows, store._keys
+    revision = store.revision
+    leases = store.leases
     prev = ""  # keys are non-empty, so the first one is > ""
-    while len(rows) < n_keys:
-        line = next(it, None)
-        if line is None:
-            raise ValueError(f"{len(rows)} keys of {n_keys}: truncated")
-        flat = _rows(line, "key")
-        if len(flat) % 5:
-            raise ValueError("a key line must hold rows of five values")
-        values = iter(flat)
-        for row in zip(values, values, values, values, values, strict=True):
-            key, value, create, mod, version = row
-            if type(key) is not str or type(value) is not str:
-                raise ValueError("key and value must be strings")
-            if key <= prev:
-                raise ValueError(f"key {key[:40]!r} is out of order, repeated or empty")
-            if type(create) is not int or type(mod) is not int or type(version) is not int:
-                raise ValueError(f"key {key[:40]!r}: revisions and version must be integers")
-            # Each put bumps the revision once, so these bounds hold for any real store
-            # (and they bound every integer by `revision`, itself <= 2**63-1).
-            if not (0 < create <= mod <= revision and 0 < version <= mod - create + 1):
-                raise ValueError(f"key {key[:40]!r}: impossible revisions {create, mod, version}")
-            rows.append(row)
-            keys.append(key)
-            prev = key
-        if len(rows) > n_keys:
-            raise ValueError(f"more keys than the {n_keys} announced")
-    if next(it, None) is not None:
-        raise ValueError("lines after the last key")
+    for row in _groups(it, n_keys, width, "key"):
+        if width == 5:  # format 2 and 3: no lease
+            row = (*row, 0)
+        key, value, create, mod, version, lease = row
+        if type(key) is not str or type(value) is not str:
+            raise ValueError("key and value must be strings")
+        if key <= prev:
+            raise ValueError(f"key {key[:40]!r} is out of order, repeated or empty")
+        if type(create) is not int or type(mod) is not int or type(version) is not int:
+            raise ValueError(f"key {key[:40]!r}: revisions and version must be integers")
+        # Each put bumps the revision once, so these bounds hold for any real store
+        # (and they bound every integer by `revision`, itself <= 2**63-1).
+        if not (0 < create <= mod <= revision and 0 < version <= mod - create + 1):
+            raise ValueError(f"key {key[:40]!r}: impossible revisions {create, mod, version}")
+        if type(lease) is not int:
+            raise ValueError(f"key {key[:40]!r}: lease must be an integer")
+        if lease:
+            if lease not in leases:
+                raise ValueError(f"key {key[:40]!r} is attached to lease {lease}, which is absent")
+            leases.attach(key, lease)
+        rows.append(row)
+        keys.append(key)
+        prev = key
+
+
+def _check_kv(name: str, key: Any, value: Any, create: Any, mod: Any, version: Any) -> None:
+    if type(create) is not int or type(mod) is not int or type(version) is not int:
+        raise ValueError(f"event on {str(key)[:40]!r}: {name} revisions must be integers")
+    if value is not None and type(value) is not str:
+        raise ValueError(f"event on {str(key)[:40]!r}: {name} value must be a string or null")
+    if value is not None and not (0 < create <= mod and 0 < version <= mod - create + 1):
+        raise ValueError(f"event on {key[:40]!r}: impossible {name} {create, mod, version}")
+
+
+def _decode_events(it: Iterator[bytes], store: KVStore, n_events: int) -> None:
+    """The history: each event consistent in itself, in revision order without a gap
+    (every revision after the compacted one made at least one change)."""
+    events = store._events
+    compacted, revision = store.compacted, store.revision
+    last = compacted
+    for key, value, create, mod, version, lease, pv, pc, pm, pver, pl in _groups(
+        it, n_events, 11, "event"
+    ):
+        if type(key) is not str or not key:
+            raise ValueError("an event's key must be a non-empty string")
+        _check_kv("new", key, value, create, mod, version)
+        _check_kv("previous", key, pv, pc, pm, pver)
+        if type(lease) is not int or type(pl) is not int:
+            raise ValueError(f"event on {key[:40]!r}: leases must be integers")
+        if not last <= mod <= min(last + 1, revision):
+            raise ValueError(f"event on {key[:40]!r} at {mod}: out of order or a gap before it")
+        if pv is None:
+            if (pc, pm, pver, pl) != (0, 0, 0, 0):
+                raise ValueError(f"event on {key[:40]!r}: a missing previous KV with fields")
+            if value is None or (create, version) != (mod, 1):
+                raise ValueError(f"event on {key[:40]!r}: must create the key at version 1")
+            prev = None
+        else:
+            if pm > mod:
+                raise ValueError(f"event on {key[:40]!r}: the previous KV is newer than it")
+            if value is None:
+                if (create, version, lease) != (0, 0, 0):
+                    raise ValueError(f"event on {key[:40]!r}: a delete with fields")
+            elif (create, version) != (pc, pver + 1):
+                raise ValueError(f"event on {key[:40]!r}: does not follow its previous KV")
+            prev = (key, pv, pc, pm, pver, pl)
+        events.append(((key, value, create, mod, version, lease), prev))
+        last = mod
+    if revision > compacted and (not events or last != revision):
+        raise ValueError(f"the history ends at {last}, not at revision {revision}")
+    if events:  # the last change is its key's last: it must be the key's current state
+        new = events[-1][0]
+        current = store._find(new[0])
+        if current != (None if new[1] is None else new):
+            raise ValueError(f"the last event on {new[0][:40]!r} disagrees with its row")

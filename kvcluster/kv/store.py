@@ -1,17 +1,38 @@
-"""The replicated state machine: an etcd-style key/value map with revisions.
+"""The replicated state machine: an etcd-style MVCC key/value store.
 
 Every replica applies the same committed log to its own `KVStore`, so the store
 must be a pure function of that log: no clocks, no randomness, no I/O, and no
 dependence on hash or set iteration order. Anything ordered (the key index, the
-sessions) is ordered by key or by order of application, both of which are the
-same on every node; the only time it knows is the leader's, committed in the log.
+history, the sessions, the keys a lease deletes) is ordered by key, by
+revision or by order of application, all the same on every node; the only time
+it knows is the leader's, committed in the log.
 
-Revisions follow etcd: one global `revision` bumped by every mutation that
-changes something; per key a `create_revision`, `mod_revision` and `version`
-(1 on create, +1 per put; a delete forgets the key, so re-creating it starts
-again at version 1 with a new create_revision).
+Revisions follow etcd: one global `revision` bumped by every command that
+changes something (a txn's changes share one); per key a `create_revision`,
+`mod_revision`, `version` (1 on create, +1 per put; a delete ends the key's
+generation, so re-creating it starts again at version 1 with a new
+create_revision) and `lease`. The history of changes since the last compaction
+(kv/history.py) answers reads at a past revision and feeds watches.
 
-Client sessions (Raft thesis, section 6.3) make retried commands apply once;
+Commands (kv/commands.py validates them; none ever raises here):
+    {"op":"put","key","value"[, "lease","prev_kv","ignore_value","ignore_lease"]
+        [, "client_id","seq"]}
+        -> {"key","revision","created","prev_value"[, "prev_kv"]}
+    {"op":"delete","key"[, "client_id","seq"]} -> {"key","deleted","revision","prev_value"}
+    {"op":"delete_range","key"[, "range_end","prev_kv"]}
+        -> {"revision","deleted"[, "prev_kvs"]}
+    {"op":"txn","compare","success","failure"} -> {"revision","succeeded","responses"}
+    {"op":"compact","revision"} -> {"revision"}
+    {"op":"lease_grant","id"?,"ttl","now"} -> {"id","ttl","revision"}
+    {"op":"lease_revoke","id"} -> {"revision","deleted"}
+    {"op":"lease_keepalive","id","now"} -> {"id","ttl","revision"}
+    {"op":"lease_expire","now"} -> {"expired":[ids],"revision"}
+    {"op":"lease_promote","now","extend"} -> {"leases","revision"}
+    {"op":"open_session","now"}, {"op":"expire_sessions","now","ttl"} (kv/sessions.py)
+An error is {"error": code, "message": ...} and changes nothing but
+`applied_index`.
+
+Client sessions (Raft thesis, section 6.3) make retried /v1 writes apply once;
 they are opened through the log, expire by the leader's committed clock and
 are bounded in number and bytes (`kv/sessions.py`).
 """
@@ -19,13 +40,48 @@ are bounded in number and bytes (`kv/sessions.py`).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .commands import Command, InvalidCommand, parse
+from . import txn as txns
+from .commands import Command, parse
+from .history import (
+    Event,
+    Row,
+    event_dict,
+    first_event_at,
+    kv_dict,
+    rows_at,
+    select_events,
+    span,
+)
+from .leases import (
+    MAX_LEASES,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeasePromote,
+    LeaseRevoke,
+    LeaseTable,
+    deadline,
+)
+from .ops import Compact, DeleteRange, InvalidCommand, Range, Txn
+from .results import (
+    COMPACTED,
+    FUTURE,
+    KEY_NOT_FOUND,
+    LEASE_NOT_FOUND,
+    delete_range_result,
+    put_result,
+)
+from .results import error as _error
 from .sessions import MAX_SESSION_BYTES, MAX_SESSIONS, Expired, SessionTable, Stale
-from .snapshot import MAX_INT, FrozenKV, Row, decode_lines
+from .snapshot import MAX_INT, FrozenKV, decode_lines
+
+
+class CompactedError(Exception):
+    """A read from a revision that compaction has dropped; args[0] is the compact revision."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +93,10 @@ class KeyValue:
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The /v1 shape (no lease: /v1 has none)."""
         return {
             "key": self.key,
             "value": self.value,
@@ -48,24 +106,25 @@ class KeyValue:
         }
 
 
-def _error(code: str, message: str) -> dict[str, Any]:
-    return {"error": code, "message": message}
-
-
 class KVStore:
     """The state machine; `apply()` is the only way the replicated state changes."""
 
     def __init__(
-        self, max_sessions: int = MAX_SESSIONS, max_session_bytes: int = MAX_SESSION_BYTES
+        self,
+        max_sessions: int = MAX_SESSIONS,
+        max_session_bytes: int = MAX_SESSION_BYTES,
+        max_leases: int = MAX_LEASES,
     ) -> None:
         self.sessions = SessionTable(max_sessions, max_session_bytes)
+        self.leases = LeaseTable(max_leases)
         self.revision = 0
         self.applied_index = 0
-        # Each key is one row tuple (key, value, create_revision, mod_revision, version) in
-        # a list sorted by key, with a parallel list of the keys to bisect (a key function
-        # would cost ~2 us per bisect). No dict: a lookup is one bisect (2.6 us at 1M keys
-        # against 0.2 for a dict; `get` went from 1 to 4.5 us with the KeyValue it builds,
-        # an overwrite from ~5 to ~6.5 us), and without one:
+        self.compacted = 0  # reads and watches from any revision >= this one work
+        # Each key is one row tuple (key, value, create_revision, mod_revision, version,
+        # lease) in a list sorted by key, with a parallel list of the keys to bisect (a key
+        # function would cost ~2 us per bisect). No dict: a lookup is one bisect (2.6 us at
+        # 1M keys against 0.2 for a dict; `get` went from 1 to 4.5 us with the KeyValue it
+        # builds, an overwrite from ~5 to ~6.5 us), and without one:
         #  - nothing has to resize in one GIL-holding step while a store is rebuilt from
         #    a snapshot in a worker thread (a 700k-entry dict took 40 ms);
         #  - `freeze()` is one list copy (5-15 ms at 1M keys; a dict copy took 30 more).
@@ -77,6 +136,9 @@ class KVStore:
         # also UTF-8 byte order, as in etcd.
         self._keys: list[str] = []
         self._rows: list[Row] = []
+        # The changes since `compacted`, in revision order (kv/history.py); (row, prev)
+        # pairs of the row tuples above, so a put adds one small tuple.
+        self._events: list[Event] = []
 
     @property
     def max_sessions(self) -> int:
@@ -98,7 +160,9 @@ class KVStore:
         try:
             cmd = parse(command)
         except InvalidCommand as e:
-            return _error("invalid_command", str(e))
+            return _error(e.code, str(e))
+        if type(cmd) is not Command:
+            return self._apply_other(index, cmd)
         if cmd.op == "open_session":
             # The session's id is its entry's index: unique, and never reused, so
             # no retry can ever find a new session under an old one's name.
@@ -142,19 +206,27 @@ class KVStore:
     def _execute(self, cmd: Command) -> dict[str, Any]:
         if cmd.op == "put":
             assert cmd.value is not None  # parse() guarantees it for put
+            if cmd.lease or cmd.prev_kv or cmd.ignore_value or cmd.ignore_lease:
+                return self._put_with_options(cmd)
             return self._put(cmd.key, cmd.value)
         return self._delete(cmd.key)
 
     def _put(self, key: str, value: str) -> dict[str, Any]:
+        """A plain /v1 put, kept short: it is the hot path."""
         rev = self.revision = self.revision + 1
         keys, rows = self._keys, self._rows
         i = bisect_left(keys, key)
         prev = rows[i] if i < len(keys) and keys[i] == key else None
         if prev is None:
+            row = (key, value, rev, rev, 1, 0)
             keys.insert(i, key)
-            rows.insert(i, (key, value, rev, rev, 1))
+            rows.insert(i, row)
         else:
-            rows[i] = (key, value, prev[2], rev, prev[4] + 1)
+            row = (key, value, prev[2], rev, prev[4] + 1, 0)
+            rows[i] = row
+            if prev[5]:  # a put without a lease detaches the key from its lease, as etcd's
+                self.leases.detach(key, prev[5])
+        self._events.append((row, prev))
         return {
             "key": key,
             "revision": rev,
@@ -162,20 +234,191 @@ class KVStore:
             "prev_value": None if prev is None else prev[1],
         }
 
+    def _put_with_options(self, cmd: Command) -> dict[str, Any]:
+        assert cmd.value is not None
+        if cmd.lease and cmd.lease not in self.leases:
+            return _error("lease_not_found", LEASE_NOT_FOUND)
+        if (cmd.ignore_value or cmd.ignore_lease) and self._find(cmd.key) is None:
+            return _error("key_not_found", KEY_NOT_FOUND)
+        rev = self.revision = self.revision + 1
+        row, prev = self.write_put(
+            cmd.key, cmd.value, cmd.lease, cmd.ignore_value, cmd.ignore_lease, rev
+        )
+        return put_result(row, prev, cmd.prev_kv)
+
     def _delete(self, key: str) -> dict[str, Any]:
-        keys, rows = self._keys, self._rows
+        keys = self._keys
         i = bisect_left(keys, key)
-        prev = rows[i] if i < len(keys) and keys[i] == key else None
+        prev = self._rows[i] if i < len(keys) and keys[i] == key else None
         if prev is not None:
             self.revision += 1
-            del keys[i]
-            del rows[i]
+            self.write_delete(i, i + 1, self.revision)
         return {
             "key": key,
             "deleted": 0 if prev is None else 1,
             "revision": self.revision,
             "prev_value": None if prev is None else prev[1],
         }
+
+    def _apply_other(self, index: int, cmd: Any) -> dict[str, Any]:
+        """The etcd commands beyond /v1's: delete_range, txn, compact and leases."""
+        if isinstance(cmd, Txn):
+            return txns.apply_txn(self, cmd)
+        if isinstance(cmd, DeleteRange):
+            rev = self.revision + 1
+            prevs = self.write_delete_range(cmd.key, cmd.range_end, rev)
+            if prevs:
+                self.revision = rev
+            return delete_range_result(prevs, cmd.prev_kv, self.revision)
+        if isinstance(cmd, Compact):
+            return self._compact(cmd.revision)
+        return self._apply_lease(index, cmd)
+
+    def _compact(self, revision: int) -> dict[str, Any]:
+        if revision > self.revision:
+            return _error("future_revision", FUTURE, revision=self.revision)
+        if revision <= self.compacted and revision:
+            return _error("compacted", COMPACTED, compact_revision=self.compacted)
+        # Keep the events *at* `revision`: a watch may start there (etcd allows it).
+        del self._events[: first_event_at(self._events, revision)]
+        self.compacted = revision
+        return {"revision": self.revision}
+
+    # ---- the write primitives (also used by txn.py): callers have checked everything
+
+    def write_put(
+        self, key: str, value: str, lease: int, ignore_value: bool, ignore_lease: bool, rev: int
+    ) -> tuple[Row, Row | None]:
+        """Put `key` at revision `rev`; the lease, if any, exists; returns (row, prev)."""
+        keys, rows = self._keys, self._rows
+        i = bisect_left(keys, key)
+        prev = rows[i] if i < len(keys) and keys[i] == key else None
+        if prev is None:
+            row = (key, value, rev, rev, 1, lease)
+            keys.insert(i, key)
+            rows.insert(i, row)
+        else:
+            if ignore_value:
+                value = prev[1]
+            if ignore_lease:
+                lease = prev[5]
+            row = (key, value, prev[2], rev, prev[4] + 1, lease)
+            rows[i] = row
+        self._events.append((row, prev))
+        old_lease = 0 if prev is None else prev[5]
+        if old_lease != lease:
+            if old_lease:
+                self.leases.detach(key, old_lease)
+            if lease:
+                self.leases.attach(key, lease)
+        return row, prev
+
+    def write_delete(self, i: int, j: int, rev: int) -> list[Row]:
+        """Delete the rows at positions [i, j) at revision `rev`; returns them."""
+        gone = self._rows[i:j]
+        events, leases = self._events, self.leases
+        for prev in gone:
+            events.append(((prev[0], None, 0, rev, 0, 0), prev))
+            if prev[5]:
+                leases.detach(prev[0], prev[5])
+        del self._keys[i:j]
+        del self._rows[i:j]
+        return gone
+
+    def write_delete_range(self, key: str, range_end: str | None, rev: int) -> list[Row]:
+        i, j = span(self._keys, key, range_end)
+        return self.write_delete(i, j, rev) if i < j else []
+
+    def _write_delete_keys(self, keys: list[str], rev: int) -> int:
+        """Delete these keys (sorted, all present) at `rev`, in one pass over the rows."""
+        positions = [bisect_left(self._keys, k) for k in keys]
+        if len(positions) <= 16:  # a few memmoves beat rebuilding the lists
+            for n, i in enumerate(positions):
+                self.write_delete(i - n, i - n + 1, rev)
+            return len(positions)
+        events, old_keys, old_rows = self._events, self._keys, self._rows
+        new_keys: list[str] = []
+        new_rows: list[Row] = []
+        start = 0
+        for i in positions:
+            new_keys += old_keys[start:i]
+            new_rows += old_rows[start:i]
+            prev = old_rows[i]
+            events.append(((prev[0], None, 0, rev, 0, 0), prev))
+            start = i + 1
+        new_keys += old_keys[start:]
+        new_rows += old_rows[start:]
+        old_keys[:] = new_keys  # in place: the lists' identity never changes
+        old_rows[:] = new_rows
+        return len(positions)
+
+    # ---- leases -----------------------------------------------------------------
+
+    def _apply_lease(self, index: int, cmd: Any) -> dict[str, Any]:
+        leases = self.leases
+        if isinstance(cmd, LeaseGrant):
+            if cmd.id and cmd.id in leases:
+                return _error("lease_exists", "etcdserver: lease already exists")
+            if len(leases) >= leases.max_leases:
+                return _error(
+                    "too_many_leases",
+                    f"{len(leases)} leases exist, the most this store keeps; "
+                    "revoke some (or let them expire) first",
+                )
+            lease_id = leases.pick_id(cmd.id, index)
+            leases.set(lease_id, cmd.ttl, deadline(cmd.now, cmd.ttl))
+            return {"id": lease_id, "ttl": cmd.ttl, "revision": self.revision}
+        if isinstance(cmd, LeaseRevoke):
+            if cmd.id not in leases:
+                return _error("lease_not_found", LEASE_NOT_FOUND)
+            deleted = self._revoke(cmd.id)
+            return {"revision": self.revision, "deleted": deleted}
+        if isinstance(cmd, LeaseKeepAlive):
+            lease = leases.leases.get(cmd.id)
+            if lease is None:
+                return _error("lease_not_found", LEASE_NOT_FOUND)
+            leases.set(cmd.id, lease[0], deadline(cmd.now, lease[0]))
+            return {"id": cmd.id, "ttl": lease[0], "revision": self.revision}
+        if isinstance(cmd, LeaseExpire):
+            expired = leases.expired(cmd.now)
+            for lease_id in expired:
+                self._revoke(lease_id)
+            return {"expired": expired, "revision": self.revision}
+        assert isinstance(cmd, LeasePromote)
+        leases.promote(cmd.now, cmd.extend)
+        return {"leases": len(leases), "revision": self.revision}
+
+    def _revoke(self, lease_id: int) -> int:
+        """Drop a lease and delete its keys, all at one new revision (none if no keys)."""
+        keys = self.leases.remove(lease_id)
+        if not keys:
+            return 0
+        self.revision += 1
+        return self._write_delete_keys(keys, self.revision)
+
+    def lease_time_to_live(self, lease_id: int, now_ms: int, keys: bool = False) -> dict[str, Any]:
+        """etcd's LeaseTimeToLive at the leader's clock `now_ms`: remaining seconds
+        (truncated, never below 0), the granted TTL and, if asked, the attached keys
+        in key order. An unknown lease answers ttl -1, as etcd does."""
+        lease = self.leases.leases.get(lease_id)
+        if lease is None:
+            return {"id": lease_id, "ttl": -1, "granted_ttl": 0, "keys": []}
+        ttl, due = lease
+        out: dict[str, Any] = {
+            "id": lease_id,
+            "ttl": max(0, (due - now_ms) // 1000),
+            "granted_ttl": ttl,
+            "keys": sorted(self.leases.keys[lease_id]) if keys else [],
+        }
+        return out
+
+    def lease_ids(self) -> list[int]:
+        """Every lease's id, in order."""
+        return sorted(self.leases.leases)
+
+    def next_lease_deadline(self) -> int | None:
+        """The leader's clock time (ms) at which the first lease expires, or None."""
+        return self.leases.next_deadline()
 
     # ---- reads ------------------------------------------------------------------
 
@@ -206,6 +449,107 @@ class KVStore:
             i += 1
         return out
 
+    def range(
+        self,
+        key: str,
+        range_end: str | None = None,
+        revision: int = 0,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+        *,
+        sort_order: str = "NONE",
+        sort_target: str = "KEY",
+        min_mod_revision: int = 0,
+        max_mod_revision: int = 0,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+    ) -> dict[str, Any]:
+        """etcd's Range: {"revision": current, "kvs": [KV...], "count": n, "more": bool}.
+
+        `range_end` None selects `key` alone, "\\x00" every key >= `key`, else
+        [key, range_end). `revision` <= 0 reads the current state; one below
+        the compact revision answers error "compacted" (with compact_revision),
+        one above the current revision "future_revision". `limit` <= 0 means
+        none; `count` is every key in the range, `more` says `limit` cut some
+        off. The sort and min/max options are etcd's (ties keep key order).
+        """
+        if not isinstance(key, str) or not key:
+            return _error("invalid_command", "etcdserver: key is not provided")
+        req = Range(
+            key,
+            range_end or None,
+            revision,
+            limit,
+            keys_only,
+            count_only,
+            sort_order,
+            sort_target,
+            min_mod_revision,
+            max_mod_revision,
+            min_create_revision,
+            max_create_revision,
+        )
+        error = self.check_range(req)
+        return error if error is not None else self.do_range(req, self.revision)
+
+    def check_range(self, req: Range) -> dict[str, Any] | None:
+        """The error a range at `req.revision` gets, if any (etcd's checkRequestRange)."""
+        if req.revision > self.revision:
+            return _error("future_revision", FUTURE, revision=self.revision)
+        if 0 < req.revision < self.compacted:
+            return _error(
+                "compacted", COMPACTED, compact_revision=self.compacted, revision=self.revision
+            )
+        if req.sort_order not in txns.SORT_ORDERS or req.sort_target not in txns.SORT_KEYS:
+            return _error("invalid_command", "unknown sort_order or sort_target")
+        return None
+
+    def do_range(self, req: Range, current: int) -> dict[str, Any]:
+        """Run a checked range; `current` is the revision to report (a txn's own)."""
+        i, j = span(self._keys, req.key, req.range_end)
+        events = self._events
+        at = req.revision
+        if at > 0 and events and events[-1][0][3] > at:
+            start = first_event_at(events, at + 1)
+            rows = rows_at(self._rows[i:j], events, start, req.key, req.range_end)
+        elif (
+            req.sort_order == "NONE"
+            and req.sort_target == "KEY"
+            and not (req.min_mod_revision or req.max_mod_revision)
+            and not (req.min_create_revision or req.max_create_revision)
+        ):  # the common case: a slice of the rows, however large the range
+            count = j - i
+            if req.count_only:
+                return {"revision": current, "kvs": [], "count": count, "more": False}
+            end = j if req.limit <= 0 else min(j, i + req.limit)
+            kvs = [kv_dict(r, req.keys_only) for r in self._rows[i:end]]
+            return {"revision": current, "kvs": kvs, "count": count, "more": end < j}
+        else:
+            rows = self._rows[i:j]
+        return txns.finish_range(req, rows, current)
+
+    def changes_since(
+        self, revision: int, key: str, range_end: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The events at `revision` and after on keys in (key, range_end), in revision
+        order (a txn's in the order it made them), as etcd's watch shows them:
+        {"type": "PUT"|"DELETE", "kv": KV, "prev_kv": KV | None}.
+
+        Raises CompactedError(compact revision) if `revision` < `compacted`.
+        The iterator works on the history as it is now: later applies do not
+        show up in it (ask again from the last revision seen + 1).
+        """
+        if revision < self.compacted:
+            raise CompactedError(self.compacted)
+        start = first_event_at(self._events, revision)
+        return map(event_dict, select_events(self._events, start, key, range_end or None))
+
+    @property
+    def history_size(self) -> int:
+        """Events kept since the last compaction (what compaction frees)."""
+        return len(self._events)
+
     def __len__(self) -> int:
         return len(self._rows)
 
@@ -214,16 +558,21 @@ class KVStore:
     def freeze(self) -> FrozenKV:
         """A consistent capture for a snapshot, cheap enough for the event loop.
 
-        One shallow copy of the sorted rows (and of the bounded session
-        table): rows are tuples and stored session results are never mutated,
-        so later applies replace them in the store and leave the capture as it
-        was. Encode it with `FrozenKV.lines()` in a worker thread.
+        Shallow copies of the sorted rows, of the history (rows and events are
+        tuples, never mutated), of the lease table's ids and deadlines, and of
+        the bounded session table (its stored results are never mutated): later
+        applies replace entries in the store and leave the capture as it was.
+        Encode it with `FrozenKV.lines()` in a worker thread.
         """
         return FrozenKV(
             revision=self.revision,
             applied_index=self.applied_index,
             rows=self._rows.copy(),
             sessions=self.sessions.copy(),
+            compacted=self.compacted,
+            events=self._events.copy(),
+            leases=self.leases.copy(),
+            max_leases=self.leases.max_leases,
         )
 
     @classmethod
@@ -243,8 +592,11 @@ class KVStore:
         return (
             self.revision == other.revision
             and self.applied_index == other.applied_index
+            and self.compacted == other.compacted
             and self._rows == other._rows
+            and self._events == other._events
             and self.sessions == other.sessions
+            and self.leases == other.leases
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
@@ -252,5 +604,7 @@ class KVStore:
     def __repr__(self) -> str:
         return (
             f"KVStore(keys={len(self)}, revision={self.revision}, "
-            f"applied_index={self.applied_index}, sessions={len(self.sessions)})"
+            f"applied_index={self.applied_index}, compacted={self.compacted}, "
+            f"history={len(self._events)}, sessions={len(self.sessions)}, "
+            f"leases={len(self.leases)})"
         )
