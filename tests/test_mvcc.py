@@ -283,6 +283,8 @@ def test_compaction_errors() -> None:
     assert s(compact(6)) == {"revision": 6}  # up to the current revision
     assert s.kv.history_size == 1 and s.values(rev=6) == s.values()
     assert s.kv.range("a", revision=5)["error"] == "compacted"
+    assert s(compact(0))["error"] == "compacted"  # never back to 0
+    assert s.kv.compacted == 6
     assert Store()(compact(0)) == {"revision": 0}  # nothing yet: a no-op, as in etcd
 
 

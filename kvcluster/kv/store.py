@@ -277,7 +277,8 @@ class KVStore:
     def _compact(self, revision: int) -> dict[str, Any]:
         if revision > self.revision:
             return _error("future_revision", FUTURE, revision=self.revision)
-        if revision <= self.compacted and revision:
+        if revision < self.compacted or 0 < revision == self.compacted:
+            # (compact 0 on a store never compacted is a no-op, as etcd's first compact 0 is)
             return _error("compacted", COMPACTED, compact_revision=self.compacted)
         # Keep the events *at* `revision`: a watch may start there (etcd allows it).
         del self._events[: first_event_at(self._events, revision)]
