@@ -5,11 +5,13 @@ from .node import Node, NodeReady, SnapshotCapture
 from .options import READ_MODES, NodeOptions
 from .requests import (
     ADD_MEMBER,
+    COMMAND,
     DELETE,
     GET,
     LIST,
     OPEN_SESSION,
     PUT,
+    RANGE,
     REMOVE_MEMBER,
     Answer,
     Failure,
@@ -19,11 +21,13 @@ from .requests import (
 
 __all__ = [
     "ADD_MEMBER",
+    "COMMAND",
     "DELETE",
     "GET",
     "LIST",
     "OPEN_SESSION",
     "PUT",
+    "RANGE",
     "READ_MODES",
     "REMOVE_MEMBER",
     "Answer",

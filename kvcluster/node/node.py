@@ -64,6 +64,7 @@ from .options import NodeOptions
 from .proposals import Proposals
 from .requests import (
     ADD_MEMBER,
+    COMMAND,
     DELETE,
     GET,
     MEMBERSHIP_BUSY,
@@ -72,6 +73,7 @@ from .requests import (
     NOT_LEADER,
     OPEN_SESSION,
     PUT,
+    RANGE,
     READ_UNCONFIRMED,
     READS,
     REMOVE_MEMBER,
@@ -504,7 +506,7 @@ class Node:
                 self._read_barrier(p)
             else:
                 self._forward(p)
-        elif op in (PUT, DELETE, OPEN_SESSION):
+        elif op in (PUT, DELETE, OPEN_SESSION, COMMAND):
             if leading:
                 self._propose(p)
             else:
@@ -608,7 +610,7 @@ class Node:
                 elif e.kind is EntryKind.CONFIG:
                     self._membership_changed(p)
                 elif result is not None and "error" in result:
-                    self._fail(p, Failure(409, result["error"], result.get("message", "")))
+                    self._fail(p, _refusal(result))
                 else:
                     self._ok(p, result or {})
         if self._apply_waits:
@@ -742,6 +744,10 @@ class Node:
                 return Answer(req.id, 404, missing.body(), leader=self.leader_address())
             body = item.to_dict()
             body["revision"] = kv.revision
+        elif req.op == RANGE:
+            body = kv.range(**(req.payload or {}))
+            if "error" in body:
+                return Answer(req.id, 409, _refusal(body).body(), leader=self.leader_address())
         else:
             items = kv.list(req.key, req.limit)
             body = {"kvs": [i.to_dict() for i in items], "count": len(items)}
@@ -996,3 +1002,10 @@ class Node:
             self._wake_reads()
         for waiter in self._proposals.drop_upto(m.index):
             self._fail_id(waiter, WRITE_TIMEOUT)
+
+
+def _refusal(result: dict[str, Any]) -> Failure:
+    """A store result that is an error (a refused command or read), as an answer:
+    409, with whatever else the store said (e.g. the compacted revision)."""
+    extra = {k: v for k, v in result.items() if k not in ("error", "message")}
+    return Failure(409, str(result["error"]), str(result.get("message", "")), extra)

@@ -26,9 +26,11 @@ LIST = "list"
 ADD_MEMBER = "add_member"
 REMOVE_MEMBER = "remove_member"
 OPEN_SESSION = "open_session"  # a client session for at-most-once writes (kv/sessions.py)
+COMMAND = "command"  # a store command given whole in `payload` (the etcd API's writes)
+RANGE = "range"  # a store range read with the arguments in `payload` (the etcd API's reads)
 
-READS = frozenset({GET, LIST})
-WRITES = frozenset({PUT, DELETE, OPEN_SESSION})
+READS = frozenset({GET, LIST, RANGE})
+WRITES = frozenset({PUT, DELETE, OPEN_SESSION, COMMAND})
 OPS = READS | WRITES | {ADD_MEMBER, REMOVE_MEMBER}
 
 
@@ -40,6 +42,8 @@ class Request:
     (add/remove member). `client_id` and `seq` make a retried write apply at
     most once; for open_session, `client_id` is the caller's nonce (seq 0),
     which lets the leader append one entry for all the retries of one open.
+    `payload` is the whole store command (op "command") or the arguments of
+    a range read (op "range"), already validated by whoever received them.
     `forwarded` marks a request another node relayed to us: it is
     never relayed again. `wire` is opaque to the node layer: what the driver
     needs to relay the request to the leader (the HTTP request, or the
@@ -55,11 +59,15 @@ class Request:
     serializable: bool = False
     limit: int | None = None
     member: Member | None = None
+    payload: dict[str, Any] | None = None
     forwarded: bool = False
     wire: Any = None
 
     def command(self) -> dict[str, Any]:
-        """The kv command this put or delete appends to the log."""
+        """The kv command this write appends to the log."""
+        if self.op == COMMAND:
+            assert self.payload is not None, "a command request carries its command"
+            return self.payload
         cmd: dict[str, Any] = {"op": self.op, "key": self.key}
         if self.op == PUT:
             cmd["value"] = self.value

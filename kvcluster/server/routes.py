@@ -15,6 +15,7 @@ how, is the node layer's decision: no route looks at roles.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ from ..node import (
 from ..raft import Member
 from .codec import decode_batch
 from .driver import FORWARDED_HEADER, LEADER_HEADER, NodeDriver
+from .etcd_routes import EtcdRoutes
 from .faults import parse_disk_fault, parse_faults
 from .http import Reply, Route, error_body
 from .http import Request as HttpRequest
@@ -92,6 +94,8 @@ class Routes:
             },
         }
         self._member = {"DELETE": Route(self.remove_member, token=True)}
+        # etcd's v3 JSON gateway API, beside /v1 on the same store.
+        self._exact.update(EtcdRoutes(self, max_body=value_body).table)
 
     def __call__(self, method: str, path: str) -> Route | int | None:
         if path.startswith(KV_PREFIX):
@@ -132,11 +136,21 @@ class Routes:
     def _leader(self) -> str | None:
         return self.driver.node.leader_address()
 
-    def submit(self, http: HttpRequest, reply: Reply, req: Request) -> None:
-        """Hand a request to the node layer; the answer is written when it comes."""
+    def submit(
+        self,
+        http: HttpRequest,
+        reply: Reply,
+        req: Request,
+        convert: Callable[[Answer], Answer] | None = None,
+    ) -> None:
+        """Hand a request to the node layer; the answer is written when it comes
+        (after `convert`, which renders it in another API's format)."""
         req.forwarded = FORWARDED_HEADER.lower() in http.headers
         req.wire = (http.method, http.target, http.body, http.headers.get("authorization"))
-        self.driver.submit(req, lambda a: self.answer(reply, a))
+        if convert is None:
+            self.driver.submit(req, lambda a: self.answer(reply, a))
+        else:
+            self.driver.submit(req, lambda a: self.answer(reply, convert(a)))
 
     # ------------------------------------------------------------------ keys
 
