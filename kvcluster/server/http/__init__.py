@@ -4,6 +4,8 @@
 - `server`: `HttpServer` (listening, admission, the deadline sweep), and
   `connection`: one connection (llhttp framing on asyncio.Protocol).
 - `limits`: `Limits`, every bound the server puts on what clients send.
+- `streaming`: `start_stream`, `ResponseStream`: an answer written chunk by
+  chunk (a watch), bounded by what the client reads.
 - `errors`: `error_body`, the one JSON error envelope.
 - `client`: `HttpConnection`, `ConnectionPool`, `open_stream`/`RequestStream`,
   `Response`, `ConnectionFailed`.
@@ -23,6 +25,7 @@ from .errors import error_body
 from .limits import Limits
 from .request import Reply, Request, Route, Router
 from .server import HttpServer
+from .streaming import ResponseStream, start_stream
 
 __all__ = [
     "ConnectionFailed",
@@ -34,8 +37,10 @@ __all__ = [
     "Request",
     "RequestStream",
     "Response",
+    "ResponseStream",
     "Route",
     "Router",
     "error_body",
     "open_stream",
+    "start_stream",
 ]

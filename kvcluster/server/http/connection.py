@@ -9,6 +9,10 @@ pipelined request's head and body clocks start only once the answer before it
 was written. While the client leaves more than `max_unsent` bytes of answers
 unread, nothing more is read or answered on its connection.
 
+A route may answer with a stream instead (`streaming`): the head now, then
+one chunk per write for as long as it likes. The stream is the request in
+flight until it ends, so what the client pipelines behind it waits.
+
 Errors found here (framing, limits, tokens) are answered with the one JSON
 envelope and the connection is closed: shut for writing first, then read and
 dropped for a moment (`_LINGER`), so a reset does not destroy the answer.
@@ -30,6 +34,7 @@ import httptools
 
 from .errors import INTERNAL_MESSAGE, error_body
 from .request import Request, Route, new_request
+from .streaming import CLIENT_CLOSED, SERVER_CLOSED, UNREAD, OnClose, OnDrain, ResponseStream
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -90,13 +95,9 @@ def _response(
     head: bool = False,
 ) -> bytes:
     """One whole answer: a Content-Length (but for 204 and 304, which have no
-    body), never chunked; to HEAD, the head only."""
-    extra = b""
-    if headers:
-        text = "".join([f"{name}: {value}\r\n" for name, value in headers])
-        if text.count("\n") != len(headers) or text.count("\r") != len(headers):
-            raise ValueError(f"a header name or value with CR or LF: {headers!r}")
-        extra = text.encode("latin-1")
+    body), never chunked (streams have their own head: `_stream_head`); to
+    HEAD, the head only."""
+    extra = _extra_headers(headers)
     if close:
         extra += b"Connection: close\r\n"
     elif http10:
@@ -107,6 +108,36 @@ def _response(
             raise ValueError(f"a {status} answer has no body")
         return b"%s%s\r\n" % (prefix, extra)
     return b"%s%d\r\n%s\r\n%s" % (prefix, len(body), extra, b"" if head else body)
+
+
+def _extra_headers(headers: Sequence[tuple[str, str]]) -> bytes:
+    if not headers:
+        return b""
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    if text.count("\n") != len(headers) or text.count("\r") != len(headers):
+        raise ValueError(f"a header name or value with CR or LF: {headers!r}")
+    return text.encode("latin-1")
+
+
+def _stream_head(
+    status: int, headers: Sequence[tuple[str, str]], close: bool, chunked: bool
+) -> bytes:
+    """The head of a streamed answer: chunked, or (HTTP/1.0) ended by the close."""
+    if type(status) is not int or not 200 <= status <= 599 or status in _BODYLESS:
+        raise ValueError(f"not a status for a streamed answer: {status!r}")
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
+    connection = b"Connection: close\r\n" if close else b""
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s%s%s\r\n" % (
+        status,
+        phrase.encode("latin-1"),
+        framing,
+        _extra_headers(headers),
+        connection,
+    )
 
 
 class _Reply:
@@ -127,6 +158,19 @@ class _Reply:
             return
         self.done = True
         self.conn.answer(self, status, body, headers)
+
+    def start_stream(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        on_close: OnClose | None,
+        on_drain: OnDrain | None,
+    ) -> ResponseStream:
+        """Answer with a stream (see `streaming.start_stream`)."""
+        if self.done:
+            raise RuntimeError("this request was answered already")
+        self.done = True
+        return self.conn.start_stream(self, status, headers, on_close, on_drain)
 
 
 _Queued: TypeAlias = tuple[Request, Route, bool, bool, int]  # request, route, keep, http10, size
@@ -169,6 +213,7 @@ class ServerConnection(asyncio.Protocol):
         "_since",
         "_slice_body",
         "_stopped",
+        "_stream",
         "_stream_request",
         "_url",
         "_write_paused",
@@ -194,6 +239,7 @@ class ServerConnection(asyncio.Protocol):
         self._final: bytes | None = None  # an error to write after the answer in flight
         # answering, in order
         self._inflight: _Reply | None = None
+        self._stream: ResponseStream | None = None  # the answer in flight, if streamed
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
         self._raw = bytearray()  # received, not yet parsed: a request is being answered
@@ -248,6 +294,7 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._stopped = True
         self._inflight = None
+        self._end_stream(CLIENT_CLOSED)
         self._queue.clear()
         self._raw = bytearray()
         self._body = []
@@ -281,6 +328,13 @@ class ServerConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._stream is not None:
+            # A client sends nothing more while it reads a stream: one that ends
+            # its side has gone (etcd3gw cancels a watch so), and what is unsent
+            # is for nobody.
+            self._end_stream(CLIENT_CLOSED)
+            self.abort()
+            return False
         if self._lingering or (self._inflight is None and not self._queue):
             self._close()  # nothing to answer (a request cut short can never complete)
             return False
@@ -296,12 +350,20 @@ class ServerConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._update_reading()
+        if self._stream is not None:
+            self._stream.drained()
         self._pump(None)
+
+    @property
+    def write_paused(self) -> bool:
+        """The client leaves more than max_unsent bytes unread."""
+        return self._write_paused
 
     # ------------------------------------------------------------ the server's calls
 
     def abort(self) -> None:
         self._closed = self._stopped = True
+        self._end_stream(SERVER_CLOSED)
         if self.transport is not None:
             self.transport.abort()
 
@@ -318,6 +380,7 @@ class ServerConnection(asyncio.Protocol):
             # A client that reads nothing for a whole idle timeout is gone or hostile.
             if now - self._write_paused_at > limits.idle_timeout:
                 self.server.refused["unread"] += 1
+                self._end_stream(UNREAD)
                 self.abort()
             return
         if self._inflight is not None or self._queue:
@@ -365,6 +428,95 @@ class ServerConnection(asyncio.Protocol):
             return
         if not self._pumping:
             self._pump(None)
+
+    def start_stream(
+        self,
+        reply: _Reply,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        on_close: OnClose | None,
+        on_drain: OnDrain | None,
+    ) -> ResponseStream:
+        """Write a streamed answer's head; the stream is the request in flight
+        until it ends (see `streaming`)."""
+        transport = self.transport
+        chunked = not reply.http10
+        if self._closed or transport is None or reply is not self._inflight or self._eof:
+            if self._eof and not self._closed:
+                self.abort()  # the client has ended its side: nobody will read the stream
+            return ResponseStream(
+                None, chunked=chunked, head_only=reply.head, on_close=None, on_drain=None
+            )
+        # HTTP/1.0 has no chunks: the end of the connection ends the answer.
+        close = not reply.keep or reply.http10
+        try:
+            head = _stream_head(status, headers, close, chunked)
+        except Exception:
+            log.exception("a handler started a stream with something that is not an answer")
+            reply.done = False
+            reply(500, error_body("internal_error", INTERNAL_MESSAGE), ())
+            return ResponseStream(
+                None, chunked=chunked, head_only=reply.head, on_close=None, on_drain=None
+            )
+        stream = ResponseStream(
+            self, chunked=chunked, head_only=reply.head, on_close=on_close, on_drain=on_drain
+        )
+        self._stream = stream
+        transport.write(head)
+        return stream
+
+    def stream_write(self, stream: ResponseStream, data: bytes) -> bool:
+        """One chunk of the stream in flight (see `ResponseStream.write`)."""
+        transport = self.transport
+        if stream is not self._stream or self._closed or transport is None:
+            return False
+        if self._write_paused:
+            # The producer was told to wait (`writable`) and wrote anyway: the
+            # client does not read, and nothing more is kept for it.
+            self.server.refused["unread"] += 1
+            self._end_stream(UNREAD)
+            self.abort()
+            return False
+        stream.written += len(data)
+        if stream.head_only:
+            return True
+        if stream.chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        return True
+
+    def stream_end(self, stream: ResponseStream) -> None:
+        """The route ended its stream: the last chunk, then the next request."""
+        reply = self._inflight
+        if stream is not self._stream or reply is None:
+            return
+        self._stream = None
+        stream.open = False
+        stream.on_close = stream.on_drain = None
+        transport = self.transport
+        if self._closed or transport is None:
+            return
+        if stream.chunked and not stream.head_only:
+            transport.write(b"0\r\n\r\n")
+        self._inflight = None
+        self._since = time.monotonic()
+        final, self._final = self._final, None
+        if not reply.keep or reply.http10:
+            self._close()
+            return
+        if final is not None:
+            transport.write(final)
+            self._linger()
+            return
+        if not self._pumping:
+            self._pump(None)
+
+    def _end_stream(self, reason: str) -> None:
+        """The connection ends the stream in flight (gone, unread, closed)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.gone(reason)
 
     # ------------------------------------------------------------ flow
 
@@ -514,8 +666,10 @@ class ServerConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closed:
             return
+        # While a stream is out, reading goes on (bounded by max_head): the only
+        # thing left to read is the client's end, which ends the stream.
         pause = not self._lingering and (
-            self._write_paused or len(self._raw) > self.limits.max_head
+            (self._write_paused and self._stream is None) or len(self._raw) > self.limits.max_head
         )
         if pause != self._read_paused:
             self._read_paused = pause
