@@ -337,13 +337,14 @@ def test_v1_delete_and_put_make_events_too() -> None:
     assert s.kv.revision == 2
 
 
-def test_history_memory_is_two_references_per_change() -> None:
-    """A put adds one (row, previous row) pair sharing the store's own row tuples."""
+def test_an_event_shares_the_values_with_the_rows() -> None:
+    """A put adds one flat tuple holding the same value objects as the rows, not copies."""
     s = Store()
     s(put("a", "x" * 1000))
     s(put("a", "y" * 1000))
-    (e1_new, e1_prev), (e2_new, e2_prev) = s.kv._events
-    assert e2_prev is e1_new and e2_new is s.kv._rows[0] and e1_prev is None
+    first, second = s.kv._events
+    assert second[6] is first[1] and second[1] is s.kv._rows[0][1]
+    assert first[6:] == (None, 0, 0, 0, 0)  # the put that created the key
 
 
 def test_store_equality_covers_history() -> None:

@@ -47,6 +47,7 @@ from typing import Any
 from . import txn as txns
 from .commands import Command, parse
 from .history import (
+    NO_PREV,
     Event,
     Row,
     event_dict,
@@ -137,7 +138,8 @@ class KVStore:
         self._keys: list[str] = []
         self._rows: list[Row] = []
         # The changes since `compacted`, in revision order (kv/history.py); (row, prev)
-        # pairs of the row tuples above, so a put adds one small tuple.
+        # pairs of the row tuples above, so a put adds one small tuple. Append-only:
+        # compaction replaces the list, so a capture needs no copy of it.
         self._events: list[Event] = []
 
     @property
@@ -218,15 +220,16 @@ class KVStore:
         i = bisect_left(keys, key)
         prev = rows[i] if i < len(keys) and keys[i] == key else None
         if prev is None:
-            row = (key, value, rev, rev, 1, 0)
             keys.insert(i, key)
-            rows.insert(i, row)
+            rows.insert(i, (key, value, rev, rev, 1, 0))
+            self._events.append((key, value, rev, rev, 1, 0, None, 0, 0, 0, 0))
         else:
-            row = (key, value, prev[2], rev, prev[4] + 1, 0)
-            rows[i] = row
-            if prev[5]:  # a put without a lease detaches the key from its lease, as etcd's
-                self.leases.detach(key, prev[5])
-        self._events.append((row, prev))
+            _, pv, pc, pm, pver, pl = prev  # unpacked once: the fastest way to both tuples
+            version = pver + 1
+            rows[i] = (key, value, pc, rev, version, 0)
+            self._events.append((key, value, pc, rev, version, 0, pv, pc, pm, pver, pl))
+            if pl:  # a put without a lease detaches the key from its lease, as etcd's
+                self.leases.detach(key, pl)
         return {
             "key": key,
             "revision": rev,
@@ -280,8 +283,9 @@ class KVStore:
         if revision < self.compacted or 0 < revision == self.compacted:
             # (compact 0 on a store never compacted is a no-op, as etcd's first compact 0 is)
             return _error("compacted", COMPACTED, compact_revision=self.compacted)
-        # Keep the events *at* `revision`: a watch may start there (etcd allows it).
-        del self._events[: first_event_at(self._events, revision)]
+        # Keep the events *at* `revision`: a watch may start there (etcd allows it). A new
+        # list, not a deletion in place: captures and iterators hold the old one.
+        self._events = self._events[first_event_at(self._events, revision) :]
         self.compacted = revision
         return {"revision": self.revision}
 
@@ -298,6 +302,7 @@ class KVStore:
             row = (key, value, rev, rev, 1, lease)
             keys.insert(i, key)
             rows.insert(i, row)
+            self._events.append(row + NO_PREV)
         else:
             if ignore_value:
                 value = prev[1]
@@ -305,7 +310,7 @@ class KVStore:
                 lease = prev[5]
             row = (key, value, prev[2], rev, prev[4] + 1, lease)
             rows[i] = row
-        self._events.append((row, prev))
+            self._events.append(row + prev[1:])
         old_lease = 0 if prev is None else prev[5]
         if old_lease != lease:
             if old_lease:
@@ -318,10 +323,10 @@ class KVStore:
         """Delete the rows at positions [i, j) at revision `rev`; returns them."""
         gone = self._rows[i:j]
         events, leases = self._events, self.leases
-        for prev in gone:
-            events.append(((prev[0], None, 0, rev, 0, 0), prev))
-            if prev[5]:
-                leases.detach(prev[0], prev[5])
+        for key, pv, pc, pm, pver, pl in gone:
+            events.append((key, None, 0, rev, 0, 0, pv, pc, pm, pver, pl))
+            if pl:
+                leases.detach(key, pl)
         del self._keys[i:j]
         del self._rows[i:j]
         return gone
@@ -344,8 +349,8 @@ class KVStore:
         for i in positions:
             new_keys += old_keys[start:i]
             new_rows += old_rows[start:i]
-            prev = old_rows[i]
-            events.append(((prev[0], None, 0, rev, 0, 0), prev))
+            key, pv, pc, pm, pver, pl = old_rows[i]
+            events.append((key, None, 0, rev, 0, 0, pv, pc, pm, pver, pl))
             start = i + 1
         new_keys += old_keys[start:]
         new_rows += old_rows[start:]
@@ -511,7 +516,7 @@ class KVStore:
         i, j = span(self._keys, req.key, req.range_end)
         events = self._events
         at = req.revision
-        if at > 0 and events and events[-1][0][3] > at:
+        if at > 0 and events and events[-1][3] > at:
             start = first_event_at(events, at + 1)
             rows = rows_at(self._rows[i:j], events, start, req.key, req.range_end)
         elif (
@@ -559,11 +564,12 @@ class KVStore:
     def freeze(self) -> FrozenKV:
         """A consistent capture for a snapshot, cheap enough for the event loop.
 
-        Shallow copies of the sorted rows, of the history (rows and events are
-        tuples, never mutated), of the lease table's ids and deadlines, and of
-        the bounded session table (its stored results are never mutated): later
-        applies replace entries in the store and leave the capture as it was.
-        Encode it with `FrozenKV.lines()` in a worker thread.
+        Shallow copies of the sorted rows (tuples, never mutated), of the lease
+        table's ids and deadlines, and of the bounded session table (its stored
+        results are never mutated): later applies replace entries in the store
+        and leave the capture as it was. The history is not copied at all: the
+        capture keeps the append-only list and its present length. Encode it
+        with `FrozenKV.lines()` in a worker thread.
         """
         return FrozenKV(
             revision=self.revision,
@@ -571,7 +577,8 @@ class KVStore:
             rows=self._rows.copy(),
             sessions=self.sessions.copy(),
             compacted=self.compacted,
-            events=self._events.copy(),
+            events=self._events,
+            n_events=len(self._events),
             leases=self.leases.copy(),
             max_leases=self.leases.max_leases,
         )
