@@ -60,6 +60,7 @@ from ..raft import (
     Role,
 )
 from ..storage import SnapshotMeta, SnapshotReceiver, SnapshotSource
+from .leases import LeaseUpkeep, lease_read, min_ttl, stamp
 from .options import NodeOptions
 from .proposals import Proposals
 from .requests import (
@@ -67,6 +68,7 @@ from .requests import (
     COMMAND,
     DELETE,
     GET,
+    LEASE_READ,
     MEMBERSHIP_BUSY,
     NO_LEADER,
     NOT_APPLIED,
@@ -196,6 +198,7 @@ class Node:
         # different hosts agree roughly; 0 in the simulator.
         self.clock_offset = clock_offset
         self._session_upkeep: tuple[int, float] | None = None  # (term, when next)
+        self._lease_upkeep: LeaseUpkeep | None = None  # the leader's, this term (node/leases.py)
         meta = snapshot.meta if snapshot is not None else None
         if meta is not None:
             membership = Membership.from_dict(meta.membership)
@@ -295,6 +298,9 @@ class Node:
                 t = min(t, out.last_progress + self._resend_after)
         if self._session_upkeep is not None:
             t = min(t, self._session_upkeep[1])
+        lease_wake = self._lease_wake()
+        if lease_wake is not None:
+            t = min(t, lease_wake)
         return t
 
     def pending_requests(self) -> int:
@@ -584,6 +590,8 @@ class Node:
             command = open_session_command(self._clock_ms())
         else:
             command = req.command()
+            if req.op == COMMAND:  # a lease grant or keep-alive takes the leader's clock
+                command = stamp(command, self._clock_ms(), self._min_lease_ttl)
         index, term = core.propose(command)
         p.state = PROPOSED
         for waiter in self._proposals.add(index, term, req.session, req.id):
@@ -748,6 +756,8 @@ class Node:
             body = kv.range(**(req.payload or {}))
             if "error" in body:
                 return Answer(req.id, 409, _refusal(body).body(), leader=self.leader_address())
+        elif req.op == LEASE_READ:
+            body = lease_read(kv, req.payload or {}, self._clock_ms())
         else:
             items = kv.list(req.key, req.limit)
             body = {"kvs": [i.to_dict() for i in items], "count": len(items)}
@@ -798,6 +808,7 @@ class Node:
         if self._outgoing:
             self._resend_stalled()
         self._keep_sessions()
+        self._keep_leases()
 
     def _clock_ms(self) -> int:
         return max(0, int((self.now + self.clock_offset) * 1000))
@@ -818,6 +829,36 @@ class Node:
             ttl_ms = int(self.options.session_ttl * 1000)
             core.propose(expire_sessions_command(self._clock_ms(), ttl_ms))
             self._session_upkeep = (core.term, self.now + every)
+
+    def _keep_leases(self) -> None:
+        """As leader, commit the clock for leases: first the promote of this
+        term, then an expire whenever a deadline passes (node/leases.py)."""
+        core = self.raft
+        if core.role is not Role.LEADER:
+            self._lease_upkeep = None
+            return
+        upkeep = self._lease_upkeep
+        if upkeep is None or upkeep.term != core.term:
+            upkeep = self._lease_upkeep = LeaseUpkeep(core.term)
+        upkeep.step(core, self.kv, self._clock_ms())
+
+    def _lease_wake(self) -> float | None:
+        """When `_keep_leases` has something to do (our clock), or None."""
+        core = self.raft
+        if core.role is not Role.LEADER:
+            return None
+        upkeep = self._lease_upkeep
+        if upkeep is None or upkeep.term != core.term:
+            return self.now if len(self.kv.leases) else None
+        due = upkeep.wake_ms(self.kv)
+        if due is None:
+            return None
+        # 1 ms late, so that the clock then reads at least `due` despite rounding.
+        return max(self.now, (due + 1) / 1000 - self.clock_offset)
+
+    @property
+    def _min_lease_ttl(self) -> int:
+        return min_ttl(self.raft.options.election_timeout[1])
 
     def _timer_live(self, timer: tuple[float, int, int, int]) -> bool:
         p = self._pending.get(timer[1])

@@ -28,8 +28,9 @@ REMOVE_MEMBER = "remove_member"
 OPEN_SESSION = "open_session"  # a client session for at-most-once writes (kv/sessions.py)
 COMMAND = "command"  # a store command given whole in `payload` (the etcd API's writes)
 RANGE = "range"  # a store range read with the arguments in `payload` (the etcd API's reads)
+LEASE_READ = "lease_read"  # a lease's time-to-live or the list of leases (node/leases.py)
 
-READS = frozenset({GET, LIST, RANGE})
+READS = frozenset({GET, LIST, RANGE, LEASE_READ})
 WRITES = frozenset({PUT, DELETE, OPEN_SESSION, COMMAND})
 OPS = READS | WRITES | {ADD_MEMBER, REMOVE_MEMBER}
 
@@ -43,7 +44,8 @@ class Request:
     most once; for open_session, `client_id` is the caller's nonce (seq 0),
     which lets the leader append one entry for all the retries of one open.
     `payload` is the whole store command (op "command") or the arguments of
-    a range read (op "range"), already validated by whoever received them.
+    a range or lease read (op "range", "lease_read"), already validated by
+    whoever received them.
     `forwarded` marks a request another node relayed to us: it is
     never relayed again. `wire` is opaque to the node layer: what the driver
     needs to relay the request to the leader (the HTTP request, or the
