@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..node import COMMAND, RANGE, Answer, Request
+from ..node import COMMAND, LEASE_READ, RANGE, Answer, Request
 from . import etcd_wire as wire
 from .http import Reply, Route
 from .http import Request as HttpRequest
@@ -57,6 +57,17 @@ class EtcdRoutes:
         }
         for name, route in kv.items():
             self.table[f"/v3/kv/{name}"] = route
+        lease = {
+            "grant": post(self.lease_grant),
+            "revoke": post(self.lease_revoke),
+            "keepalive": post(self.lease_keepalive),
+            "timetolive": post(self.lease_timetolive),
+            "leases": post(self.lease_leases),
+        }
+        for name, route in lease.items():
+            self.table[f"/v3/lease/{name}"] = route
+        for name in ("revoke", "timetolive", "leases"):  # etcd 3.4's older paths
+            self.table[f"/v3/kv/lease/{name}"] = lease[name]
 
     # ------------------------------------------------------------------ answers
 
@@ -119,6 +130,64 @@ class EtcdRoutes:
         except wire.EtcdError as exc:
             return self.fail(reply, exc)
         self.submit(http, reply, Request(0, COMMAND, payload=command), render)
+
+    # ------------------------------------------------------------------ leases
+
+    def lease_grant(self, http: HttpRequest, reply: Reply) -> None:
+        self._command(http, reply, wire.parse_lease_grant, wire.render_lease_grant)
+
+    def lease_revoke(self, http: HttpRequest, reply: Reply) -> None:
+        self._command(
+            http,
+            reply,
+            wire.parse_lease_revoke,
+            lambda _result, head: wire.render_lease_revoke(head),
+        )
+
+    def lease_keepalive(self, http: HttpRequest, reply: Reply) -> None:
+        """One keep-alive, answered as etcd's stream of one message. A lease
+        that is gone is not an error here: etcd answers 200 with TTL 0."""
+        try:
+            command = wire.parse_lease_keepalive(wire.body_of(http.body), self.limits)
+        except wire.EtcdError as exc:
+            return self.fail(reply, exc)
+        lease_id = command["id"]
+
+        def etcd_answer(answer: Answer) -> Answer:
+            if answer.raw is not None:  # relayed: already etcd's answer
+                return answer
+            body = answer.body or {}
+            if answer.status == 200:
+                ttl = int(body["ttl"])
+            elif body.get("error") == "lease_not_found":
+                ttl = 0
+            else:
+                exc = wire.error_for(body)
+                return Answer(answer.id, exc.status, raw=exc.body(), leader=answer.leader)
+            revision = int(body.get("revision", self.driver.node.kv.revision))
+            raw = wire.render_lease_keepalive(lease_id, ttl, self.head(revision))
+            return Answer(answer.id, 200, raw=raw, leader=answer.leader)
+
+        req = Request(0, COMMAND, payload=command)
+        self.routes.submit(http, reply, req, convert=etcd_answer)
+
+    def lease_timetolive(self, http: HttpRequest, reply: Reply) -> None:
+        try:
+            request = wire.parse_lease_timetolive(wire.body_of(http.body), self.limits)
+        except wire.EtcdError as exc:
+            return self.fail(reply, exc)
+        args = {"kind": "timetolive", "id": request.id, "keys": request.keys}
+        self.submit(http, reply, Request(0, LEASE_READ, payload=args), wire.render_lease_timetolive)
+
+    def lease_leases(self, http: HttpRequest, reply: Reply) -> None:
+        try:
+            wire.body_of(http.body)  # etcd's request is empty: any JSON object (or none) will do
+        except wire.EtcdError as exc:
+            return self.fail(reply, exc)
+        req = Request(0, LEASE_READ, payload={"kind": "leases"})
+        self.submit(
+            http, reply, req, lambda result, head: wire.render_lease_leases(result["ids"], head)
+        )
 
     # ------------------------------------------------------------------ cluster
 
