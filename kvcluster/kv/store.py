@@ -137,9 +137,9 @@ class KVStore:
         # also UTF-8 byte order, as in etcd.
         self._keys: list[str] = []
         self._rows: list[Row] = []
-        # The changes since `compacted`, in revision order (kv/history.py); (row, prev)
-        # pairs of the row tuples above, so a put adds one small tuple. Append-only:
-        # compaction replaces the list, so a capture needs no copy of it.
+        # The changes since `compacted`, in revision order (kv/history.py): one flat
+        # tuple per change, sharing the rows' values. Append-only: compaction replaces
+        # the list, so a capture needs no copy of it.
         self._events: list[Event] = []
 
     @property
