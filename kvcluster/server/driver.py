@@ -161,6 +161,8 @@ class NodeDriver:
         self.stopped = False
         # Called once the node has learned that it is no longer a member.
         self.on_removed: Callable[[], None] | None = None
+        # Called after entries were applied (watches send what changed); None: no cost.
+        self.on_applied: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -311,6 +313,7 @@ class NodeDriver:
         if self.stopped:
             return
         node = self.node
+        applied = node.applied_index
         with _storage_errors_stop("sending a snapshot"):
             node.tick(time.monotonic())
             rd: NodeReady | None = node.ready()
@@ -318,6 +321,8 @@ class NodeDriver:
                 self._handle(rd)
                 rd = node.ready() if node.has_ready() else None
         self._arm_timer(node.next_deadline())
+        if self.on_applied is not None and node.applied_index != applied:
+            self.on_applied()
 
     def _handle(self, rd: NodeReady) -> None:
         raft = rd.raft

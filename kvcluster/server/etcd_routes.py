@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..node import COMMAND, LEASE_READ, RANGE, Answer, Request
 from . import etcd_wire as wire
+from .etcd_watch import WATCH_BODY, EtcdWatches
 from .http import Reply, Route
 from .http import Request as HttpRequest
 
@@ -68,6 +69,9 @@ class EtcdRoutes:
             self.table[f"/v3/lease/{name}"] = route
         for name in ("revoke", "timetolive", "leases"):  # etcd 3.4's older paths
             self.table[f"/v3/kv/lease/{name}"] = lease[name]
+        # Watches: served here, from this node's applied state (etcd_watch.py).
+        self.watches = EtcdWatches(self.driver, self.head, self.limits, self.fail)
+        self.table["/v3/watch"] = {"POST": Route(self.watches.watch, max_body=WATCH_BODY)}
 
     # ------------------------------------------------------------------ answers
 
