@@ -20,10 +20,14 @@ test: $(STAMP) test-tools
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
-# System programs the tests run as a user would (the README's curl examples).
+# System programs the tests run: curl (the README's examples, as a user runs them) and
+# etcd 3.4 (etcd3gw's suite runs against etcd itself too, as against kvcluster; the
+# tests start their own etcd, so the service Debian's package starts is turned off).
 test-tools:
-	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; } || \
-	  { echo "the tests need curl (on Debian: sudo apt-get install curl)"; exit 1; }
+	@command -v curl >/dev/null && command -v etcd >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq curl etcd-server && \
+	    { systemctl disable --now etcd 2>/dev/null || true; }; } || \
+	  { echo "the tests need curl and etcd (on Debian: sudo apt-get install curl etcd-server)"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
