@@ -59,6 +59,7 @@ FLAGS = {
     "fsync": "--fsync",
     "snapshot_every": "--snapshot-every",
     "session_ttl": "--session-ttl",
+    "history_keep": "--history-keep",
     "event_loop": "--event-loop",
     "n": "-n",
     "first_port": "--port",
@@ -181,6 +182,13 @@ def _add_raft_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-pre-vote", action="store_true", help="turn pre-vote off")
     p.add_argument("--no-check-quorum", action="store_true", help="turn check-quorum off")
+    p.add_argument(
+        "--history-keep",
+        type=int,
+        default=10_000,
+        help="revisions of history (reads at a past revision, watches) kept when the "
+        "leader compacts automatically (0: never)",
+    )
     p.add_argument(
         "--session-ttl",
         type=float,
@@ -478,6 +486,7 @@ def _serve(args: argparse.Namespace, ps: Parsers) -> int:
         fsync=args.fsync,
         snapshot_every=args.snapshot_every,
         session_ttl=args.session_ttl,
+        history_keep=args.history_keep,
         event_loop=args.event_loop,
     )
     path = None
@@ -513,6 +522,7 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         token=token,
         read_mode=args.read_mode,
         session_ttl=args.session_ttl,
+        history_keep=args.history_keep,
         start=False,
         **_raft_options(args),
     )

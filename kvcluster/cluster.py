@@ -136,6 +136,7 @@ class Cluster:
         snapshot_every: int = 10_000,
         snapshot_keep: int = 1_000,
         session_ttl: float = 300.0,
+        history_keep: int = 10_000,
         event_loop: str = "uvloop",
         start: bool = True,
         start_timeout: float = 30.0,
@@ -163,6 +164,7 @@ class Cluster:
             snapshot_every=snapshot_every,
             snapshot_keep=snapshot_keep,
             session_ttl=session_ttl,
+            history_keep=history_keep,
             event_loop=event_loop,
             seed=seed,
         )
@@ -184,6 +186,7 @@ class Cluster:
         self.snapshot_every = snapshot_every
         self.snapshot_keep = snapshot_keep
         self.session_ttl = session_ttl
+        self.history_keep = history_keep
         self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
@@ -266,6 +269,7 @@ class Cluster:
             snapshot_every=self.snapshot_every,
             snapshot_keep=self.snapshot_keep,
             session_ttl=self.session_ttl,
+            history_keep=self.history_keep,
             event_loop=self.event_loop,
             seed=None if self.seed is None else self.seed * 1000 + h.index,
         )

@@ -198,6 +198,7 @@ class Node:
         # different hosts agree roughly; 0 in the simulator.
         self.clock_offset = clock_offset
         self._session_upkeep: tuple[int, float] | None = None  # (term, when next)
+        self._compacting = 0  # the index of the last compaction we proposed
         self._lease_upkeep: LeaseUpkeep | None = None  # the leader's, this term (node/leases.py)
         meta = snapshot.meta if snapshot is not None else None
         if meta is not None:
@@ -809,6 +810,22 @@ class Node:
             self._resend_stalled()
         self._keep_sessions()
         self._keep_leases()
+        self._keep_history()
+
+    def _keep_history(self) -> None:
+        """As leader, compact the store's history through the log once it holds
+        twice `history_keep` revisions, down to the last `history_keep`: what
+        reads at a past revision and watches from one can reach, in memory and in
+        every snapshot. One compaction at a time (the next waits for it to apply)."""
+        keep = self.options.history_keep
+        core = self.raft
+        if not keep or core.role is not Role.LEADER:
+            return
+        kv = self.kv
+        if kv.revision - kv.compacted < 2 * keep or self._compacting > kv.applied_index:
+            return
+        index, _ = core.propose({"op": "compact", "revision": kv.revision - keep})
+        self._compacting = index
 
     def _clock_ms(self) -> int:
         return max(0, int((self.now + self.clock_offset) * 1000))

@@ -26,6 +26,9 @@ class NodeOptions:
     not confirm it tries again. session_ttl: how long a client session may
     stay idle before the leader expires it (by its clock, through the log);
     the leader commits its clock every tenth of that while sessions exist.
+    history_keep: revisions of history (reads at a past revision, watches
+    from one) the leader keeps when it compacts automatically, through the
+    log, once twice as many have built up (0: never; compact by hand).
     """
 
     read_mode: str = "read_index"
@@ -36,6 +39,7 @@ class NodeOptions:
     snapshot_window: int = 4
     read_retry: float = 0.005
     session_ttl: float = 300.0
+    history_keep: int = 10_000
 
     def __post_init__(self) -> None:
         # Each refusal names its setting (ConfigError, a ValueError): NodeConfig
@@ -57,6 +61,7 @@ class NodeOptions:
         ttl = self.session_ttl
         if not (_real(ttl) and 0.01 <= ttl <= 7 * 86_400):
             raise ConfigError("session_ttl", f"must be 0.01 s to 7 days (604800 s), got {ttl!r}")
+        _count("history_keep", self.history_keep, 0)
 
 
 def _real(value: object) -> bool:

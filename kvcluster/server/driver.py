@@ -126,6 +126,7 @@ class NodeDriver:
                 snapshot_every=config.snapshot_every,
                 snapshot_keep=config.snapshot_keep,
                 session_ttl=config.session_ttl,
+                history_keep=config.history_keep,
             ),
             raft=config.raft,
             rng=random.Random(config.seed),
