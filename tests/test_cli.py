@@ -4,6 +4,7 @@ failures, and the README's examples run as printed against `kvcluster up`."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -282,13 +283,13 @@ def test_the_events_term_column_is_integer() -> None:
 # ---------------------------------------------------------------------- the README
 
 
-def readme_blocks(section: str) -> list[str]:
-    """The ```sh blocks of one `## section` of the README."""
+def readme_blocks(section: str, lang: str = "sh") -> list[str]:
+    """The ```sh (or other `lang`) blocks of one `## section` of the README."""
     text = README.read_text(encoding="utf-8")
     start = text.index(f"\n## {section}\n")
     end = text.find("\n## ", start + 1)
     body = text[start : end if end > 0 else len(text)]
-    return re.findall(r"```sh\n(.*?)```", body, flags=re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", body, flags=re.S)
 
 
 def on_ports(text: str, first: int) -> str:
@@ -465,3 +466,28 @@ def test_the_readme_curl_examples_run_as_printed(tmp_path: Path) -> None:
     assert answers[7]["role"] in ("leader", "follower")
     assert set(answers[8]["members"]) == {"n0", "n1", "n2"}
     assert set(answers[9]["members"]) == {"n0", "n1"}  # the token was accepted
+
+
+@pytest.mark.integration
+def test_the_readme_etcd_examples_run_as_printed(tmp_path: Path) -> None:
+    env = kvcluster_on_path(tmp_path)
+    prelude = 'curl() { command curl -sS "$@"; echo; }\n'
+    sh, python = readme_blocks("etcd's API")[0], readme_blocks("etcd's API", "python")[0]
+    with readme_up(tmp_path, env) as up:
+        out = run_block(on_ports(sh, up.first), tmp_path, env, prelude)
+        code = on_ports(python, up.first) + "\ncancel()\nprint(etcd.get('config/colour'))\n"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=RUN_LIMIT
+        )
+    wait_until_closed(range(up.first, up.first + 3))
+    answers = [json.loads(line) for line in out if line]
+    assert answers[0]["header"]["revision"] == "1"
+    assert [base64.b64decode(kv["value"]) for kv in answers[1]["kvs"]] == [b"hello"]
+    assert answers[2]["succeeded"] is True
+    assert int(answers[3]["TTL"]) == 10 and int(answers[3]["ID"]) > 0
+    watched = [a["result"] for a in answers[4:]]
+    assert watched[0].get("created") is True
+    events = [e for r in watched[1:] for e in r.get("events", [])]
+    assert [base64.b64decode(e["kv"]["value"]) for e in events] == [b"hello", b"bye"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("[b'green']")
