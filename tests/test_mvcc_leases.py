@@ -209,3 +209,19 @@ def test_leases_survive_a_snapshot() -> None:
     for cmd in (keepalive(1, 15_000), expire(20_000), put("c", "1", lease=1), expire(26_000)):
         assert s(cmd) == t(cmd)
     assert s.kv == t.kv and t.values() == {}
+
+
+def test_a_keepalive_in_the_grants_millisecond_expires_the_lease_once() -> None:
+    """Found in review: a grant and a keep-alive stamped in the same millisecond
+    left two identical heap entries; the expiry then revoked the lease twice (a
+    KeyError after the keys were deleted) on replicas that applied both live,
+    and once on a replica rebuilt from a snapshot in between."""
+    live = KVStore()
+    live.apply(1, {"op": "lease_grant", "id": 7, "ttl": 5, "now": 1000})
+    live.apply(2, {"op": "put", "key": "k", "value": "v", "lease": 7})
+    live.apply(3, {"op": "lease_keepalive", "id": 7, "now": 1000})
+    rebuilt = KVStore.from_lines(live.freeze().lines())
+    expire = {"op": "lease_expire", "now": 10_000}
+    assert live.apply(4, expire) == rebuilt.apply(4, expire)
+    assert live.get("k") is None and 7 not in live.leases
+    assert list(live.freeze().lines()) == list(rebuilt.freeze().lines())

@@ -117,9 +117,11 @@ class LeaseTable:
 
     def set(self, lease_id: int, ttl: int, due: int) -> None:
         """Grant or renew: `lease_id` expires at `due`."""
+        old = self.leases.get(lease_id)
         self.leases[lease_id] = (ttl, due)
         self.keys.setdefault(lease_id, set())
-        heapq.heappush(self._heap, (due, lease_id))
+        if old is None or old[1] != due:  # the same deadline again is in the heap already
+            heapq.heappush(self._heap, (due, lease_id))
         if len(self._heap) > 2 * len(self.leases) + 64:
             self._rebuild_heap()
 
@@ -167,7 +169,10 @@ class LeaseTable:
         self._clean_top()
         while heap and heap[0][0] <= now:
             _, lease_id = heapq.heappop(heap)
-            out.append(lease_id)
+            # Never twice: the heap may hold the same (deadline, id) more than once
+            # where a replica that was rebuilt from a snapshot holds it once.
+            if not out or lease_id not in out:
+                out.append(lease_id)
             self._clean_top()
         # Popped entries leave the heap; the caller removes these leases right away.
         return out
