@@ -444,3 +444,24 @@ def test_an_idle_stream_is_not_an_idle_connection() -> None:
         assert await c.chunk() == b"still here\n"
 
     run_streams(scenario, limits)
+
+
+def test_a_streaming_connection_probes_its_peer_with_tcp_keepalive() -> None:
+    """A silent stream (a watch on a key nobody writes) must still notice a peer
+    that vanished without closing: its connection gets TCP keepalive."""
+    import socket
+
+    from kvcluster.server.http.connection import _keep_probing
+
+    class Transport:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def get_extra_info(self, name: str) -> object:
+            return self.sock if name == "socket" else None
+
+    with socket.socket() as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        _keep_probing(Transport(sock))
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10

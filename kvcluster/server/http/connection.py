@@ -462,6 +462,7 @@ class ServerConnection(asyncio.Protocol):
             self, chunked=chunked, head_only=reply.head, on_close=on_close, on_drain=on_drain
         )
         self._stream = stream
+        _keep_probing(transport)
         transport.write(head)
         return stream
 
@@ -935,3 +936,24 @@ class ServerConnection(asyncio.Protocol):
             self._line_len = len(rest)
             if self._line_len > limit:
                 self._refuse(400, "bad_request", f"a streamed line is over {limit} bytes")
+
+
+# A stream can stay silent for hours (a watch on a key nobody writes) and holds
+# its connection and whatever the route keeps for it: a client that vanished
+# without closing (a machine off, a cable out) must still be noticed. TCP
+# keepalive probes an idle stream's peer after 60 s, every 10 s, 6 times:
+# a dead peer ends the stream within about 2 minutes (on Linux).
+STREAM_KEEPALIVE = ((getattr(socket, "TCP_KEEPIDLE", None), 60), (socket.TCP_KEEPINTVL, 10))
+
+
+def _keep_probing(transport: object) -> None:
+    get = getattr(transport, "get_extra_info", None)
+    sock = get("socket") if get is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+        for option, value in STREAM_KEEPALIVE:
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
