@@ -8,12 +8,11 @@ otherwise, the store's refusals come back as etcd's errors.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
+from etcd_helpers import b64, follower, post, text
 
 from kvcluster import Cluster
 
@@ -22,32 +21,11 @@ pytestmark = pytest.mark.integration
 DEADLINE = 60.0
 
 
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def text(b: str) -> str:
-    return base64.b64decode(b).decode()
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     with Cluster(3) as c:
         c.wait_for_leader(DEADLINE)
         yield c
-
-
-def follower(c: Cluster) -> str:
-    leader = c.wait_for_leader(DEADLINE)
-    return c.endpoints[(leader + 1) % 3]
-
-
-def post(url: str, body: Any) -> requests.Response:
-    for _ in range(100):  # 503 while between leaders: certainly not applied
-        resp = requests.post(url, json=body, timeout=DEADLINE)
-        if resp.status_code != 503:
-            return resp
-    return resp
 
 
 def test_put_range_txn_delete_through_a_follower(cluster: Cluster) -> None:

@@ -10,7 +10,6 @@ limit is asserted: every wait is for a condition, with a generous deadline.
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from etcd3gw.client import Etcd3Client
+from etcd_helpers import b64, follower, post, text
 
 from kvcluster import Cluster
 
@@ -28,24 +28,6 @@ pytestmark = pytest.mark.integration
 DEADLINE = 60.0
 TTL = 4  # seconds: above the shortest lease (1.5 election timeouts, 2 s here)
 BEAT = 0.5  # seconds between keep-alives
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def text(b: str) -> str:
-    return base64.b64decode(b).decode()
-
-
-def post(url: str, body: Any, *, timeout: float = DEADLINE) -> requests.Response:
-    """POST, again while the answer is 503 (between leaders: certainly not applied)."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        resp = requests.post(url, json=body, timeout=timeout)
-        if resp.status_code != 503 or time.monotonic() > deadline:
-            return resp
-        time.sleep(0.05)
 
 
 def ok(url: str, body: Any) -> dict[str, Any]:
@@ -153,11 +135,6 @@ def cluster() -> Iterator[Cluster]:
     with Cluster(3) as c:
         c.wait_for_leader(DEADLINE)
         yield c
-
-
-def follower(c: Cluster) -> str:
-    leader = c.wait_for_leader(DEADLINE)
-    return c.endpoints[(leader + 1) % 3]
 
 
 def test_grant_attach_time_to_live_list_keepalive_revoke(cluster: Cluster) -> None:

@@ -22,20 +22,13 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from etcd3gw.client import Etcd3Client
+from etcd_helpers import b64, text
 
 from kvcluster import Cluster
 
 pytestmark = pytest.mark.integration
 
 DEADLINE = 60.0
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def text(b: str) -> str:
-    return base64.b64decode(b).decode()
 
 
 def prefix(p: str) -> dict[str, str]:

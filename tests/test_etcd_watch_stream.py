@@ -17,6 +17,7 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
+from etcd_helpers import b64
 from loops import both_loops, run_loop
 from mvcc_helpers import Store, put
 from test_http_server import READ_TIMEOUT, TOKEN, http, listening_socket, until
@@ -24,10 +25,6 @@ from test_http_server import READ_TIMEOUT, TOKEN, http, listening_socket, until
 from kvcluster.server import etcd_wire as wire
 from kvcluster.server.etcd_watch import EtcdWatches
 from kvcluster.server.http import HttpServer, Limits, Route
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 class Node:

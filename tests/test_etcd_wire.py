@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 import pytest
+from etcd_helpers import b64
 
 from kvcluster.server import etcd_wire as wire
 from kvcluster.server.etcd_wire import (
@@ -926,10 +927,6 @@ def test_txn_input_etcd_refuses_is_a_400_saying_what_to_fix(name: str, words: li
     error = refused(name)
     for word in words:
         assert word in error.message
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 def test_txn_ranges_go_to_the_store_whole() -> None:

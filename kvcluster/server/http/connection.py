@@ -418,16 +418,7 @@ class ServerConnection(asyncio.Protocol):
         self._inflight = None
         # a pipelined request's clock starts now (answered at once: when its bytes came)
         self._since = self._now if self._pumping else time.monotonic()
-        final, self._final = self._final, None
-        if close:
-            self._close()
-            return
-        if final is not None:
-            transport.write(final)
-            self._linger()
-            return
-        if not self._pumping:
-            self._pump(None)
+        self._after_answer(close)
 
     def start_stream(
         self,
@@ -502,12 +493,19 @@ class ServerConnection(asyncio.Protocol):
             transport.write(b"0\r\n\r\n")
         self._inflight = None
         self._since = time.monotonic()
+        self._after_answer(not reply.keep or reply.http10)
+
+    def _after_answer(self, close: bool) -> None:
+        """The request in flight is answered (at once, or by the end of its stream):
+        close, or send the refusal held back for a request behind it, or go on with
+        the next pipelined request."""
         final, self._final = self._final, None
-        if not reply.keep or reply.http10:
+        if close:
             self._close()
             return
         if final is not None:
-            transport.write(final)
+            assert self.transport is not None
+            self.transport.write(final)
             self._linger()
             return
         if not self._pumping:
