@@ -76,12 +76,22 @@ def attach(base: str, lease: int, keys: list[str]) -> int:
 def assert_vanished_at_one_revision(
     endpoints: list[str], prefix: str, keys: list[str], rev: int
 ) -> None:
-    """On every node: the keys are gone, one revision after `rev` (the last put),
-    and still there in the history at `rev`: deleted together, through the log."""
+    """On every node: the keys, all there at `rev` (their last put), are gone
+    together: at the revision where the first of them went, none is left, and
+    that revision is the same on every node (deleted through the log)."""
+    gone_at = set()
     for base in endpoints:
         wait_for(f"{prefix} to vanish on {base}", lambda b=base: not local_prefix(b, prefix))
-        assert revision_of(local_range(base, prefix)) == rev + 1
         assert local_prefix(base, prefix, revision=rev) == sorted(keys)
+        now = revision_of(local_range(base, prefix))
+        r = next(
+            r
+            for r in range(rev + 1, now + 1)
+            if local_prefix(base, prefix, revision=r) != sorted(keys)
+        )
+        assert local_prefix(base, prefix, revision=r) == [], f"{prefix} went over several revisions"
+        gone_at.add(r)
+    assert len(gone_at) == 1, f"the nodes deleted {prefix} at different revisions: {gone_at}"
 
 
 class KeepAlive:
@@ -196,25 +206,76 @@ def test_keys_stay_while_kept_alive_and_vanish_when_keepalives_stop(cluster: Clu
     assert ok(f"{base}/v3/lease/timetolive", {"ID": lease})["TTL"] == "-1"
 
 
+class Etcd3gwRefresher:
+    """etcd3gw's `lease.refresh()` every BEAT from a thread, as an application
+    keeping its lease would; an error (the node waiting for a new leader) is
+    retried at once, as such an application would."""
+
+    def __init__(self, lease: Any) -> None:
+        self.lease = lease
+        self.refreshed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Etcd3gwRefresher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ttl = self.lease.refresh()
+            except Exception:  # etcd3gw raises its own and requests' errors
+                self._stop.wait(0.05)
+                continue
+            assert ttl == TTL, f"refresh answered TTL {ttl}: the lease expired"
+            self.refreshed += 1
+            self._stop.wait(BEAT)
+
+    def wait_refreshed(self, count: int) -> None:
+        target = self.refreshed + count
+        wait_for(f"{count} etcd3gw refreshes", lambda: self.refreshed >= target)
+
+
 def test_a_lease_kept_alive_survives_a_leader_kill() -> None:
+    """Two leases, one kept by raw keep-alives that fail over between nodes, one
+    by etcd3gw on a follower that outlives the leader: both keep their keys
+    across the kill, and both lose them at one revision once keep-alives stop."""
     with Cluster(3) as c:
         old = c.wait_for_leader(DEADLINE)
         base = c.endpoints[(old + 1) % 3]
         lease = grant(base, TTL)
         keys = ["fo/a", "fo/b"]
         rev = attach(base, lease, keys)
-        with KeepAlive(c.endpoints, lease) as beats:
+        parts = urlsplit(base)
+        etcd = Etcd3Client(host=parts.hostname, port=parts.port, timeout=DEADLINE)
+        gw_lease = etcd.lease(ttl=TTL)
+        gw_keys = ["gw/a", "gw/b"]
+        for key in gw_keys:
+            assert etcd.put(key, "v", lease=gw_lease) is True
+        gw_rev = revision_of(local_range(base, "gw/a"))
+        with KeepAlive(c.endpoints, lease) as beats, Etcd3gwRefresher(gw_lease) as refresher:
             beats.wait_sent(2)
+            refresher.wait_refreshed(2)
             c.kill(old)
             c.wait_for_leader(DEADLINE, exclude=old)
-            # The new leader extended the lease; keep-alives reach it: over
+            # The new leader extended the leases; keep-alives reach it: over
             # two TTLs after the failover, the keys are still everywhere.
             beats.wait_sent(int(2 * TTL / BEAT))
+            refresher.wait_refreshed(int(2 * TTL / BEAT))
             live = [e for i, e in enumerate(c.endpoints) if i != old]
             for node in live:
                 assert local_prefix(node, "fo/") == keys
+                assert local_prefix(node, "gw/") == gw_keys
             assert int(ok(f"{base}/v3/lease/timetolive", {"ID": lease})["TTL"]) > 0
+            assert sorted(gw_lease.keys()) == [k.encode() for k in gw_keys]
         assert_vanished_at_one_revision(live, "fo/", keys, rev)
+        assert_vanished_at_one_revision(live, "gw/", gw_keys, gw_rev)
+        assert gw_lease.ttl() == -1
 
 
 def test_etcd3gw_lease_refresh_and_expiry(cluster: Cluster) -> None:
