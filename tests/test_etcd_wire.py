@@ -20,7 +20,9 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -442,6 +444,24 @@ def test_node_errors_map_to_grpc_codes_and_unknown_ones_are_not_hidden() -> None
     )
     odd = wire.error_for({"error": "brand_new", "message": "something new"})
     assert (odd.status, odd.code, odd.message) == (500, wire.Code.UNKNOWN, "something new")
+
+
+def test_every_error_the_store_or_node_writes_has_an_etcd_code() -> None:
+    """UNKNOWN (500) is for codes added without a thought for /v3: every code the
+    store and the node layer write today is mapped (a full lease table is 429, a
+    node on its way out 503), found by reading their source."""
+    import kvcluster
+
+    root = Path(kvcluster.__file__).parent
+    written: set[str] = set()
+    for source in [*root.glob("kv/*.py"), *root.glob("node/*.py")]:
+        text = source.read_text()
+        written |= set(re.findall(r'_error\(\s*"([a-z_]+)"', text))
+        written |= set(re.findall(r'Failure\(\s*\d+,\s*"([a-z_]+)"', text))
+    session_only = {"already_applied", "session_expired", "stale_sequence"}  # /v1 writes
+    assert {"too_many_leases", "shutting_down", "compacted"} <= written
+    assert sorted(written - session_only - set(wire.INTERNAL_ERRORS)) == []
+    assert wire.error_for({"error": "too_many_leases"}).status == 429
 
 
 def test_every_grpc_code_has_grpc_gateway_v1_s_status() -> None:
