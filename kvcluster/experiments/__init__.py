@@ -1,4 +1,4 @@
-"""Experiments on real clusters: elections, commits, reads, and timelines of roles.
+"""Experiments on real clusters: elections, commits, reads, watches, and timelines of roles.
 
 Each experiment starts `Cluster`s, measures, and returns a tidy DataFrame (one
 row per measurement, every parameter a column); `save` writes it as CSV with a
@@ -14,6 +14,7 @@ from .reads import run_reads
 from .results import load, machine_info, save
 from .scenario import run_scenario
 from .timeline import plot_timeline, role_intervals
+from .watch import watch_latency
 
 __all__ = [
     "PAPER_RANGES_MS",
@@ -28,4 +29,5 @@ __all__ = [
     "run_reads",
     "run_scenario",
     "save",
+    "watch_latency",
 ]

@@ -1,10 +1,11 @@
-"""`kvcluster bench election|commit|reads|timeline`: run an experiment, save CSV + metadata.
+"""`kvcluster bench election|commit|reads|timeline|watch`: run an experiment, save CSV + metadata.
 
     kvcluster bench election -n 5 --timeouts 150-300 --trials 100
     kvcluster bench election -n 5 --timeouts paper --trials 50 --fault kill,pause
     kvcluster bench commit -n 1,3,5 --clients 1,4,16,64,256
     kvcluster bench reads -n 3 --modes proxy,read_index,lease,serializable
     kvcluster bench timeline -n 5
+    kvcluster bench watch -n 1,3,5 --load 0,16
 
 Results go to --out (default ./results): `<experiment>.csv` with a `.json`
 sidecar (machine, versions, parameters), and a summary is printed.
@@ -181,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=_ranges, default="150-300", help="LO-HI in ms")
     t.add_argument("--heartbeat-ms", type=float, default=50.0, help="heartbeat interval")
     t.add_argument("--hold", type=float, default=1.0, help="seconds a partition or pause lasts")
+
+    w = experiment("watch", "a put to the leader -> its event at a watcher on a follower")
+    w.add_argument("-n", "--sizes", type=_list(int), default="1,3,5", help="cluster sizes")
+    w.add_argument("--puts", type=int, default=200, help="measured puts per run, one at a time")
+    w.add_argument("--interval-ms", type=float, default=5.0, help="mean pause between puts")
+    w.add_argument(
+        "--load", type=_list(int), default="0", help="background writers to the leader, e.g. 0,16"
+    )
+    w.add_argument("--value-size", type=int, default=100, help="bytes")
     return parser
 
 
@@ -288,6 +298,22 @@ def _timeline(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     return {"timeline": path, "plot": png}
 
 
+def _watch(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
+    from .watch import summary, watch_latency
+
+    params = {
+        "sizes": args.sizes,
+        "puts": args.puts,
+        "interval": args.interval_ms / 1000,
+        "load_clients": args.load,
+        "value_size": args.value_size,
+    }
+    df = watch_latency(progress=progress, **params)
+    path = save(df, args.out / "watch.csv", experiment="watch", parameters=params)
+    _show(summary(df))
+    return {"watch": path}
+
+
 def _check_timing(args: argparse.Namespace) -> None:
     """Every timing setting of the run, checked before the first cluster starts."""
     ranges = args.timeouts if args.experiment == "election" else args.timeout
@@ -314,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": _commit,
         "reads": _reads,
         "timeline": _timeline,
+        "watch": _watch,
     }[args.experiment]
     try:
         paths = run(args, not args.quiet)
