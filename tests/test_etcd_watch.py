@@ -25,6 +25,7 @@ from etcd3gw.client import Etcd3Client
 from etcd_helpers import b64, text
 
 from kvcluster import Cluster
+from kvcluster.node.watches import SCAN_BUDGET
 
 pytestmark = pytest.mark.integration
 
@@ -213,6 +214,33 @@ def test_a_compacted_start_revision_is_etcd_s_compacted_answer(cluster: Cluster)
             assert "revision" not in compacted["header"]  # as etcd leaves it out
         finally:
             w.close()
+
+
+def test_a_watch_from_far_back_reads_a_long_history_in_steps(cluster: Cluster) -> None:
+    """More history events than one scan step reads (SCAN_BUDGET): a watch on a
+    key written before and after them, from that first write, gets both events
+    (the steps in between find nothing for it and go on by themselves), and a
+    watch on the bulk prefix gets every event once, in order."""
+    leader, follower = leader_and_follower(cluster)
+    first = put([leader], "far/key", "before")
+    txns = 2 * SCAN_BUDGET // 128 + 2  # a step in the middle with nothing for `lone`
+    for i in range(txns):
+        ops = [{"request_put": {"key": b64(f"bulk/{k}"), "value": b64(str(i))}} for k in range(128)]
+        post([leader], "/v3/kv/txn", {"success": ops})
+    last = put([leader], "far/key", "after")
+    lone = Watch(follower, {"create_request": {"key": b64("far/key"), "start_revision": first}})
+    bulk = Watch(follower, {"create_request": {**prefix("bulk/"), "start_revision": first}})
+    try:
+        assert lone.next()["created"] and bulk.next()["created"]
+        got = [show(e) for e, _ in lone.events_through(last)]
+        assert got == [("PUT", "far/key", "before", first), ("PUT", "far/key", "after", last)]
+        events = [show(e) for e, _ in bulk.events_through(last - 1)]
+        assert len(events) == txns * 128
+        assert [rev for *_, rev in events] == sorted(rev for *_, rev in events)
+        assert {rev for *_, rev in events} == set(range(first + 1, last))
+    finally:
+        lone.close()
+        bulk.close()
 
 
 def test_a_bad_watch_body_is_a_400(cluster: Cluster) -> None:

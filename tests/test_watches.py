@@ -26,6 +26,7 @@ from kvcluster.node.watches import (
     NOTIFY,
     PROGRESS,
     REFUSED,
+    SCAN_BUDGET,
     WatchHub,
     WatchMessage,
     WatchSpec,
@@ -34,9 +35,11 @@ from kvcluster.node.watches import (
 
 
 def drain(stream: WatchStream, kv: KVStore, now: float = 0.0) -> list[WatchMessage]:
+    """Everything the stream has to say now (scan steps included)."""
     out = []
-    while (m := stream.next_message(kv, now)) is not None:
-        out.append(m)
+    while (m := stream.next_message(kv, now)) is not None or stream.pending(kv):
+        if m is not None:
+            out.append(m)
     return out
 
 
@@ -279,6 +282,30 @@ def test_a_new_store_from_a_snapshot_goes_on_where_the_old_one_was() -> None:
     assert got[-1]["prev_kv"]["value"] == "b"
 
 
+def test_a_watcher_far_behind_reads_the_history_in_bounded_steps() -> None:
+    """A watch on a key that changed once, 300 revisions back among others:
+    each call reads at most about scan_budget events, returns None while there
+    is more to read (pending stays True), and the one event arrives, once."""
+    s = Store()
+    s(put("x", "wanted"))
+    for i in range(300):
+        s(put(f"other/{i % 7}", str(i)))
+    hub = WatchHub(scan_budget=50)
+    ws = hub.open()
+    ws.create(WatchSpec("x", start_revision=1), s.kv, 0.0)
+    assert ws.next_message(s.kv, 0.0).kind == CREATED  # type: ignore[union-attr]
+    first = ws.next_message(s.kv, 0.0)  # the revision-1 event is in the first step
+    assert first is not None and brief(list(first.events)) == [("PUT", "x", "wanted", 1)]
+    assert first.revision == 50  # the step covered revisions 1..50, no further
+    steps = 0
+    while ws.pending(s.kv):
+        assert ws.next_message(s.kv, 0.0) is None  # nothing more for it: only steps
+        steps += 1
+    assert steps == 6  # 250 revisions left, 50 a step
+    s(put("x", "again"))
+    assert brief(events_of(drain(ws, s.kv))) == [("PUT", "x", "again", 302)]
+
+
 # ---------------------------------------------------------------------- random histories
 
 
@@ -349,7 +376,10 @@ def test_random_histories_nothing_missed_or_repeated(seed: int) -> None:
     rng = random.Random(seed)
     s = Store()
     twin = Store()  # the same log, never compacted
-    hub = WatchHub(events_budget=rng.choice([1, 3000, 20_000, EVENTS_BUDGET]))
+    hub = WatchHub(
+        events_budget=rng.choice([1, 3000, 20_000, EVENTS_BUDGET]),
+        scan_budget=rng.choice([1, 5, 40, SCAN_BUDGET]),
+    )
     streams = [hub.open() for _ in range(3)]
     # (stream, watch id) -> [spec, start, delivered events, how it ended]
     watchers: dict[tuple[int, int], list[Any]] = {}
@@ -360,6 +390,8 @@ def test_random_histories_nothing_missed_or_repeated(seed: int) -> None:
         for _ in range(budget):
             m = stream.next_message(s.kv, 0.0)
             if m is None:
+                if stream.pending(s.kv):
+                    continue  # a scan step: the next call goes on
                 return
             if m.kind in (CREATED, REFUSED, PROGRESS, CANCELED):
                 continue

@@ -127,16 +127,16 @@ def event_dict(event: Event) -> dict[str, Any]:
 
 
 def select_events(
-    events: list[Event], start: int, key: str, range_end: str | None
+    events: list[Event], start: int, key: str, range_end: str | None, end: int | None = None
 ) -> Iterator[Event]:
-    """The events from position `start` on whose key is in (key, range_end).
+    """The events at positions [start, end) whose key is in (key, range_end).
 
-    Works on a copy of the tail taken now (a memcpy: 0.4 ms for 100k events),
+    Works on a copy of that slice taken now (a memcpy: 0.4 ms for 100k events),
     so later applies and compactions change nothing it yields. Plain
     comparisons in a generator: 30 ns an event, where C-level chains of
     map(key.__eq__, ...) and compress() took twice as long on Python 3.11.
     """
-    tail = events[start:]
+    tail = events[start:end]
     if range_end is None:
         return (e for e in tail if e[0] == key)
     if range_end == ALL:

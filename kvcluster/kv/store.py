@@ -536,11 +536,11 @@ class KVStore:
         return txns.finish_range(req, rows, current)
 
     def changes_since(
-        self, revision: int, key: str, range_end: str | None = None
+        self, revision: int, key: str, range_end: str | None = None, *, upto: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The events at `revision` and after on keys in (key, range_end), in revision
-        order (a txn's in the order it made them), as etcd's watch shows them:
-        {"type": "PUT"|"DELETE", "kv": KV, "prev_kv": KV | None}.
+        """The events at `revision` and after (up to revision `upto` if given) on keys
+        in (key, range_end), in revision order (a txn's in the order it made them),
+        as etcd's watch shows them: {"type": "PUT"|"DELETE", "kv": KV, "prev_kv": KV | None}.
 
         Raises CompactedError(compact revision) if `revision` < `compacted`.
         The iterator works on the history as it is now: later applies do not
@@ -548,8 +548,20 @@ class KVStore:
         """
         if revision < self.compacted:
             raise CompactedError(self.compacted)
-        start = first_event_at(self._events, revision)
-        return map(event_dict, select_events(self._events, start, key, range_end or None))
+        events = self._events
+        start = first_event_at(events, revision)
+        end = None if upto is None else first_event_at(events, upto + 1)
+        return map(event_dict, select_events(events, start, key, range_end or None, end))
+
+    def scan_horizon(self, revision: int, events: int) -> int:
+        """The last revision a scan of about `events` history events from `revision`
+        reaches, whole revisions, at least one: how a watcher far behind reads
+        the history in bounded steps rather than all of it at once."""
+        history = self._events
+        last = first_event_at(history, revision) + max(events, 1) - 1
+        if last >= len(history):
+            return self.revision
+        return max(int(history[last][3]), revision)  # its mod_revision
 
     @property
     def history_size(self) -> int:

@@ -57,6 +57,10 @@ PROGRESS_INTERVAL: Final = 600.0  # seconds, etcd's default progress notificatio
 MAX_WATCHERS_PER_STREAM: Final = 256
 MAX_WATCHERS: Final = 10_000  # on one node, all streams
 EVENTS_BUDGET: Final = 128 << 10  # about this many bytes of keys and values per message
+# About this many history events looked at per message (whole revisions): a
+# watcher far behind, or one whose filter matches little, reads the history in
+# steps of ~0.3 ms (measured: 5,000 events filtered) rather than all at once on the event loop.
+SCAN_BUDGET: Final = 5_000
 _EVENT_OVERHEAD: Final = 64  # what an event costs beyond its keys and values (estimate)
 
 
@@ -198,6 +202,9 @@ class WatchStream:
         Call it whenever the client may be sent more (a message taken is
         considered sent). Answers to requests come first, in order; then each
         watcher behind the applied revision in turn; then due notifications.
+        One call reads at most about the hub's scan_budget history events: None
+        while `pending()` is still True means a scan step found nothing to send
+        yet; call again after letting other work run.
         """
         if self._control:
             return self._control.popleft()
@@ -214,6 +221,9 @@ class WatchStream:
                     self._watchers[w.id] = self._watchers.pop(w.id)
                     w.notified_at = now
                 return message
+            if w.next <= head:  # a scan step found nothing for it: this call's budget is spent
+                self._watchers[w.id] = self._watchers.pop(w.id)
+                return None
         interval = self._hub.progress_interval
         for w in self._watchers.values():
             if w.progress_notify and now - w.notified_at >= interval:
@@ -236,16 +246,17 @@ class WatchStream:
 
     def _catch_up(self, w: _Watcher, kv: KVStore) -> WatchMessage | None:
         """Events for `w` from its cursor on, whole revisions, about the hub's
-        events_budget bytes at most (but never less than one revision); None if all of them are
-        filtered out. The cursor moves past what the message covers."""
-        head = kv.revision
+        events_budget bytes and scan_budget history events at most (but never
+        less than one revision); None if all of them are filtered out. The
+        cursor moves past what the message covers (or the scan looked at)."""
         try:
-            changes = kv.changes_since(w.next, w.key, w.range_end)
+            head = kv.scan_horizon(w.next, self._hub.scan_budget)
+            changes = kv.changes_since(w.next, w.key, w.range_end, upto=head)
         except CompactedError as exc:
             compact = int(exc.args[0])
             del self._watchers[w.id]
             self._hub.watchers -= 1
-            return WatchMessage(COMPACTED, w.id, head, compact_revision=compact)
+            return WatchMessage(COMPACTED, w.id, kv.revision, compact_revision=compact)
         events: list[dict[str, Any]] = []
         size = 0
         covered = head
@@ -280,14 +291,18 @@ class WatchHub:
     """Every watch stream of one node (see the module docstring)."""
 
     def __init__(
-        self, progress_interval: float = PROGRESS_INTERVAL, events_budget: int = EVENTS_BUDGET
+        self,
+        progress_interval: float = PROGRESS_INTERVAL,
+        events_budget: int = EVENTS_BUDGET,
+        scan_budget: int = SCAN_BUDGET,
     ) -> None:
         if progress_interval <= 0:
             raise ValueError("progress_interval must be positive")
-        if events_budget <= 0:
-            raise ValueError("events_budget must be positive")
+        if events_budget <= 0 or scan_budget <= 0:
+            raise ValueError("events_budget and scan_budget must be positive")
         self.progress_interval = progress_interval
         self.events_budget = events_budget
+        self.scan_budget = scan_budget
         self.streams: set[WatchStream] = set()  # empty: applying entries costs nothing here
         self.watchers = 0  # across all streams
 

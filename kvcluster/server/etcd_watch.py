@@ -103,6 +103,7 @@ class EtcdWatches:
         self.fail = fail  # answers a bad body with etcd's error
         self.hub = WatchHub(progress_interval)
         self.sinks: dict[WatchStream, ResponseStream] = {}
+        self._resume: set[WatchStream] = set()  # streams with a scan step to come
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         driver.on_applied = self.applied
@@ -162,8 +163,17 @@ class EtcdWatches:
         while sink.writable:
             message = stream.next_message(kv, now)
             if message is None:
+                if stream.pending(kv) and stream not in self._resume:
+                    # A watcher far behind reads the history in steps: the
+                    # next one after whatever else the loop has to do.
+                    self._resume.add(stream)
+                    asyncio.get_running_loop().call_soon(self._resume_pump, stream)
                 break
             sink.write(render(message, head))
+
+    def _resume_pump(self, stream: WatchStream) -> None:
+        self._resume.discard(stream)
+        self._pump(stream)
 
     def _closed(self, stream: WatchStream) -> None:
         self.sinks.pop(stream, None)
