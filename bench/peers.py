@@ -2,6 +2,7 @@
 
     python bench/peers.py --nodes 3,5 --seconds 3 --systems kvcluster,etcd,pysyncobj
     python bench/peers.py --nodes 3 --quick
+    python bench/peers.py --nodes 1,3,5 --rounds 0 --trials 0 --watch-rounds 5   # watch only
 
 For each cluster size it starts each system in turn (rotating the order every
 round, so machine drift hits all alike), measures
@@ -12,6 +13,10 @@ round, so machine drift hits all alike), measures
 - serializable gets/s with 32 clients to one follower,
 - kill -9 leader -> next acknowledged write (median over trials), at election
   100 ms / heartbeat 10 ms and at 1000 / 100 ms,
+- watch latency (systems that speak etcd's gateway: kvcluster and etcd): a
+  put to the leader -> its event at a watcher on a follower (the only node
+  when n = 1), p50 and p99, with the same puts' own latency and the
+  difference (what the watcher waits beyond the writer),
 
 and prints one table with the ratio kvcluster/peer for each metric, plus the CPU
 the load generator used (in cores: 1.0 is one core busy all the time), and writes
@@ -27,6 +32,16 @@ measured over the window); its worker only speaks kvcluster's routes, so
 speaks `/v3/kv/put` and `/v3/kv/range` with base64 JSON). PySyncObj nodes
 (`bench/peers_pysyncobj.py`) speak kvcluster's JSON. A system that is not
 installed is skipped with a message.
+
+The watch metric is `kvcluster.experiments.watch.measure` for both systems,
+through etcd's gateway only (`/v3/kv/put`, `/v3/watch`): sequential puts (10
+warm-up puts, then `--watch-puts`, each sent once the last one's answer and
+event are in, after a random pause of 2.5-7.5 ms), the put and its event
+timed on one event loop. Each round starts fresh clusters, systems in turn
+(the order rotating every round). Its rows are percentiles over every put of
+every round, with a 95% interval from a two-level bootstrap (rounds resampled,
+then the puts within each), so that the differences between clusters count
+and not only those between puts.
 """
 
 from __future__ import annotations
@@ -67,6 +82,7 @@ from kvcluster.experiments.loadgen import (
     machine_busy,
     process_cpu,
 )
+from kvcluster.experiments.watch import measure as measure_watch
 from kvcluster.server.http import HttpConnection
 
 KEY_SIZE = 16
@@ -404,6 +420,7 @@ FACTORIES: dict[str, Callable[[int, float, float], System]] = {
     "etcd": EtcdSystem,
     "pysyncobj": PySyncObjSystem,
 }
+WATCHING = ("kvcluster", "etcd")  # the systems that speak etcd's /v3/kv/put and /v3/watch
 
 # ----------------------------------------------------------------------------- load
 
@@ -517,7 +534,35 @@ METRICS = {
     "ser_get_per_s_32": "serializable gets/s, 32 clients",
     "failover_100ms_ms": "kill -9 leader -> ack, 100/10 ms (ms, lower better)",
     "failover_1000ms_ms": "kill -9 leader -> ack, 1000/100 ms (ms, lower better)",
+    "watch_p50_ms": "put -> event at a follower's watcher, p50 (ms, lower better)",
+    "watch_p99_ms": "put -> event at a follower's watcher, p99 (ms, lower better)",
+    "watch_put_p50_ms": "the same puts' own latency (/v3), p50 (ms)",
+    "watch_delivery_p50_ms": "event after the put's answer, p50 (ms, lower better)",
 }
+# Each watch metric: the per-put figure it is a percentile of, and which percentile.
+WATCH = {
+    "watch_p50_ms": ("watch_ms", 50.0),
+    "watch_p99_ms": ("watch_ms", 99.0),
+    "watch_put_p50_ms": ("commit_ms", 50.0),
+    "watch_delivery_p50_ms": ("delivery_ms", 50.0),
+}
+DIFFERENCES = {"watch_delivery_p50_ms"}  # compared as kvcluster - peer, in ms
+
+
+@dataclass
+class WatchPuts:
+    """One watch round's puts (those whose event arrived with the put's revision)."""
+
+    system: str
+    nodes: int
+    round: int
+    commit_ms: np.ndarray
+    watch_ms: np.ndarray
+    missing: int  # puts without a 200 answer or without their event
+
+    @property
+    def delivery_ms(self) -> np.ndarray:
+        return self.watch_ms - self.commit_ms
 
 
 def _ok(res: LoadResult, read: bool) -> np.ndarray:
@@ -560,6 +605,41 @@ def throughput_round(
     one("lin_get_per_s_32", eps[follower], Load(32, read=True))
     one("ser_get_per_s_32", eps[follower], Load(32, read=True, serializable=True))
     return out
+
+
+def watch_round(
+    sys_: System, n: int, r: int, puts: int, load: int
+) -> tuple[list[Sample], WatchPuts]:
+    """Puts to the leader, watched on a follower (the only node when n = 1)."""
+    leader = sys_.wait_for_leader()
+    eps, pids = sys_.endpoints, sys_.pids
+    nodes0, machine0 = sum(process_cpu(p) for p in pids), machine_busy()
+    run = measure_watch(
+        eps[leader],
+        eps[(leader + 1) % n],
+        puts=puts,
+        warmup=10,
+        interval=0.005,
+        value_size=VALUE_SIZE,
+        load_clients=load,
+        seed=r,
+    )
+    nodes1, machine1 = sum(process_cpu(p) for p in pids), machine_busy()
+    ok = run.complete()
+    got = WatchPuts(sys_.name, n, r, run.commit_ms[ok], run.watch_ms[ok], int((~ok).sum()))
+    if got.missing:
+        print(f"  {sys_.name}: {got.missing} puts without their event: {run.errors[:1]}")
+    dur = run.window[1] - run.window[0]
+    cpu = (run.loadgen_cpu_s / dur, (nodes1 - nodes0) / dur, (machine1 - machine0) / dur)
+    samples = [
+        Sample(sys_.name, n, metric, _percentile(getattr(got, per_put), q), *cpu, run.errors[:3])
+        for metric, (per_put, q) in WATCH.items()
+    ]
+    return samples, got
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else float("nan")
 
 
 def failover_trial(sys_: System, election: float, heartbeat: float) -> float:
@@ -634,7 +714,7 @@ def started(
         yield s
 
 
-def run(args: argparse.Namespace) -> list[Sample]:
+def run(args: argparse.Namespace) -> tuple[list[Sample], list[WatchPuts]]:
     systems: list[str] = []
     for name in args.systems:
         why = available(name)
@@ -643,6 +723,7 @@ def run(args: argparse.Namespace) -> list[Sample]:
         else:
             systems.append(name)
     samples: list[Sample] = []
+    watched: list[WatchPuts] = []
     turn = -1
     for n in args.nodes:
         for r in range(args.rounds):
@@ -678,13 +759,36 @@ def run(args: argparse.Namespace) -> list[Sample]:
                         continue
                     print(f"[{n} nodes] {metric} trial {t + 1}: {name} {v:.0f} ms", flush=True)
                     samples.append(Sample(name, n, metric, v))
-    return samples
+        watchers = [name for name in systems if name in WATCHING]
+        for r in range(args.watch_rounds):
+            turn += 1
+            for name in _rotated(watchers, turn):
+                print(f"[{n} nodes] watch round {r + 1}/{args.watch_rounds}: {name}", flush=True)
+                try:
+                    with started(name, n, 1.0, 0.1, args) as s:
+                        got, puts = watch_round(s, n, r, args.watch_puts, args.watch_load)
+                except Exception as exc:
+                    print(f"  {name} watch failed: {type(exc).__name__}: {exc}", flush=True)
+                    continue
+                samples += got
+                watched.append(puts)
+                line = ", ".join(f"{x.metric} {x.value:.2f}" for x in got)
+                print(f"  {line}; client {got[0].client_cpu:.2f} cores", flush=True)
+    return samples, watched
 
 
-def summarize(samples: list[Sample], systems: list[str], nodes: list[int]) -> list[dict[str, Any]]:
+def summarize(
+    samples: list[Sample],
+    systems: list[str],
+    nodes: list[int],
+    watched: list[WatchPuts] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per cluster size and metric that was measured."""
     rows: list[dict[str, Any]] = []
     for n in nodes:
         for metric, label in METRICS.items():
+            if not any((s.nodes, s.metric) == (n, metric) for s in samples):
+                continue  # not run (--rounds 0, --trials 0, --watch-rounds 0)
             row: dict[str, Any] = {"nodes": n, "metric": metric, "label": label}
             cpu: list[float] = []
             for name in systems:
@@ -722,8 +826,78 @@ def summarize(samples: list[Sample], systems: list[str], nodes: list[int]) -> li
                     if name != "kvcluster" and ours and theirs:
                         lo, hi = median_ratio_ci(ours, theirs)
                         row[f"kvcluster/{name} 95% low"], row[f"kvcluster/{name} 95% high"] = lo, hi
+            if metric in WATCH:
+                _watch_row(row, metric, n, systems, watched or [])
             rows.append(row)
     return rows
+
+
+def _watch_row(
+    row: dict[str, Any], metric: str, n: int, systems: list[str], watched: list[WatchPuts]
+) -> None:
+    """A watch metric over every put of every round, with two-level bootstrap intervals."""
+    per_put, q = WATCH[metric]
+    rounds = {
+        name: [getattr(w, per_put) for w in watched if (w.system, w.nodes) == (name, n)]
+        for name in systems
+    }
+    for name, rs in rounds.items():
+        if not rs:
+            continue
+        row[name] = _percentile(np.concatenate(rs), q)
+        row[f"{name}_puts"] = sum(r.size for r in rs)
+        row[f"{name}_missing"] = sum(w.missing for w in watched if (w.system, w.nodes) == (name, n))
+        row[f"{name} 95% low"], row[f"{name} 95% high"] = nested_ci(rs, None, q)
+    if rounds.get("kvcluster"):
+        for name in systems:
+            if name == "kvcluster" or not rounds.get(name):
+                continue
+            if metric in DIFFERENCES:  # near zero, either sign: a ratio would mean nothing
+                diff = f"kvcluster-{name}"
+                row[f"kvcluster/{name}"] = float("nan")
+                row[diff] = row["kvcluster"] - row[name]
+                lo, hi = nested_ci(rounds["kvcluster"], rounds[name], q, compare="difference")
+                row[f"{diff} 95% low"], row[f"{diff} 95% high"] = lo, hi
+                continue
+            peer = row[name]
+            row[f"kvcluster/{name}"] = row["kvcluster"] / peer if peer else float("nan")
+            lo, hi = nested_ci(rounds["kvcluster"], rounds[name], q)
+            row[f"kvcluster/{name} 95% low"], row[f"kvcluster/{name} 95% high"] = lo, hi
+
+
+def nested_ci(
+    ours: list[np.ndarray],
+    theirs: list[np.ndarray] | None,
+    q: float,
+    level: float = 0.95,
+    draws: int = 2000,
+    compare: str = "ratio",
+) -> tuple[float, float]:
+    """Bootstrap interval of the q-th percentile of `ours`, or of its ratio to (or
+    difference from, `compare`) that of `theirs`.
+
+    Each list holds one array per round (one cluster each). A draw picks as many
+    rounds as there are, with replacement, then the puts within each, with
+    replacement: clusters differ more than the puts of one cluster do, and
+    resampling the puts alone would give too narrow an interval."""
+    rng = np.random.default_rng(0)
+
+    def draw(rounds: list[np.ndarray]) -> np.ndarray:
+        out = np.empty(draws)
+        for d in range(draws):
+            picked = rng.integers(0, len(rounds), len(rounds))
+            values = np.concatenate([rng.choice(rounds[i], rounds[i].size) for i in picked])
+            out[d] = np.percentile(values, q)
+        return out
+
+    if theirs is None:
+        stat = draw(ours)
+    elif compare == "difference":
+        stat = draw(ours) - draw(theirs)
+    else:
+        stat = draw(ours) / draw(theirs)
+    lo, hi = np.quantile(stat, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def median_ratio_ci(
@@ -796,6 +970,35 @@ def print_table(rows: list[dict[str, Any]], systems: list[str]) -> None:
                 f" (lo + (hi-lo)/n - hb/2 + a vote round); kvcluster median {median:.0f} ms"
                 f" = {median / allowed:.2f}x, mean {mean:.0f} ms = {mean / allowed:.2f}x{cis}"
             )
+    for r in rows:
+        if r["metric"] not in WATCH:
+            continue
+        here = [s for s in systems if f"{s} 95% low" in r]
+        parts = [
+            f"{s} {r[s]:.2f} ms ({r[f'{s} 95% low']:.2f} to {r[f'{s} 95% high']:.2f};"
+            f" {r[f'{s}_samples']} rounds, {r[f'{s}_puts']} puts, {r[f'{s}_missing']} missing)"
+            for s in here
+        ]
+        parts += [
+            f"kv/{p} {r[f'kvcluster/{p}']:.2f} ({r[f'kvcluster/{p} 95% low']:.2f}"
+            f" to {r[f'kvcluster/{p} 95% high']:.2f})"
+            for p in peers
+            if f"kvcluster/{p} 95% low" in r
+        ]
+        parts += [
+            f"kv-{p} {r[f'kvcluster-{p}']:+.2f} ms ({r[f'kvcluster-{p} 95% low']:+.2f}"
+            f" to {r[f'kvcluster-{p} 95% high']:+.2f})"
+            for p in peers
+            if f"kvcluster-{p} 95% low" in r
+        ]
+        if parts:
+            print(f"{r['nodes']} nodes, {r['metric']}: " + "; ".join(parts))
+    if any(r["metric"] in WATCH for r in rows):
+        print(
+            "watch rows: percentiles over every put of every round (95% intervals: rounds"
+            " resampled, then the puts within each); the delivery row compares kvcluster"
+            " - peer, in ms"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -806,7 +1009,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--rounds", type=int, default=2, help="throughput rounds per system")
     p.add_argument("--trials", type=int, default=5, help="failover trials per system and timing")
-    p.add_argument("--quick", action="store_true", help="1 s points, 1 round, 3 failover trials")
+    p.add_argument("--watch-rounds", type=int, default=2, help="watch-latency rounds per system")
+    p.add_argument("--watch-puts", type=int, default=200, help="measured puts per watch round")
+    p.add_argument(
+        "--watch-load", type=int, default=0, help="background writers to the leader in watch rounds"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 s points, 1 round, 3 failover trials, 1 watch round of 50 puts",
+    )
     p.add_argument("--csv", default="peers-results.csv")
     p.add_argument(
         "--pysyncobj-batch",
@@ -822,12 +1034,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown systems {sorted(unknown)}; choose from {sorted(FACTORIES)}")
     if args.quick:
         args.seconds, args.warmup, args.rounds, args.trials = 1.0, 0.3, 1, 3
+        args.watch_rounds, args.watch_puts = 1, 50
     try:
-        samples = run(args)
+        samples, watched = run(args)
     finally:
         _kill_children()
     ran = [s for s in args.systems if any(x.system == s for x in samples)]
-    rows = summarize(samples, ran, args.nodes)
+    rows = summarize(samples, ran, args.nodes, watched)
     if rows and ran:
         print_table(rows, ran)
         with open(args.csv, "w", newline="") as f:
@@ -844,7 +1057,16 @@ def main(argv: list[str] | None = None) -> int:
                 w2.writerow(
                     [s.system, s.nodes, s.metric, s.value, s.client_cpu, s.nodes_cpu, s.machine_cpu]
                 )
-        print(f"wrote {args.csv} and {Path(args.csv).with_suffix('.samples.csv')}")
+        written = [args.csv, Path(args.csv).with_suffix(".samples.csv")]
+        if watched:
+            written.append(Path(args.csv).with_suffix(".watch.csv"))
+            with open(written[-1], "w", newline="") as f:
+                w3 = csv.writer(f)
+                w3.writerow(["system", "nodes", "round", "put", "commit_ms", "watch_ms"])
+                for wp in watched:
+                    for i, (c, wm) in enumerate(zip(wp.commit_ms, wp.watch_ms, strict=True)):
+                        w3.writerow([wp.system, wp.nodes, wp.round, i, f"{c:.4f}", f"{wm:.4f}"])
+        print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
