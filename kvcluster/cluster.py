@@ -137,6 +137,7 @@ class Cluster:
         snapshot_keep: int = 1_000,
         session_ttl: float = 300.0,
         history_keep: int = 10_000,
+        quota_bytes: int = 1 << 30,
         event_loop: str = "uvloop",
         start: bool = True,
         start_timeout: float = 30.0,
@@ -165,6 +166,7 @@ class Cluster:
             snapshot_keep=snapshot_keep,
             session_ttl=session_ttl,
             history_keep=history_keep,
+            quota_bytes=quota_bytes,
             event_loop=event_loop,
             seed=seed,
         )
@@ -187,6 +189,7 @@ class Cluster:
         self.snapshot_keep = snapshot_keep
         self.session_ttl = session_ttl
         self.history_keep = history_keep
+        self.quota_bytes = quota_bytes
         self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
@@ -270,6 +273,7 @@ class Cluster:
             snapshot_keep=self.snapshot_keep,
             session_ttl=self.session_ttl,
             history_keep=self.history_keep,
+            quota_bytes=self.quota_bytes,
             event_loop=self.event_loop,
             seed=None if self.seed is None else self.seed * 1000 + h.index,
         )

@@ -140,6 +140,8 @@ def node(**changes: Any) -> NodeConfig:
         ({"peer_timeout": -1.0}, "peer_timeout", "above 0 and below 3600"),
         ({"session_ttl": 0.0}, "session_ttl", "0.01 s to 7 days"),
         ({"session_ttl": math.nan}, "session_ttl", "0.01 s to 7 days"),
+        ({"quota_bytes": 1000}, "quota_bytes", "64 KiB (65536) to 1 TiB"),
+        ({"quota_bytes": 1.5e9}, "quota_bytes", "64 KiB (65536) to 1 TiB"),
         ({"max_value_bytes": 0}, "max_value_bytes", "from 1"),
         ({"read_mode": "fast"}, "read_mode", "proxy, read_index, lease, serializable"),
         ({"storage": "tape"}, "storage", "memory, disk"),

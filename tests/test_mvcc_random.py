@@ -180,7 +180,22 @@ def test_store_matches_the_model(seed: int) -> None:
         gen.rev = model.rev
         if i % 50 == 49:
             _check_history(s.kv, model)
+            _check_bytes(s.kv, model)
     _check_history(s.kv, model)
+    _check_bytes(s.kv, model)
+
+
+def _check_bytes(store: KVStore, model: Model) -> None:
+    """The byte counts the quota reads, kept as the store changes, are the model's
+    keys and values: live rows, and every event since compaction."""
+    rows = model.range({"key": "\x00", "range_end": "\x00"})["kvs"]
+    assert store.row_bytes == sum(len(kv["key"]) + len(kv.get("value", "")) for kv in rows)
+    events = model.changes(model.compacted)
+    assert store.history_bytes == sum(
+        len(e["kv"]["key"]) + (len(e["kv"].get("value", "")) if e["type"] == "PUT" else 0)
+        for e in events
+    )
+    assert store.bytes_used == store.row_bytes + store.history_bytes
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -200,5 +215,6 @@ def test_replicas_stay_identical_through_snapshots(seed: int) -> None:
             b = b.copy(rows_per_line=rng.choice([1, 2, 7, 4096]), max_line_bytes=200)
     assert a.kv == b.kv
     assert a.lines() == b.lines()
+    assert (a.kv.row_bytes, a.kv.history_bytes) == (b.kv.row_bytes, b.kv.history_bytes)
     for rev in range(a.kv.compacted, a.kv.revision + 1):
         assert a.kv.range("\x00", "\x00", revision=rev) == b.kv.range("\x00", "\x00", revision=rev)

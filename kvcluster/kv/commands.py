@@ -159,3 +159,30 @@ def _with_session(cmd: dict[str, Any], client_id: str | None, seq: int | None) -
         cmd["client_id"] = client_id
         cmd["seq"] = seq
     return cmd
+
+
+def adds_data(command: Any) -> bool:
+    """Whether a command may add keys or values: a put, or a txn with a put in
+    any branch (etcd's quota refuses exactly these; deletes, reads, compaction
+    and leases go through, so a full store can be emptied)."""
+    if not isinstance(command, dict):
+        return False
+    op = command.get("op")
+    if op == "put":
+        return True
+    return op == "txn" and _txn_puts(command, 0)
+
+
+def _txn_puts(txn: dict[str, Any], depth: int) -> bool:
+    if depth > 64:  # deeper than parse() accepts: it will be refused anyway
+        return False
+    for branch in ("success", "failure"):
+        for request in txn.get(branch) or ():
+            if not isinstance(request, dict):
+                continue
+            if "request_put" in request:
+                return True
+            nested = request.get("request_txn")
+            if isinstance(nested, dict) and _txn_puts(nested, depth + 1):
+                return True
+    return False

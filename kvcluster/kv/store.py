@@ -107,6 +107,11 @@ class KeyValue:
         }
 
 
+def _event_bytes(events: Iterable[Event]) -> int:
+    """Keys and values in these history events (a delete's value is None)."""
+    return sum(len(e[0]) + (len(e[1]) if e[1] is not None else 0) for e in events)
+
+
 class KVStore:
     """The state machine; `apply()` is the only way the replicated state changes."""
 
@@ -141,6 +146,33 @@ class KVStore:
         # tuple per change, sharing the rows' values. Append-only: compaction replaces
         # the list, so a capture needs no copy of it.
         self._events: list[Event] = []
+        # Bytes of keys and values held (counted as they change, for the node's
+        # quota): live rows, plus every event since compaction (a current value
+        # still in the history counts in both, as etcd counts every revision kept).
+        self.row_bytes = 0
+        self.history_bytes = 0
+
+    @property
+    def bytes_used(self) -> int:
+        """Keys and values held, rows and history: what the node's quota bounds."""
+        return self.row_bytes + self.history_bytes
+
+    def recount(self) -> None:
+        """Count `row_bytes` and `history_bytes` from scratch (after a rebuild)."""
+        self.row_bytes = sum(len(r[0]) + len(r[1]) for r in self._rows)
+        self.history_bytes = _event_bytes(self._events)
+
+    def revision_keeping(self, history_bytes: int) -> int:
+        """The oldest revision a compaction may keep so that at most about
+        `history_bytes` of history remain (whole revisions; never beyond the
+        current revision)."""
+        events = self._events
+        total = self.history_bytes
+        for e in events:
+            if total <= history_bytes:
+                return int(e[3])
+            total -= len(e[0]) + (len(e[1]) if e[1] is not None else 0)
+        return self.revision
 
     @property
     def max_sessions(self) -> int:
@@ -219,15 +251,19 @@ class KVStore:
         keys, rows = self._keys, self._rows
         i = bisect_left(keys, key)
         prev = rows[i] if i < len(keys) and keys[i] == key else None
+        size = len(key) + len(value)
+        self.history_bytes += size
         if prev is None:
             keys.insert(i, key)
             rows.insert(i, (key, value, rev, rev, 1, 0))
             self._events.append((key, value, rev, rev, 1, 0, None, 0, 0, 0, 0))
+            self.row_bytes += size
         else:
             _, pv, pc, pm, pver, pl = prev  # unpacked once: the fastest way to both tuples
             version = pver + 1
             rows[i] = (key, value, pc, rev, version, 0)
             self._events.append((key, value, pc, rev, version, 0, pv, pc, pm, pver, pl))
+            self.row_bytes += len(value) - len(pv)
             if pl:  # a put without a lease detaches the key from its lease, as etcd's
                 self.leases.detach(key, pl)
         return {
@@ -285,7 +321,9 @@ class KVStore:
             return _error("compacted", COMPACTED, compact_revision=self.compacted)
         # Keep the events *at* `revision`: a watch may start there (etcd allows it). A new
         # list, not a deletion in place: captures and iterators hold the old one.
-        self._events = self._events[first_event_at(self._events, revision) :]
+        first = first_event_at(self._events, revision)
+        self.history_bytes -= _event_bytes(self._events[:first])
+        self._events = self._events[first:]
         self.compacted = revision
         return {"revision": self.revision}
 
@@ -303,6 +341,7 @@ class KVStore:
             keys.insert(i, key)
             rows.insert(i, row)
             self._events.append(row + NO_PREV)
+            self.row_bytes += len(key) + len(value)
         else:
             if ignore_value:
                 value = prev[1]
@@ -311,6 +350,8 @@ class KVStore:
             row = (key, value, prev[2], rev, prev[4] + 1, lease)
             rows[i] = row
             self._events.append(row + prev[1:])
+            self.row_bytes += len(value) - len(prev[1])
+        self.history_bytes += len(key) + len(value)
         old_lease = 0 if prev is None else prev[5]
         if old_lease != lease:
             if old_lease:
@@ -325,6 +366,8 @@ class KVStore:
         events, leases = self._events, self.leases
         for key, pv, pc, pm, pver, pl in gone:
             events.append((key, None, 0, rev, 0, 0, pv, pc, pm, pver, pl))
+            self.row_bytes -= len(key) + len(pv)
+            self.history_bytes += len(key)
             if pl:
                 leases.detach(key, pl)
         del self._keys[i:j]
@@ -351,6 +394,8 @@ class KVStore:
             new_rows += old_rows[start:i]
             key, pv, pc, pm, pver, pl = old_rows[i]
             events.append((key, None, 0, rev, 0, 0, pv, pc, pm, pver, pl))
+            self.row_bytes -= len(key) + len(pv)
+            self.history_bytes += len(key)
             start = i + 1
         new_keys += old_keys[start:]
         new_rows += old_rows[start:]
@@ -604,6 +649,7 @@ class KVStore:
         """
         store = cls()
         decode_lines(lines, store)
+        store.recount()
         return store
 
     def __eq__(self, other: object) -> bool:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kv import KVStore
-from ..kv.commands import expire_sessions_command, open_session_command
+from ..kv.commands import adds_data, expire_sessions_command, open_session_command
 from ..raft import (
     ConfigChangeError,
     Entry,
@@ -88,6 +88,7 @@ from .requests import (
     Forward,
     Request,
     leader_silent,
+    no_space,
     unreachable,
 )
 from .snapshots import (
@@ -593,6 +594,13 @@ class Node:
             command = req.command()
             if req.op == COMMAND:  # a lease grant or keep-alive takes the leader's clock
                 command = stamp(command, self._clock_ms(), self._min_lease_ttl)
+        used, quota = self.kv.bytes_used, self.options.quota_bytes
+        if used >= quota and adds_data(command):
+            # Admission by the leader, not a rule of apply: every replica applies
+            # whatever was committed, so nodes configured with different quotas
+            # cannot diverge. In-flight writes may overshoot by a pipeline's worth.
+            self._fail(p, no_space(used, quota))
+            return
         index, term = core.propose(command)
         p.state = PROPOSED
         for waiter in self._proposals.add(index, term, req.session, req.id):
@@ -816,15 +824,24 @@ class Node:
         """As leader, compact the store's history through the log once it holds
         twice `history_keep` revisions, down to the last `history_keep`: what
         reads at a past revision and watches from one can reach, in memory and in
-        every snapshot. One compaction at a time (the next waits for it to apply)."""
+        every snapshot. Also once the history holds half the byte quota, down
+        to a quarter of it. One compaction at a time (the next waits for it to apply)."""
         keep = self.options.history_keep
         core = self.raft
         if not keep or core.role is not Role.LEADER:
             return
         kv = self.kv
-        if kv.revision - kv.compacted < 2 * keep or self._compacting > kv.applied_index:
+        if self._compacting > kv.applied_index:
             return
-        index, _ = core.propose({"op": "compact", "revision": kv.revision - keep})
+        target = 0
+        if kv.revision - kv.compacted >= 2 * keep:
+            target = kv.revision - keep
+        quota = self.options.quota_bytes
+        if kv.history_bytes > quota // 2:  # large values: bytes, not revisions, decide
+            target = max(target, kv.revision_keeping(quota // 4))
+        if target <= kv.compacted:
+            return
+        index, _ = core.propose({"op": "compact", "revision": target})
         self._compacting = index
 
     def _clock_ms(self) -> int:

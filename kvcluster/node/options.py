@@ -29,6 +29,10 @@ class NodeOptions:
     history_keep: revisions of history (reads at a past revision, watches
     from one) the leader keeps when it compacts automatically, through the
     log, once twice as many have built up (0: never; compact by hand).
+    quota_bytes: the most bytes of keys and values (rows plus history) the
+    store may hold: beyond it the leader refuses writes that add data (etcd's
+    "database space exceeded") until deletes or compaction free some; with
+    history_keep on, it also compacts once the history holds half the quota.
     """
 
     read_mode: str = "read_index"
@@ -40,6 +44,7 @@ class NodeOptions:
     read_retry: float = 0.005
     session_ttl: float = 300.0
     history_keep: int = 10_000
+    quota_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         # Each refusal names its setting (ConfigError, a ValueError): NodeConfig
@@ -62,6 +67,11 @@ class NodeOptions:
         if not (_real(ttl) and 0.01 <= ttl <= 7 * 86_400):
             raise ConfigError("session_ttl", f"must be 0.01 s to 7 days (604800 s), got {ttl!r}")
         _count("history_keep", self.history_keep, 0)
+        quota = self.quota_bytes
+        if not (
+            isinstance(quota, int) and not isinstance(quota, bool) and 1 << 16 <= quota <= 1 << 40
+        ):
+            raise ConfigError("quota_bytes", f"must be 64 KiB (65536) to 1 TiB, got {quota!r}")
 
 
 def _real(value: object) -> bool:

@@ -160,6 +160,18 @@ REMOVED_OUTCOME_UNKNOWN = Failure(
 )
 
 
+def no_space(used: int, quota: int) -> Failure:
+    """A write refused because the store is over its quota (nothing applied): a
+    409 like the store's own refusals, so clients report it rather than retry."""
+    return Failure(
+        409,
+        "no_space",
+        f"the store holds {used} bytes of keys, values and history, over its quota of "
+        f"{quota}: nothing was written. Delete keys or compact the history "
+        "(POST /v3/kv/compaction), or restart the nodes with a larger --quota-bytes",
+    )
+
+
 def unreachable(reason: str) -> Failure:
     return Failure(503, "unavailable", f"cannot reach the leader: {reason}; retry")
 

@@ -72,6 +72,7 @@ class NodeConfig:
     snapshot_keep: int = 1_000  # entries kept behind a snapshot for slow followers
     session_ttl: float = 300.0  # seconds a client session may stay idle before it expires
     history_keep: int = 10_000  # revisions of history kept by automatic compaction (0: none)
+    quota_bytes: int = 1 << 30  # keys, values and history a store may hold (etcd's quota)
     seed: int | None = None  # the core's randomness, for reproducible experiments
     # uvloop where it is installed (it cuts a 3-node put from ~0.95 to ~0.70 ms);
     # "asyncio" to compare, or where uvloop does not exist (Windows).
@@ -99,6 +100,7 @@ class NodeConfig:
             snapshot_keep=self.snapshot_keep,
             session_ttl=self.session_ttl,
             history_keep=self.history_keep,
+            quota_bytes=self.quota_bytes,
         )
         _check_seconds("peer_timeout", self.peer_timeout)
         _check_int("max_key_bytes", self.max_key_bytes, 1, 1 << 20)

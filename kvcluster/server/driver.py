@@ -127,6 +127,7 @@ class NodeDriver:
                 snapshot_keep=config.snapshot_keep,
                 session_ttl=config.session_ttl,
                 history_keep=config.history_keep,
+                quota_bytes=config.quota_bytes,
             ),
             raft=config.raft,
             rng=random.Random(config.seed),

@@ -113,6 +113,7 @@ ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
 ERR_LEASE_EXISTS = "etcdserver: lease already exists"
 ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
 ERR_NO_LEADER = "etcdserver: no leader"
+ERR_NO_SPACE = "etcdserver: mvcc: database space exceeded"
 ERR_NOT_LEADER = "etcdserver: not leader"
 ERR_TIMEOUT = "etcdserver: request timed out"
 WATCH_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
@@ -132,6 +133,7 @@ INTERNAL_ERRORS: dict[str, tuple[Code, str | None]] = {
     "bad_request": (Code.INVALID_ARGUMENT, None),
     "not_found": (Code.NOT_FOUND, None),
     "too_many_leases": (Code.RESOURCE_EXHAUSTED, None),
+    "no_space": (Code.RESOURCE_EXHAUSTED, ERR_NO_SPACE),
     "no_leader": (Code.UNAVAILABLE, ERR_NO_LEADER),
     "membership_busy": (Code.UNAVAILABLE, None),
     "shutting_down": (Code.UNAVAILABLE, None),
