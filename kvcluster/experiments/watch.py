@@ -413,8 +413,12 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
 def plot_watch(df: pd.DataFrame, load_clients: int | None = None, ax: Any = None) -> Any:
-    """CDFs of watch latency (solid) and commit latency (dashed) per cluster size."""
+    """CDFs of watch latency (solid) and commit latency (dashed) per cluster size
+    (the watcher is on a follower, or on the only node when n = 1)."""
     import matplotlib.pyplot as plt
 
     load = df.load_clients.min() if load_clients is None else load_clients
@@ -434,9 +438,13 @@ def plot_watch(df: pd.DataFrame, load_clients: int | None = None, ax: Any = None
             label="commit (the put's answer)",
         )
     ax.set_xscale("log")
+    low, high = sel[["commit_ms", "watch_ms"]].min().min(), sel.watch_ms.max()
+    ax.set_xticks([t for t in _TICKS if low / 1.5 <= t <= high * 1.5])
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.xaxis.set_minor_formatter("")
     ax.set_xlabel("ms from sending the put")
     ax.set_ylabel("cumulative percent of puts")
-    ax.set_title(f"Put -> event at a watcher on a follower, {load} background writers")
+    ax.set_title(f"Put to the leader -> event at a follower, {load} background writers")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return ax
