@@ -34,19 +34,31 @@ promise to the servers that writes come one at a time, in seq order; two
 threads writing through one Client could have a write refused as stale.) Two
 live Clients must never share a `client_id`.
 
+etcd's v3 API. `txn`/`cas`, the lease methods, `put(..., lease=id)` and
+`watch` use the nodes' `/v3` routes (etcd's JSON gateway), so they work
+against etcd 3.4 too; see `kvcluster.client_etcd` for what they return and
+why a /v3 write is never sent twice.
+
+    with Client(endpoints) as c:
+        c.cas("config/colour", None, "blue")          # True: created
+        with c.lease_grant(10) as lease, lease.keep_alive_forever():
+            c.put("service/a", "10.0.0.7", lease=lease.id)
+        with c.watch("config/", prefix=True, start_revision=1) as w:
+            for event in w: ...                        # WatchEvent(type="PUT", ...)
+
 Proxies. The client talks to the nodes directly: it ignores the HTTP(S)_PROXY
 environment variables and ~/.netrc (`requests.Session.trust_env` is off).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import random
 import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -56,9 +68,36 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import MaxRetryError
 
 from . import __version__
+from . import client_etcd as etcd
+from .client_etcd import (
+    Compare,
+    Delete,
+    Get,
+    KeyValue,
+    Lease,
+    LeaseStatus,
+    Op,
+    Put,
+    StreamConfig,
+    Txn,
+    TxnResult,
+    Watch,
+)
 from .errors import KvClusterError, OutcomeUnknown, RequestError, Unavailable
 
-__all__ = ["Client", "KeyValue"]
+__all__ = [
+    "Client",
+    "Compare",
+    "Delete",
+    "Get",
+    "KeyValue",
+    "Lease",
+    "LeaseStatus",
+    "Put",
+    "Txn",
+    "TxnResult",
+    "Watch",
+]
 
 LEADER_HEADER = "X-Kvcluster-Leader"
 CONSISTENCY = ("linearizable", "serializable")
@@ -78,18 +117,6 @@ _NOT_SENT = (
     requests.exceptions.InvalidSchema,
     requests.exceptions.InvalidHeader,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """A key's value and revisions, as read; `revision` is the store revision of the read."""
-
-    key: str
-    value: str
-    create_revision: int
-    mod_revision: int
-    version: int
-    revision: int
 
 
 class _AttemptFailed(Exception):
@@ -125,6 +152,22 @@ def _quote_key(key: str) -> str:
         # A path segment '.' or '..' would be resolved away by URL normalization.
         segment = segment.replace(".", "%2E")
     return segment
+
+
+def _lease_id(lease_id: int) -> int:
+    if isinstance(lease_id, bool) or not isinstance(lease_id, int) or not 0 < lease_id < 1 << 63:
+        raise ValueError(f"a lease id is an integer from 1 to 2**63-1, got {lease_id!r}")
+    return lease_id
+
+
+def _lease_gone(lease_id: int, op: str) -> RequestError:
+    message = etcd.ERR_LEASE_NOT_FOUND
+    return RequestError(
+        f"{op}: lease {lease_id} does not exist (it expired or was revoked): grant a new one",
+        status=404,
+        error="lease_not_found",
+        server_message=message,
+    )
 
 
 def _check_consistency(consistency: str) -> str:
@@ -217,6 +260,7 @@ class Client:
         self._seq = 0
         self._next = 0  # index of the endpoint to use when the leader is unknown
         self._random = random.Random()
+        self._token = token
         self._session = requests.Session()
         self._session.trust_env = False
         headers = {"User-Agent": f"kvcluster-client/{__version__}", "Accept": "application/json"}
@@ -232,10 +276,20 @@ class Client:
         """The seq of this client's last write (0 before the first)."""
         return self._seq
 
-    def put(self, key: str, value: str) -> int:
-        """Set `key` to `value`; return the store revision of the write."""
+    def put(self, key: str, value: str, *, lease: int = 0) -> int:
+        """Set `key` to `value`; return the store revision of the write.
+
+        With `lease` (an id from `lease_grant`) the key is attached to that
+        lease and deleted with it. Such a put goes through etcd's /v3 API,
+        which has no sessions: it is sent again only if no attempt can have
+        reached the cluster, else it raises OutcomeUnknown.
+        """
         if not isinstance(value, str):
             raise TypeError(f"a value must be a str, got {type(value).__name__}")
+        if lease:
+            body = Put(key, value, lease=_lease_id(lease)).wire()["request_put"]
+            data = self._v3("/v3/kv/put", body, f"put {key!r}", resend=False)
+            return etcd.header_revision(data)
         path = "/v1/kv/" + _quote_key(key)
         data = self._write("PUT", path, {"value": value}, f"put {key!r}")
         return self._field(data, "revision", int)
@@ -332,6 +386,176 @@ class Client:
         path = "/v1/members/" + quote(node_id, safe="")
         return self._call("DELETE", path, None, f"remove member {node_id!r}", write=True)
 
+    # ------------------------------------------------------------------ etcd's v3 API
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        """If every `compare` holds, run `success`, else `failure`: atomically,
+        at one revision (POST /v3/kv/txn).
+
+            c.txn([Compare("k", "value", "==", "old")], [Put("k", "new")], [Get("k")])
+
+        A txn that writes is never sent twice (see the module docstring of
+        kvcluster.client_etcd): OutcomeUnknown if an attempt may have reached
+        the cluster unanswered. One that only reads is retried like a read.
+        """
+        body = etcd.txn_body(compare, success, failure)
+        writes = not (etcd.read_only(success) and etcd.read_only(failure))
+        data = self._v3("/v3/kv/txn", body, "txn", resend=not writes, write=writes)
+        return etcd.parse_txn(data)
+
+    def cas(self, key: str, expected: str | None, value: str) -> bool:
+        """Set `key` to `value` if it holds `expected` (None: if it does not
+        exist). True if it was set, False if the key held something else.
+
+        Never sent twice: a retry of a CAS that was applied would answer False
+        and lie. OutcomeUnknown says an attempt may have been applied.
+        """
+        if expected is None:
+            condition = Compare(key, "version", "==", 0)
+        else:
+            condition = Compare(key, "value", "==", expected)
+        return self.txn([condition], [Put(key, value)]).succeeded
+
+    def lease_grant(self, ttl: int, lease_id: int = 0) -> Lease:
+        """A new lease of `ttl` seconds (the cluster may raise a very short TTL
+        to its minimum); `lease_id` 0 lets the cluster pick the id."""
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise ValueError(f"a lease TTL is a whole number of seconds >= 1, got {ttl!r}")
+        body: dict[str, Any] = {"TTL": ttl}
+        if lease_id:
+            body["ID"] = _lease_id(lease_id)
+        # A grant sent twice leaves at worst an unused lease, which expires.
+        data = self._v3("/v3/lease/grant", body, f"grant a {ttl} s lease", write=True)
+        granted = etcd.number(data.get("ID"))
+        if not granted:
+            raise self._malformed(data, KeyError("ID"))
+        return Lease(self, granted, etcd.number(data.get("TTL")))
+
+    def lease(self, lease_id: int) -> Lease:
+        """A handle on an existing lease (to keep it alive or revoke it)."""
+        status = self.lease_time_to_live(lease_id)
+        if status is None:
+            raise _lease_gone(lease_id, "lease")
+        return Lease(self, status.id, status.granted_ttl)
+
+    def lease_revoke(self, lease_id: int) -> None:
+        """Revoke a lease: the keys attached to it are deleted. Raises
+        RequestError (error "lease_not_found") if there is no such lease."""
+        op = f"revoke lease {lease_id}"
+        try:
+            self._v3("/v3/lease/revoke", {"ID": _lease_id(lease_id)}, op, write=True)
+        except RequestError as exc:
+            if exc.error == "lease_not_found" and not exc.known_outcome:
+                return  # an earlier attempt of ours revoked it
+            raise
+
+    def lease_keep_alive(self, lease_id: int) -> int:
+        """Renew a lease once; return its TTL. Raises RequestError (error
+        "lease_not_found") if it has expired or was revoked."""
+        op = f"keep lease {lease_id} alive"
+        data = self._v3("/v3/lease/keepalive", {"ID": _lease_id(lease_id)}, op, write=True)
+        result = data.get("result", data)
+        ttl = etcd.number(result.get("TTL")) if isinstance(result, dict) else 0
+        if ttl <= 0:
+            raise _lease_gone(lease_id, op)
+        return ttl
+
+    def lease_time_to_live(self, lease_id: int, *, keys: bool = False) -> LeaseStatus | None:
+        """Seconds left on a lease (and its keys, if `keys`); None if there is none."""
+        body: dict[str, Any] = {"ID": _lease_id(lease_id)}
+        if keys:
+            body["keys"] = True
+        data = self._v3("/v3/lease/timetolive", body, f"time to live of lease {lease_id}")
+        ttl = etcd.number(data.get("TTL"))
+        if ttl < 0:
+            return None
+        return LeaseStatus(
+            id=etcd.number(data.get("ID")) or lease_id,
+            ttl=ttl,
+            granted_ttl=etcd.number(data.get("grantedTTL")),
+            keys=tuple(etcd.decode(k) for k in data.get("keys") or ()),
+        )
+
+    def leases(self) -> builtins.list[int]:
+        """The ids of every lease, soonest to expire first."""
+        data = self._v3("/v3/lease/leases", {}, "list leases")
+        items = data.get("leases") or ()
+        return [etcd.number(item.get("ID")) for item in items if isinstance(item, dict)]
+
+    def watch(
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        range_end: str | None = None,
+        start_revision: int | None = None,
+        prev_kv: bool = False,
+        no_put: bool = False,
+        no_delete: bool = False,
+        progress_notify: bool = False,
+        idle_timeout: float | None = etcd.IDLE_PROBE,
+        max_message_bytes: int = etcd.MAX_WATCH_MESSAGE,
+    ) -> Watch:
+        """Watch `key` (every key under it with `prefix`, or [key, range_end))
+        from `start_revision` (None: changes after now); see `Watch`.
+
+        Returns once a node has created the watch, so a write made after this
+        returns is seen. Watches go to the endpoints in order (any node serves
+        them, from what it has applied), not to the leader. `idle_timeout`:
+        after this many silent seconds, check that the node still answers and
+        move to another if not (None: never). `max_message_bytes` bounds one
+        message (every event of one revision).
+        """
+        create: dict[str, Any] = etcd.key_range(key, prefix, range_end)
+        filters = [name for name, on in (("NOPUT", no_put), ("NODELETE", no_delete)) if on]
+        if filters:
+            create["filters"] = filters
+        if prev_kv:
+            create["prev_kv"] = True
+        if progress_notify:
+            create["progress_notify"] = True
+        config = StreamConfig(
+            endpoints=tuple(self.endpoints),
+            timeout=self.timeout,
+            request_timeout=self.request_timeout,
+            unreachable_timeout=self.unreachable_timeout,
+            headers={k: v for k, v in self._headers.items() if k != "Accept"},
+        )
+        return Watch(
+            config,
+            create,
+            start_revision or 0,
+            idle_timeout=idle_timeout,
+            max_message_bytes=max_message_bytes,
+        )
+
+    def _v3(
+        self,
+        path: str,
+        body: dict[str, Any],
+        op: str,
+        *,
+        write: bool = False,
+        resend: bool = True,
+    ) -> dict[str, Any]:
+        return self._call("POST", path, body, op, write=write, etcd_api=True, resend=resend)
+
+    def _clone(self) -> Client:
+        """A new Client with this one's settings, for another thread."""
+        return Client(
+            self.endpoints,
+            timeout=self.timeout,
+            request_timeout=self.request_timeout,
+            token=self._token,
+            prefer_leader=self.prefer_leader,
+            unreachable_timeout=self.unreachable_timeout,
+        )
+
     def open_session(self) -> str:
         """Open a new session for this client's writes and return its id (done
         for you at the first write, and when the cluster expired the last one)."""
@@ -410,12 +634,17 @@ class Client:
         write: bool = False,
         not_found_ok: bool = False,
         local: bool = False,
+        etcd_api: bool = False,
+        resend: bool = True,
     ) -> dict[str, Any]:
         """Run one operation with retries; return the JSON body of its answer.
 
         The same `body` (so the same client_id and seq) goes with every attempt.
         `local` (serializable reads): ask the endpoints, never the leader — such a
         read is served from the state of the node asked, which is the point of it.
+        `etcd_api`: a /v3 route, whose errors are etcd's. `resend` False: a write
+        without a session, never sent again once an attempt may have reached the
+        cluster (it would be applied twice): it raises OutcomeUnknown then.
         """
         leader_first = self.prefer_leader and not local
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -441,6 +670,8 @@ class Client:
             else:
                 if status < 300:
                     return data
+                if etcd_api:
+                    status, data = etcd.etcd_error(status, data)
                 if (
                     status == 404
                     and not_found_ok
@@ -464,6 +695,8 @@ class Client:
 
             failures.pop(target, None)
             failures[target] = description  # the latest failure last
+            if write and maybe_applied and not resend:
+                self._not_sent_again(op, attempts, time.monotonic() - start, failures)
             if target == self.leader and self.leader == leader_before:
                 self.leader = self._leader_hint = None  # it failed, naming no other: forget it
             chase = leader_first and self.leader is not None and self.leader != target
@@ -526,6 +759,20 @@ class Client:
                 failures=failures,
             )
         raise Unavailable(message, op=op, attempts=1, failures=failures)
+
+    def _not_sent_again(
+        self, op: str, attempts: int, elapsed: float, failures: dict[str, str]
+    ) -> NoReturn:
+        answers = "; ".join(f"{url}: {what}" for url, what in failures.items())
+        raise OutcomeUnknown(
+            f"{op} MAY HAVE TAKEN EFFECT: an attempt timed out or was cut off after it was "
+            f"sent, and a /v3 write has no session that would make a second attempt "
+            f"harmless, so it was not sent again. Read the keys it touches before trying "
+            f"again. ({attempts} attempt(s) in {elapsed:.1f}s; last answer per node: {answers})",
+            op=op,
+            attempts=attempts,
+            failures=failures,
+        )
 
     def _give_up(
         self,

@@ -14,11 +14,14 @@ whether it may still take effect, so every error says so in `known_outcome`:
   later, or never: read the key to find out before deciding to write again.
 
 Reads have no side effects, so a read that gives up always raises `Unavailable`.
+
+- `Compacted`: a watch (or read) from a revision that compaction has removed;
+  nothing took effect. Start again from `compact_revision` or later.
 """
 
 from __future__ import annotations
 
-__all__ = ["KvClusterError", "OutcomeUnknown", "RequestError", "Unavailable"]
+__all__ = ["Compacted", "KvClusterError", "OutcomeUnknown", "RequestError", "Unavailable"]
 
 
 class KvClusterError(Exception):
@@ -93,3 +96,15 @@ class OutcomeUnknown(_GaveUp):
     """Gave up; the write may have taken effect (now or later). Read before writing again."""
 
     known_outcome = False
+
+
+class Compacted(KvClusterError):
+    """The history from `revision` on is gone (compacted); `compact_revision` is
+    the oldest revision still kept, the earliest a watch may start from."""
+
+    known_outcome = True
+
+    def __init__(self, message: str, *, compact_revision: int, revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+        self.revision = revision

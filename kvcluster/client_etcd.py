@@ -1,0 +1,1053 @@
+"""etcd's v3 API for `kvcluster.Client`: transactions, leases and watches.
+
+These speak etcd's JSON gateway (`/v3/...`), not kvcluster's `/v1`, so the
+same calls work against a kvcluster node and against etcd 3.4 itself. Keys
+and values are text here: they travel base64-encoded, and bytes that are not
+UTF-8 (written by some other etcd client) come back with surrogate escapes
+rather than failing.
+
+What `/v1` has and `/v3` lacks is client sessions: a write sent twice is
+applied twice. So a /v3 write is sent again only when no earlier attempt can
+have reached the cluster (connection refused, "no leader"); otherwise the
+client gives up with `OutcomeUnknown` (a CAS sent twice could answer False
+about its own success).
+
+Client.py holds the methods; this module holds the shapes they return and
+the two things that outlive one call: a `Watch` stream and a lease's
+background keep-alive. Neither shares anything mutable with its Client, so a
+Watch can be read, and a KeepAlive runs, in another thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import httptools
+import requests
+
+from .errors import Compacted, KvClusterError, RequestError, Unavailable
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = [
+    "Compare",
+    "Delete",
+    "Get",
+    "KeepAlive",
+    "KeyValue",
+    "Lease",
+    "LeaseStatus",
+    "OpResponse",
+    "Put",
+    "Txn",
+    "TxnResult",
+    "Watch",
+    "WatchEvent",
+]
+
+MAX_WATCH_MESSAGE = 64 << 20  # bytes in one watch message (one revision's events, base64)
+MAX_RESPONSE_HEAD = 64 << 10
+IDLE_PROBE = 10.0  # seconds of silence after which a watch checks that its node still answers
+_RECV = 64 << 10
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """A key's value and revisions, as read; `revision` is the store revision of
+    the answer it came in; `lease` the lease it is attached to (0: none)."""
+
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    revision: int
+    lease: int = 0
+
+
+# ---------------------------------------------------------------------- the wire
+
+
+def encode(text: str) -> str:
+    """Text as the gateway's base64 (standard alphabet, padded)."""
+    if not isinstance(text, str):
+        raise TypeError(f"keys and values are str, got {type(text).__name__}")
+    return base64.b64encode(text.encode("utf-8", "surrogateescape")).decode("ascii")
+
+
+def decode(data: Any) -> str:
+    if not data:
+        return ""
+    try:
+        return base64.b64decode(str(data), validate=True).decode("utf-8", "surrogateescape")
+    except (binascii.Error, ValueError) as exc:
+        raise _malformed(f"{data!r} is not base64 ({exc})") from None
+
+
+def number(data: Any) -> int:
+    """A 64-bit integer from the gateway: a string, a number, or absent (0)."""
+    if data is None or data == "":
+        return 0
+    if isinstance(data, bool):
+        raise _malformed(f"expected an integer, got {data!r}")
+    try:
+        return int(data)
+    except (TypeError, ValueError):
+        raise _malformed(f"expected an integer, got {data!r}") from None
+
+
+def _malformed(what: str) -> KvClusterError:
+    return KvClusterError(
+        f"unexpected answer from the cluster: {what}; is it kvcluster or etcd 3.4 serving /v3?",
+        known_outcome=False,
+    )
+
+
+def header_revision(data: dict[str, Any]) -> int:
+    header = data.get("header")
+    return number(header.get("revision")) if isinstance(header, dict) else 0
+
+
+def key_value(data: Any, revision: int) -> KeyValue:
+    if not isinstance(data, dict):
+        raise _malformed(f"a key-value must be an object, got {data!r}")
+    return KeyValue(
+        key=decode(data.get("key")),
+        value=decode(data.get("value")),
+        create_revision=number(data.get("create_revision")),
+        mod_revision=number(data.get("mod_revision")),
+        version=number(data.get("version")),
+        revision=revision,
+        lease=number(data.get("lease")),
+    )
+
+
+def prefix_end(prefix: str) -> str:
+    """The range_end that makes [prefix, end) every key starting with `prefix`.
+
+    Computed on characters, not bytes (UTF-8 orders as code points do), so
+    the end is text too; "" (and a prefix of only U+10FFFF) means every key.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            last += 1
+            if 0xD800 <= last <= 0xDFFF:  # surrogates are no characters: skip them
+                last = 0xE000
+            return "".join(chars) + chr(last)
+    return "\x00"
+
+
+def key_range(key: str, prefix: bool, range_end: str | None) -> dict[str, str]:
+    """The key and range_end fields of a request."""
+    if prefix and range_end is not None:
+        raise ValueError("give prefix=True or a range_end, not both")
+    if prefix:
+        return {"key": encode(key or "\x00"), "range_end": encode(prefix_end(key))}
+    if not key:
+        raise ValueError("a key must not be empty (use prefix=True for every key)")
+    out = {"key": encode(key)}
+    if range_end is not None:
+        out["range_end"] = encode(range_end)
+    return out
+
+
+ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
+# The gateway's error messages that say what happened, as the codes the client
+# retries on (see Client._call); anything else is named after its gRPC code.
+_ETCD_MESSAGES = {
+    "etcdserver: no leader": "no_leader",
+    "etcdserver: not leader": "not_leader",
+    "etcdserver: leader changed": "not_leader",
+    ERR_LEASE_NOT_FOUND: "lease_not_found",
+    "etcdserver: mvcc: required revision has been compacted": "compacted",
+}
+_NOT_APPLIED = frozenset({"no_leader", "not_leader", "unavailable", "shutting_down"})
+_GRPC_CODES = (
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+)
+
+
+def etcd_error(status: int, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """An etcd gateway error {"error": msg, "message": msg, "code": n} as the
+    client's {"error": code, "message": msg}; a status of 503 marks what was
+    certainly not applied (the client retries it elsewhere)."""
+    message = str(data.get("message") or data.get("error") or f"HTTP {status}")
+    code = _ETCD_MESSAGES.get(message)
+    if code is None and message.startswith("cannot reach the leader"):
+        code = "unavailable"  # a kvcluster follower could not relay it
+    if code is None and message.startswith("this node was removed from the cluster"):
+        code = "shutting_down"
+    if code is None and message.startswith("etcdserver: request timed out"):
+        code = "timeout"
+    if code is None:
+        grpc = data.get("code")
+        if isinstance(grpc, int) and 0 <= grpc < len(_GRPC_CODES):
+            code = _GRPC_CODES[grpc]
+        else:
+            code = f"http_{status}"
+    if code in _NOT_APPLIED:
+        status = 503
+    return status, {"error": code, "message": message}
+
+
+# ---------------------------------------------------------------------- transactions
+
+CompareTarget = Literal["value", "version", "create", "mod", "lease"]
+CompareOp = Literal["==", "!=", "<", ">"]
+_TARGETS = {
+    "value": ("VALUE", "value"),
+    "version": ("VERSION", "version"),
+    "create": ("CREATE", "create_revision"),
+    "mod": ("MOD", "mod_revision"),
+    "lease": ("LEASE", "lease"),
+}
+_RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One condition of a txn, e.g. `Compare("k", "value", "==", "x")`, or
+    `Compare("k", "version", "==", 0)` for "k does not exist".
+
+    `target`: value, version, create (revision), mod (revision) or lease;
+    `op`: ==, !=, < or >. A value compare on a missing key is false, as in
+    etcd. With `prefix` or `range_end` every key in the range must match.
+    """
+
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    operand: str | int
+    range_end: str | None = None
+    prefix: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        if self.target not in _TARGETS:
+            raise ValueError(
+                f"compare target must be one of {sorted(_TARGETS)}, not {self.target!r}"
+            )
+        if self.op not in _RESULTS:
+            raise ValueError(f"compare op must be one of {sorted(_RESULTS)}, not {self.op!r}")
+        target, field = _TARGETS[self.target]
+        out: dict[str, Any] = key_range(self.key, self.prefix, self.range_end)
+        out["target"], out["result"] = target, _RESULTS[self.op]
+        if self.target == "value":
+            if not isinstance(self.operand, str):
+                raise TypeError(f"a value compare takes a str, got {self.operand!r}")
+            out[field] = encode(self.operand)
+        else:
+            if isinstance(self.operand, bool) or not isinstance(self.operand, int):
+                raise TypeError(f"a {self.target} compare takes an int, got {self.operand!r}")
+            out[field] = self.operand
+        return out
+
+
+@dataclass(frozen=True)
+class Get:
+    """Read a key (or a prefix, or [key, range_end)) inside a txn."""
+
+    key: str
+    range_end: str | None = None
+    prefix: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        return {"request_range": key_range(self.key, self.prefix, self.range_end)}
+
+
+@dataclass(frozen=True)
+class Put:
+    """Set a key inside a txn (attached to `lease` if not 0)."""
+
+    key: str
+    value: str
+    lease: int = 0
+    prev_kv: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = key_range(self.key, False, None)
+        out["value"] = encode(self.value)
+        if self.lease:
+            out["lease"] = self.lease
+        if self.prev_kv:
+            out["prev_kv"] = True
+        return {"request_put": out}
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete a key (or a prefix, or [key, range_end)) inside a txn."""
+
+    key: str
+    range_end: str | None = None
+    prefix: bool = False
+    prev_kv: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = key_range(self.key, self.prefix, self.range_end)
+        if self.prev_kv:
+            out["prev_kv"] = True
+        return {"request_delete_range": out}
+
+
+@dataclass(frozen=True)
+class Txn:
+    """A nested txn: its own compares and branches, inside a branch."""
+
+    compare: Sequence[Compare] = ()
+    success: Sequence[Op] = ()
+    failure: Sequence[Op] = ()
+
+    def wire(self) -> dict[str, Any]:
+        return {"request_txn": txn_body(self.compare, self.success, self.failure)}
+
+
+Op = Get | Put | Delete | Txn
+
+
+def txn_body(
+    compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name, items in (("compare", compare), ("success", success), ("failure", failure)):
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise TypeError(f"{name} must be a list, got {type(items).__name__}")
+        wired = []
+        for item in items:
+            if name == "compare" and not isinstance(item, Compare):
+                raise TypeError(f"compare takes Compare(...) items, got {item!r}")
+            if name != "compare" and not isinstance(item, (Get, Put, Delete, Txn)):
+                raise TypeError(f"{name} takes Get, Put, Delete or Txn items, got {item!r}")
+            wired.append(item.wire())
+        if wired:
+            body[name] = wired
+    return body
+
+
+def read_only(ops: Sequence[Op]) -> bool:
+    """True when no op (nested ones included) writes: such a txn may be sent again."""
+    for op in ops:
+        if isinstance(op, Txn):
+            if not (read_only(op.success) and read_only(op.failure)):
+                return False
+        elif not isinstance(op, Get):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class OpResponse:
+    """One op's answer in a txn. `kind`: "range", "put", "delete_range" or "txn".
+    `kvs`: the keys a range read, or the previous values a put or delete_range
+    replaced (when it asked for prev_kv). `count`: keys in the range (range),
+    keys deleted (delete_range). `txn`: a nested txn's result."""
+
+    kind: str
+    kvs: tuple[KeyValue, ...] = ()
+    count: int = 0
+    txn: TxnResult | None = None
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """`succeeded`: the compares held (the success branch ran); `revision`: the
+    store revision after the txn; `responses`: one per op of the branch that ran."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[OpResponse, ...] = ()
+
+
+def parse_txn(data: dict[str, Any], revision: int | None = None) -> TxnResult:
+    if revision is None:
+        revision = header_revision(data)
+    responses = []
+    for item in data.get("responses") or ():
+        if not isinstance(item, dict) or len(item) != 1:
+            raise _malformed(f"a txn response holds one result, got {item!r}")
+        [(name, body)] = item.items()
+        if not isinstance(body, dict):
+            raise _malformed(f"a txn response is an object, got {body!r}")
+        at = header_revision(body) or revision
+        if name == "response_range":
+            kvs = tuple(key_value(kv, at) for kv in body.get("kvs") or ())
+            responses.append(OpResponse("range", kvs, number(body.get("count"))))
+        elif name == "response_put":
+            prev = body.get("prev_kv")
+            responses.append(OpResponse("put", (key_value(prev, at),) if prev else ()))
+        elif name == "response_delete_range":
+            kvs = tuple(key_value(kv, at) for kv in body.get("prev_kvs") or ())
+            responses.append(OpResponse("delete_range", kvs, number(body.get("deleted"))))
+        elif name == "response_txn":
+            responses.append(OpResponse("txn", txn=parse_txn(body, revision)))
+        else:
+            raise _malformed(f"unknown txn response {name!r}")
+    return TxnResult(bool(data.get("succeeded")), revision, tuple(responses))
+
+
+# ---------------------------------------------------------------------- leases
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    """A lease's time to live: `ttl` seconds left, `granted_ttl` as granted (or
+    last renewed with), `keys` attached (when asked for)."""
+
+    id: int
+    ttl: int
+    granted_ttl: int
+    keys: tuple[str, ...] = ()
+
+
+class Lease:
+    """A granted lease. Attach keys with `client.put(key, value, lease=lease.id)`;
+    they are deleted with it when it expires (no keep-alive for `ttl` seconds)
+    or is revoked. As a context manager it stops its keep-alives and revokes
+    itself on exit. Its methods use the Client it came from (same thread)."""
+
+    def __init__(self, client: Client, lease_id: int, ttl: int) -> None:
+        self.id = lease_id
+        self.ttl = ttl  # as granted
+        self._client = client
+        self._keep_alives: list[KeepAlive] = []
+
+    def revoke(self) -> None:
+        """Revoke it now: its keys are deleted (at one revision)."""
+        self._client.lease_revoke(self.id)
+
+    def time_to_live(self, keys: bool = False) -> LeaseStatus | None:
+        """Seconds left, and the attached keys if `keys`; None once it is gone."""
+        return self._client.lease_time_to_live(self.id, keys=keys)
+
+    def keep_alive(self) -> int:
+        """Renew it once; return its TTL. Raises RequestError (lease_not_found) if it is gone."""
+        return self._client.lease_keep_alive(self.id)
+
+    def keep_alive_forever(self) -> KeepAlive:
+        """Renew it every ttl/3 seconds in a background thread until the
+        KeepAlive is closed (or this Lease's `with` block ends)."""
+        keeper = KeepAlive(self._client._clone(), self.id, self.ttl)
+        self._keep_alives.append(keeper)
+        return keeper
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for keeper in self._keep_alives:
+            keeper.close()
+        self._keep_alives.clear()
+        self.revoke()
+
+    def __repr__(self) -> str:
+        return f"Lease(id={self.id}, ttl={self.ttl})"
+
+
+class KeepAlive:
+    """A lease's keep-alives, sent every ttl/3 seconds by a daemon thread with a
+    Client of its own, until `close()`.
+
+    A keep-alive that fails (no leader for a while) is tried again every
+    second until the lease would have expired since the last renewal; then,
+    or when the cluster says the lease is gone, the thread stops and `error`
+    says why (`alive` turns False): the keys attached to it are gone or about
+    to be, and whoever relied on them should know.
+    """
+
+    def __init__(self, client: Client, lease_id: int, ttl: int) -> None:
+        self.lease_id = lease_id
+        self.ttl = max(1, ttl)
+        self.renewals = 0
+        self.error: KvClusterError | None = None
+        self._client = client
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"kvcluster-keepalive-{lease_id}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    def _run(self) -> None:
+        try:
+            expires = time.monotonic() + self.ttl
+            wait = 0.0  # the first renewal at once: the lease may have been granted long ago
+            while not self._stop.wait(wait):
+                sent = time.monotonic()
+                try:
+                    ttl = self._client.lease_keep_alive(self.lease_id)
+                except RequestError as exc:
+                    self.error = exc  # the lease is gone (or the request is wrong): stop
+                    return
+                except KvClusterError as exc:
+                    if time.monotonic() >= expires:
+                        self.error = exc
+                        return
+                    wait = min(1.0, self.ttl / 3)
+                    continue
+                self.ttl = max(1, ttl)
+                self.renewals += 1
+                expires = sent + self.ttl
+                wait = self.ttl / 3
+        finally:
+            self._client.close()
+
+    def close(self) -> None:
+        """Stop sending keep-alives (the lease then expires after its TTL)."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> KeepAlive:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------- watches
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change: `type` "PUT" or "DELETE"; `revision` is the change's (its
+    mod_revision); a DELETE has value "" and version 0; `prev` is the value it
+    replaced (only when the watch asked for prev_kv and there was one)."""
+
+    type: str
+    key: str
+    value: str
+    revision: int
+    create_revision: int
+    version: int
+    lease: int
+    prev: KeyValue | None = None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What a Watch copies from its Client (so it shares nothing mutable with it)."""
+
+    endpoints: tuple[str, ...]
+    timeout: float
+    request_timeout: float
+    unreachable_timeout: float | None
+    headers: dict[str, str]
+
+
+class _Broken(Exception):
+    """The stream (or the attempt to open one) failed; another node may do."""
+
+    def __init__(self, description: str, refused: bool = False) -> None:
+        super().__init__(description)
+        self.description = description
+        self.refused = refused
+
+
+class _Stream:
+    """One POST /v3/watch on a socket of its own: the request out, then the
+    answer's lines in. llhttp (httptools) does the HTTP framing; this bounds
+    the head and each line, and never loses bytes on a read timeout."""
+
+    def __init__(
+        self, base: str, body: bytes, headers: dict[str, str], timeout: float, max_line: int
+    ) -> None:
+        self.base = base
+        self.max_line = max_line
+        self.status = 0
+        self.lines: deque[bytes] = deque()
+        self.ended = False
+        self.error_body = b""
+        self._buffer = bytearray()
+        self._head = 0
+        self._in_head = True
+        self._problem = ""
+        parts = urlsplit(base)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError:
+            raise _Broken("connection refused", refused=True) from None
+        except socket.gaierror:
+            raise _Broken("host name not found", refused=True) from None
+        except OSError as exc:
+            raise _Broken(f"cannot connect: {exc}") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if parts.scheme == "https":
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            lines = ["POST /v3/watch HTTP/1.1", f"Host: {parts.netloc}"]
+            lines += [f"{name}: {value}" for name, value in headers.items()]
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}", "", ""]
+            sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+        except OSError as exc:
+            sock.close()
+            raise _Broken(f"cannot send the watch request: {exc}") from None
+        self.sock = sock
+        self._parser = httptools.HttpResponseParser(self)
+
+    # llhttp's callbacks
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self._in_head = False
+
+    def on_body(self, data: bytes) -> None:
+        if self.status != 200:
+            if len(self.error_body) < 4096:
+                self.error_body += data[: 4096 - len(self.error_body)]
+            return
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._buffer[:end]).strip()
+            del self._buffer[: end + 1]
+            if line:
+                self.lines.append(line)
+        if len(self._buffer) > self.max_line:
+            self._problem = "too big"
+            self._buffer.clear()
+
+    def on_message_complete(self) -> None:
+        self.ended = True
+
+    def next_line(self, until: float | None) -> bytes | None:
+        """The next line of the answer; None if none came by `until` (monotonic).
+        Raises _Broken when the stream ends or fails, RequestError on a 4xx."""
+        while not self.lines:
+            if self.ended or self._problem:
+                self._finish()
+            timeout = None if until is None else until - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return None
+            try:
+                self.sock.settimeout(timeout)
+                data = self.sock.recv(_RECV)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise _Broken(f"the stream broke: {exc}") from None
+            if not data:
+                self.ended = True
+                continue
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise _Broken(f"malformed answer: {exc}") from None
+            except httptools.HttpParserUpgrade:
+                raise _Broken("the node switched protocols") from None
+            if self._in_head:
+                self._head += len(data)
+                if self._head > MAX_RESPONSE_HEAD:
+                    raise _Broken(f"the answer's head is over {MAX_RESPONSE_HEAD} bytes")
+        return self.lines.popleft()
+
+    def _finish(self) -> None:
+        if self._problem:
+            raise KvClusterError(
+                f"a watch message from {self.base} is over {self.max_line} bytes; watch with a "
+                "larger max_message_bytes (one message holds every event of a revision)",
+                known_outcome=True,
+            )
+        if self.status and self.status != 200:
+            try:
+                data = json.loads(self.error_body)
+                if not isinstance(data, dict):
+                    raise ValueError
+            except ValueError:
+                data = {"message": self.error_body[:200].decode("utf-8", "replace")}
+            status, error = etcd_error(self.status, data)
+            description = f"HTTP {self.status} {error['error']} ({error['message']})"
+            if 400 <= status < 500 and status not in (408, 429):
+                raise RequestError(
+                    f"watch was rejected by {self.base}: {description}",
+                    status=status,
+                    error=error["error"],
+                    server_message=error["message"],
+                    endpoint=self.base,
+                )
+            raise _Broken(description)
+        tail = bytes(self._buffer).strip()
+        self._buffer.clear()
+        if tail:  # grpc-gateway ends a failed stream with an error object and no newline
+            self.lines.append(tail)
+            return
+        raise _Broken("the node ended the stream")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+        self.sock.close()
+
+
+class Watch:
+    """Every change to a key, a prefix or a range, in revision order; from
+    `Client.watch`. Iterate it (blocks until the next event) or call
+    `get(timeout)`; `close()` (or the end of a `with` block) ends it, also
+    from another thread.
+
+    `revision` is the last revision the caller has seen: the last event's, or
+    a progress notification's. The watch reads from one node; when that
+    stream breaks (the node died, or stayed silent and then failed a probe)
+    it opens a new one at the next endpoint from the last revision received
+    + 1, so no event is lost or repeated. If no node answers within the
+    Client's timeout it raises Unavailable, and watching again from
+    `revision + 1` picks up where it stopped. A start revision that
+    compaction removed raises `Compacted` (at the first read).
+    """
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        create: dict[str, Any],
+        start_revision: int,
+        *,
+        idle_timeout: float | None = IDLE_PROBE,
+        max_message_bytes: int = MAX_WATCH_MESSAGE,
+    ) -> None:
+        if start_revision < 0:
+            raise ValueError(
+                f"start_revision must be positive (or None: from now), got {start_revision}"
+            )
+        self.key = decode(create.get("key"))
+        self.revision = max(0, start_revision - 1)
+        self._received = self.revision  # resume from here + 1 (events may still be queued)
+        self._config = config
+        self._create = create
+        self._idle = idle_timeout
+        self._max = max_message_bytes
+        self._at = 0  # index of the endpoint in use
+        self._queue: deque[WatchEvent | int] = deque()  # an int: a progress revision
+        self._stream: _Stream | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._probe_session = requests.Session()
+        self._probe_session.trust_env = False
+        self._heard = time.monotonic()
+        self._connect(start_revision, None)
+
+    @property
+    def endpoint(self) -> str | None:
+        """The node the watch reads from now."""
+        stream = self._stream
+        return None if stream is None else stream.base
+
+    # ------------------------------------------------------------------ reading
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        event = self.get()
+        if event is None:
+            raise StopIteration
+        return event
+
+    def get(self, timeout: float | None = None) -> WatchEvent | None:
+        """The next event; None if none came within `timeout` seconds, or the
+        watch is closed."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while True:
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, int):
+                    self.revision = max(self.revision, item)
+                    continue
+                self.revision = item.revision
+                return item
+            stream = self._stream
+            if self._closed or stream is None:
+                return None
+            wake = until
+            if self._idle is not None:
+                idle_at = self._heard + self._idle
+                wake = idle_at if wake is None else min(wake, idle_at)
+            try:
+                line = stream.next_line(wake)
+            except _Broken as exc:
+                self._resume(stream, exc.description)
+                continue
+            except KvClusterError:
+                self.close()
+                raise
+            now = time.monotonic()
+            if line is None:
+                if until is not None and now >= until:
+                    return None
+                if self._closed:
+                    return None
+                if self._probe(stream.base):
+                    self._heard = now
+                else:
+                    self._resume(stream, f"silent for {self._idle:g} s and not answering")
+                continue
+            self._heard = now
+            try:
+                self._take(line, stream.base)
+            except _Broken as exc:
+                self._resume(stream, exc.description)
+            except KvClusterError:
+                self.close()
+                raise
+
+    def _take(self, line: bytes, base: str) -> None:
+        """One message of the stream: queue its events (or its progress)."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise _malformed(f"watch message {line[:200]!r} is not JSON") from None
+        if not isinstance(message, dict):
+            raise _malformed(f"watch message {line[:200]!r} is not an object")
+        if "error" in message:
+            error = message["error"]
+            raise _Broken(f"the node ended the stream with an error: {error}")
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise _malformed(f"watch message {line[:200]!r} has no result")
+        revision = header_revision(result)
+        if result.get("canceled"):
+            self._canceled(result, base)
+        if result.get("created"):
+            return
+        events = result.get("events") or ()
+        if not events:  # a progress notification: everything up to `revision` was sent
+            if revision > self._received:
+                self._received = revision
+                self._queue.append(revision)
+            return
+        for raw in events:
+            self._queue.append(self._event(raw, revision))
+        last = self._queue[-1]
+        assert isinstance(last, WatchEvent)
+        self._received = last.revision
+
+    @staticmethod
+    def _event(raw: Any, revision: int) -> WatchEvent:
+        if not isinstance(raw, dict):
+            raise _malformed(f"a watch event is an object, got {raw!r}")
+        kind = str(raw.get("type") or "PUT").upper()
+        if kind not in ("PUT", "DELETE"):
+            raise _malformed(f"unknown watch event type {kind!r}")
+        kv = key_value(raw.get("kv") or {}, revision)
+        prev = raw.get("prev_kv")
+        return WatchEvent(
+            type=kind,
+            key=kv.key,
+            value=kv.value,
+            revision=kv.mod_revision,
+            create_revision=kv.create_revision,
+            version=kv.version,
+            lease=kv.lease,
+            prev=key_value(prev, revision) if prev else None,
+        )
+
+    def _canceled(self, result: dict[str, Any], base: str) -> None:
+        compact = number(result.get("compact_revision"))
+        wanted = self._received + 1
+        if compact:
+            self.close()
+            raise Compacted(
+                f"cannot watch {self.key!r} from revision {wanted}: compaction removed the "
+                f"history before revision {compact}. Watch from revision {compact} or later (or "
+                "from now), after reading the current values if you need them.",
+                compact_revision=compact,
+                revision=wanted,
+            )
+        reason = str(result.get("cancel_reason") or "")
+        if reason:
+            self.close()
+            raise RequestError(
+                f"{base} refused the watch on {self.key!r}: {reason}",
+                status=400,
+                error="watch_canceled",
+                server_message=reason,
+                endpoint=base,
+            )
+        raise _Broken("the node canceled the watch")
+
+    # ------------------------------------------------------------------ connecting
+
+    def _probe(self, base: str) -> bool:
+        """Does the node still answer? (A stopped node keeps its socket open.)"""
+        try:
+            resp = self._probe_session.get(base + "/version", timeout=self._config.request_timeout)
+        except requests.RequestException:
+            return False
+        return resp.status_code == 200
+
+    def _resume(self, broken: _Stream, why: str) -> None:
+        """Go on at the next endpoint from what was received + 1."""
+        with self._lock:
+            if self._stream is broken:
+                self._stream = None
+        broken.close()
+        if self._closed:
+            return
+        self._at += 1
+        self._connect(self._received + 1, f"{broken.base}: {why}")
+
+    def _connect(self, start: int, why: str | None) -> None:
+        """Open a stream at the first endpoint that answers "created", trying
+        each in turn (with a short backoff between rounds) for the timeout."""
+        config = self._config
+        n = len(config.endpoints)
+        began = time.monotonic()
+        deadline = began + config.timeout
+        failures: dict[str, str] = {}
+        if why:
+            base, _, said = why.partition(": ")
+            failures[base] = said
+        attempts, refused_only, backoff = 0, True, BACKOFF_FIRST
+        while True:
+            base = config.endpoints[self._at % n]
+            attempts += 1
+            try:
+                stream, revision = self._open(base, start, deadline)
+            except _Broken as exc:
+                failures.pop(base, None)
+                failures[base] = exc.description
+                refused_only = refused_only and exc.refused
+            else:
+                with self._lock:
+                    closed = self._closed
+                    if not closed:
+                        self._stream = stream
+                if closed:
+                    stream.close()
+                    return
+                if not start:
+                    self.revision = self._received = revision
+                self._heard = time.monotonic()
+                return
+            self._at += 1
+            now = time.monotonic()
+            if attempts % n == 0:
+                time.sleep(min(backoff, max(0.0, deadline - now)))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                now = time.monotonic()
+            unreachable = (
+                refused_only
+                and attempts >= n
+                and config.unreachable_timeout is not None
+                and now - began >= config.unreachable_timeout
+            )
+            if now >= deadline or unreachable or self._closed:
+                break
+        self.close()
+        answers = "; ".join(f"{url}: {what}" for url, what in failures.items())
+        if why is None:
+            message = (
+                f"watch {self.key!r} failed: no node could start it within {config.timeout:g}s"
+            )
+        else:
+            message = (
+                f"watch {self.key!r} lost its stream and no node took it up within "
+                f"{config.timeout:g}s; every event up to revision {self._received} was "
+                f"received: watch again with start_revision={self._received + 1}"
+            )
+        raise Unavailable(
+            f"{message} ({answers})", op="watch", attempts=attempts, failures=failures
+        )
+
+    def _open(self, base: str, start: int, deadline: float) -> tuple[_Stream, int]:
+        """One attempt: the stream and the revision its "created" answer holds."""
+        create = dict(self._create)
+        if start:
+            create["start_revision"] = start
+        body = json.dumps({"create_request": create}, separators=(",", ":")).encode()
+        wait = max(0.05, min(self._config.request_timeout, deadline - time.monotonic()))
+        stream = _Stream(base, body, self._config.headers, wait, self._max)
+        try:
+            line = stream.next_line(time.monotonic() + wait)
+            if line is None:
+                raise _Broken("no answer in time")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                raise _Broken(f"the answer is not JSON: {line[:100]!r}") from None
+            result = message.get("result") if isinstance(message, dict) else None
+            if not isinstance(result, dict):
+                raise _Broken(f"unexpected answer: {line[:200]!r}")
+            if result.get("canceled"):
+                self._canceled(result, base)
+            if not result.get("created"):
+                raise _Broken(f"the answer is not a created watch: {line[:200]!r}")
+        except BaseException:
+            stream.close()
+            raise
+        return stream, header_revision(result)
+
+    # ------------------------------------------------------------------ ending
+
+    def close(self) -> None:
+        """End the watch (from any thread): a blocked read returns None."""
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+        self._probe_session.close()
+
+    cancel = close
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Watch(key={self.key!r}, revision={self.revision}, endpoint={self.endpoint!r})"
