@@ -36,8 +36,8 @@ installed is skipped with a message.
 The watch metric is `kvcluster.experiments.watch.measure` for both systems,
 through etcd's gateway only (`/v3/kv/put`, `/v3/watch`): sequential puts (10
 warm-up puts, then `--watch-puts`, each sent once the last one's answer and
-event are in, after a random pause of 2.5-7.5 ms), the put and its event
-timed on one event loop. Each round starts fresh clusters, systems in turn
+event are in, after a random pause of 0.5-1.5 x `--watch-interval-ms`), the
+put and its event timed on one event loop. Each round starts fresh clusters, systems in turn
 (the order rotating every round). Its rows are percentiles over every put of
 every round, with a 95% interval from a two-level bootstrap (rounds resampled,
 then the puts within each), so that the differences between clusters count
@@ -608,7 +608,7 @@ def throughput_round(
 
 
 def watch_round(
-    sys_: System, n: int, r: int, puts: int, load: int
+    sys_: System, n: int, r: int, puts: int, load: int, interval: float
 ) -> tuple[list[Sample], WatchPuts]:
     """Puts to the leader, watched on a follower (the only node when n = 1)."""
     leader = sys_.wait_for_leader()
@@ -619,7 +619,7 @@ def watch_round(
         eps[(leader + 1) % n],
         puts=puts,
         warmup=10,
-        interval=0.005,
+        interval=interval,
         value_size=VALUE_SIZE,
         load_clients=load,
         seed=r,
@@ -766,7 +766,9 @@ def run(args: argparse.Namespace) -> tuple[list[Sample], list[WatchPuts]]:
                 print(f"[{n} nodes] watch round {r + 1}/{args.watch_rounds}: {name}", flush=True)
                 try:
                     with started(name, n, 1.0, 0.1, args) as s:
-                        got, puts = watch_round(s, n, r, args.watch_puts, args.watch_load)
+                        got, puts = watch_round(
+                            s, n, r, args.watch_puts, args.watch_load, args.watch_interval_ms / 1000
+                        )
                 except Exception as exc:
                     print(f"  {name} watch failed: {type(exc).__name__}: {exc}", flush=True)
                     continue
@@ -1013,6 +1015,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--watch-puts", type=int, default=200, help="measured puts per watch round")
     p.add_argument(
         "--watch-load", type=int, default=0, help="background writers to the leader in watch rounds"
+    )
+    p.add_argument(
+        "--watch-interval-ms",
+        type=float,
+        default=5.0,
+        help="mean pause between watched puts (0: back to back, the processes never sleep)",
     )
     p.add_argument(
         "--quick",
