@@ -2,8 +2,10 @@
 
 Exit status: 0 when the command did what was asked; 1 when it could not (no
 node reachable, the cluster refused or gave up, `status` could not reach an
-endpoint, `get` of a key that does not exist); 2 for a usage error, which
-names the flag and what it accepts; 130 after Ctrl-C.
+endpoint, `get` of a key that does not exist, a lease that does not exist, a
+`watch` from a compacted revision); 2 for a usage error, which names the flag
+and what it accepts; 3 when `txn`'s compare failed (nothing was changed);
+130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import KvClusterError
 from .raft import ConfigError
 from .server.config import EVENT_LOOPS, FSYNC_POLICIES, READ_MODES
+
+if TYPE_CHECKING:
+    from .client import Client
 
 T = TypeVar("T")
 
@@ -139,6 +144,19 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
     return parse
 
 
+def _lease_id(text: str) -> int:
+    """A lease id: decimal, or hexadecimal with 0x (as etcdctl prints them)."""
+    try:
+        value = int(text, 16) if text.lower().startswith("0x") else int(text, 10)
+    except ValueError:
+        value = 0
+    if not 0 < value < 1 << 63:
+        raise argparse.ArgumentTypeError(
+            f"expected a lease id (from `kvcluster lease grant`), got {text!r}"
+        )
+    return value
+
+
 def _endpoints(text: str) -> list[str]:
     """URL,URL,...: each http(s)://HOST:PORT (or HOST:PORT)."""
     urls: list[str] = []
@@ -242,7 +260,8 @@ class Parsers:
         self.top = argparse.ArgumentParser(
             prog="kvcluster",
             description="A Raft-replicated key/value store for experiments.",
-            epilog="Exit status: 0 done; 1 not done (unreachable, refused, not found); 2 usage.",
+            epilog="Exit status: 0 done; 1 not done (unreachable, refused, not found); 2 usage; "
+            "3 txn compare failed.",
             formatter_class=HelpFormatter,
         )
         _add_client_options(self.top, top=True)
@@ -356,6 +375,12 @@ def build_parsers() -> Parsers:
     p = client_cmd("put", "set a key; prints its revision")
     p.add_argument("key")
     p.add_argument("value")
+    p.add_argument(
+        "--lease",
+        type=_lease_id,
+        metavar="ID",
+        help="attach the key to lease ID (from `lease grant`): it is deleted when the lease ends",
+    )
     p = client_cmd("get", "print a key's value (exit status 1 if there is no such key)")
     p.add_argument("key")
     p.add_argument("--serializable", action="store_true", help="local, possibly stale read")
@@ -368,7 +393,67 @@ def build_parsers() -> Parsers:
     p = client_cmd("remove-member", "remove a node from the cluster (needs the token)")
     p.add_argument("name")
     _add_token_options(p, "needed to change the membership")
+    _add_etcd_commands(ps, client_cmd)
     return ps
+
+
+def _add_etcd_commands(
+    ps: Parsers, client_cmd: Callable[[str, str], argparse.ArgumentParser]
+) -> None:
+    """txn, watch and lease: etcd's v3 API (they work against etcd 3.4 too)."""
+    p = client_cmd(
+        "txn",
+        "compare-and-swap one key: set (or delete) it only if it holds OLD (or does not "
+        "exist); prints whether it did (exit status 3 if it did not)",
+    )
+    p.add_argument("key")
+    condition = p.add_mutually_exclusive_group(required=True)
+    condition.add_argument("--if-value", metavar="OLD", help="only if KEY holds OLD")
+    condition.add_argument("--if-absent", action="store_true", help="only if KEY does not exist")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--set", metavar="NEW", help="then set KEY to NEW")
+    action.add_argument("--delete", action="store_true", help="then delete KEY")
+
+    p = client_cmd("watch", "print each change to a key (or prefix) as a JSON line, until Ctrl-C")
+    p.add_argument("key")
+    p.add_argument("--prefix", action="store_true", help="every key that starts with KEY")
+    p.add_argument(
+        "--rev",
+        type=_positive(int),
+        metavar="N",
+        help="start at revision N (past changes from the history); default: from now",
+    )
+    p.add_argument("--prev-kv", action="store_true", help="show each change's previous value")
+    p.add_argument("--count", type=_positive(int), metavar="N", help="stop after N changes")
+    p.add_argument(
+        "--duration", type=_positive(float), metavar="SECONDS", help="stop after SECONDS"
+    )
+
+    lease = client_cmd("lease", "grant, revoke, inspect, list or keep alive leases")
+    actions = lease.add_subparsers(dest="lease_command", required=True, metavar="ACTION")
+
+    def action_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = actions.add_parser(
+            name, help=help_text, description=help_text, formatter_class=HelpFormatter
+        )
+        _add_client_options(q, top=False)
+        ps.by_name[f"lease {name}"] = q
+        return q
+
+    q = action_cmd("grant", "grant a lease of TTL seconds; prints its id")
+    q.add_argument("ttl", type=_positive(int), metavar="TTL")
+    q.add_argument("--id", type=_lease_id, help="this id (default: the cluster picks one)")
+    q = action_cmd("revoke", "revoke a lease: the keys attached to it are deleted")
+    q.add_argument("id", type=_lease_id)
+    q = action_cmd("ttl", "print a lease's seconds left (exit status 1 if there is no such lease)")
+    q.add_argument("id", type=_lease_id)
+    q.add_argument("--keys", action="store_true", help="list the keys attached to it")
+    action_cmd("list", "print the id of every lease, one per line")
+    q = action_cmd(
+        "keep-alive", "renew a lease every TTL/3 seconds until Ctrl-C; prints each renewal"
+    )
+    q.add_argument("id", type=_lease_id)
+    q.add_argument("--once", action="store_true", help="renew it once, then exit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -573,7 +658,8 @@ def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
         unreachable_timeout=min(args.timeout, UNREACHABLE_TIMEOUT),
     ) as c:
         if args.command == "put":
-            print(json.dumps({"key": args.key, "revision": c.put(args.key, args.value)}))
+            revision = c.put(args.key, args.value, lease=args.lease or 0)
+            print(json.dumps({"key": args.key, "revision": revision}))
         elif args.command == "get":
             kv = c.get_kv(
                 args.key, consistency="serializable" if args.serializable else "linearizable"
@@ -601,6 +687,90 @@ def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
                 return 1
         elif args.command == "remove-member":
             print(json.dumps(c.remove_member(args.name)))
+        elif args.command == "txn":
+            return _txn(c, args)
+        elif args.command == "watch":
+            return _watch(c, args)
+        elif args.command == "lease":
+            return _lease(c, args)
+    return 0
+
+
+def _txn(c: Client, args: argparse.Namespace) -> int:
+    from .client import Compare, Delete, Put
+
+    if args.if_absent:
+        condition = Compare(args.key, "version", "==", 0)
+    else:
+        condition = Compare(args.key, "value", "==", args.if_value)
+    action = Delete(args.key) if args.delete else Put(args.key, args.set)
+    result = c.txn([condition], [action])
+    print(json.dumps({"key": args.key, "succeeded": result.succeeded, "revision": result.revision}))
+    return 0 if result.succeeded else 3
+
+
+def _watch(c: Client, args: argparse.Namespace) -> int:
+    until = None if args.duration is None else time.monotonic() + args.duration
+    seen = 0
+    with c.watch(args.key, prefix=args.prefix, start_revision=args.rev, prev_kv=args.prev_kv) as w:
+        while args.count is None or seen < args.count:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            event = w.get(left)
+            if event is None:
+                break
+            line: dict[str, Any] = {
+                "type": event.type,
+                "key": event.key,
+                "value": event.value,
+                "revision": event.revision,
+                "version": event.version,
+            }
+            if event.lease:
+                line["lease"] = event.lease
+            if args.prev_kv:
+                line["prev_value"] = None if event.prev is None else event.prev.value
+            try:
+                print(json.dumps(line), flush=True)
+            except BrokenPipeError:  # `kvcluster watch ... | head -1`: the reader is done
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
+            seen += 1
+    return 0
+
+
+def _lease(c: Client, args: argparse.Namespace) -> int:
+    action = args.lease_command
+    if action == "grant":
+        lease = c.lease_grant(args.ttl, args.id or 0)
+        print(json.dumps({"id": lease.id, "ttl": lease.ttl}))
+    elif action == "revoke":
+        c.lease_revoke(args.id)
+        print(json.dumps({"id": args.id, "revoked": True}))
+    elif action == "ttl":
+        status = c.lease_time_to_live(args.id, keys=args.keys)
+        if status is None:
+            print(f"lease {args.id}: not found (expired or revoked)", file=sys.stderr)
+            return 1
+        out: dict[str, Any] = {
+            "id": status.id,
+            "ttl": status.ttl,
+            "granted_ttl": status.granted_ttl,
+        }
+        if args.keys:
+            out["keys"] = list(status.keys)
+        print(json.dumps(out))
+    elif action == "list":
+        for lease_id in c.leases():
+            print(lease_id)
+    elif action == "keep-alive":
+        while True:
+            ttl = c.lease_keep_alive(args.id)
+            print(json.dumps({"id": args.id, "ttl": ttl}), flush=True)
+            if args.once:
+                break
+            time.sleep(max(0.5, ttl / 3))  # the renewal period, as etcdctl's
     return 0
 
 

@@ -450,9 +450,11 @@ class Client:
         try:
             self._v3("/v3/lease/revoke", {"ID": _lease_id(lease_id)}, op, write=True)
         except RequestError as exc:
-            if exc.error == "lease_not_found" and not exc.known_outcome:
+            if exc.error != "lease_not_found":
+                raise
+            if not exc.known_outcome:
                 return  # an earlier attempt of ours revoked it
-            raise
+            raise _lease_gone(lease_id, op) from None
 
     def lease_keep_alive(self, lease_id: int) -> int:
         """Renew a lease once; return its TTL. Raises RequestError (error

@@ -643,10 +643,14 @@ class _Stream:
             if len(self.error_body) < 4096:
                 self.error_body += data[: 4096 - len(self.error_body)]
             return
+        if self._problem:
+            return  # the rest of an oversized message: dropped with the stream
         self._buffer += data
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
+                break
+            if end > self.max_line:
                 break
             line = bytes(self._buffer[:end]).strip()
             del self._buffer[: end + 1]

@@ -10,19 +10,21 @@ whose node is killed goes on at another node with no gap and no duplicate.
 from __future__ import annotations
 
 import contextlib
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 import requests
-from etcd_helpers import DEADLINE
+from etcd_helpers import DEADLINE, b64
 from served import free_port
 from test_etcd3gw_suite import PortRace, etcd_server
 
 from kvcluster import Cluster
 from kvcluster.client import Client, Compare, Delete, Get, Put, Txn
-from kvcluster.errors import Compacted, OutcomeUnknown, RequestError, Unavailable
+from kvcluster.errors import Compacted, KvClusterError, OutcomeUnknown, RequestError, Unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -349,3 +351,149 @@ def test_a_watch_with_no_node_left_says_where_to_resume(cluster: Cluster) -> Non
             with contextlib.suppress(Exception):
                 cluster.restart(victim)
     cluster.wait_for_leader(DEADLINE)
+
+
+# ---------------------------------------------------------------------- scripted nodes
+# Where the rule is about what a client does with a message no real node can
+# be made to send on cue (a progress notification after 10 minutes, a message
+# over the limit, a node that accepts connections and never answers), a
+# scripted node sends it.
+
+
+class ScriptedNode:
+    """Answers each POST /v3/watch with the next script: lines sent as HTTP
+    chunks, then the connection closed ("close") or held open ("hold").
+    GET /version answers 200 unless `silent`. Records each watch request."""
+
+    def __init__(self, scripts: list[tuple[list[bytes], str]], *, silent: bool = False) -> None:
+        self.scripts = scripts
+        self.silent = silent
+        self.requests: list[dict[str, object]] = []
+        self.release = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.threads: list[threading.Thread] = []
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(body) < length:
+                body += conn.recv(65536)
+            if head.startswith(b"GET /version"):
+                if self.silent:
+                    self.release.wait(DEADLINE)
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                return
+            self.requests.append(json.loads(body)["create_request"])
+            lines, end = self.scripts.pop(0) if self.scripts else ([], "hold")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for line in lines:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(line), line))
+            if end == "hold":
+                self.release.wait(DEADLINE)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.close()
+        for t in self.threads:
+            t.join(DEADLINE)
+
+
+def message(revision: int, **result: object) -> bytes:
+    body = {"result": {"header": {"revision": str(revision)}, **result}}
+    return json.dumps(body).encode() + b"\n"
+
+
+def put_event(key: str, value: str, revision: int) -> dict[str, object]:
+    kv = {"key": b64(key), "value": b64(value), "mod_revision": str(revision)}
+    return {"kv": {**kv, "create_revision": str(revision), "version": "1"}}
+
+
+@contextlib.contextmanager
+def scripted(*nodes: ScriptedNode) -> Iterator[list[ScriptedNode]]:
+    try:
+        yield list(nodes)
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def test_a_watch_that_saw_only_progress_resumes_after_the_progress_revision() -> None:
+    first = ScriptedNode([([message(5, created=True), message(9)], "close")])
+    second = ScriptedNode(
+        [([message(12, created=True), message(12, events=[put_event("k", "v", 10)])], "hold")]
+    )
+    with scripted(first, second), Client([first.url, second.url], timeout=DEADLINE) as c:
+        w = c.watch("k", idle_timeout=None)
+        assert w.revision == 5
+        event = w.get(DEADLINE)
+        assert event is not None and event.revision == 10 and w.revision == 10
+        assert "start_revision" not in first.requests[0]  # from now
+        assert second.requests[0]["start_revision"] == 10  # the progress said: all up to 9
+        w.close()
+
+
+def test_a_watch_resumes_after_its_last_event_not_the_header_revision() -> None:
+    """etcd's header revision can run ahead of the events still to come: only
+    the events say what was received."""
+    events = [put_event("k", "a", 4), put_event("k", "b", 5)]
+    first = ScriptedNode([([message(3, created=True), message(20, events=events)], "close")])
+    second = ScriptedNode([([message(20, created=True)], "hold")])
+    with scripted(first, second), Client([first.url, second.url], timeout=DEADLINE) as c:
+        w = c.watch("k", start_revision=4, idle_timeout=None)
+        assert [e.value for e in (w.get(DEADLINE), w.get(DEADLINE)) if e] == ["a", "b"]
+        assert w.get(0.5) is None and second.requests[0]["start_revision"] == 6
+        w.close()
+
+
+def test_a_watch_message_over_the_limit_ends_the_watch_saying_what_to_raise() -> None:
+    huge = message(2, events=[put_event("k", "x" * 5000, 2)])
+    node = ScriptedNode([([message(1, created=True), huge], "hold")])
+    with scripted(node), Client([node.url], timeout=DEADLINE) as c:
+        w = c.watch("k", max_message_bytes=1000)
+        with pytest.raises(KvClusterError) as caught:
+            w.get(DEADLINE)
+        assert "max_message_bytes" in str(caught.value)
+        assert w.get(0) is None  # it ended
+
+
+def test_a_silent_node_that_fails_its_probe_is_left_for_the_next() -> None:
+    """A stopped node keeps its socket open: the watch asks it for /version
+    after idle_timeout and, with no answer, goes on elsewhere."""
+    stuck = ScriptedNode([([message(7, created=True)], "hold")], silent=True)
+    alive = ScriptedNode(
+        [([message(9, created=True), message(9, events=[put_event("k", "v", 8)])], "hold")]
+    )
+    with (
+        scripted(stuck, alive),
+        Client([stuck.url, alive.url], timeout=DEADLINE, request_timeout=0.5) as c,
+    ):
+        w = c.watch("k", idle_timeout=0.5)
+        event = w.get(DEADLINE)
+        assert event is not None and event.revision == 8 and w.endpoint == alive.url
+        assert alive.requests[0]["start_revision"] == 8
+        w.close()
