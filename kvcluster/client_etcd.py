@@ -475,7 +475,11 @@ class Lease:
         for keeper in self._keep_alives:
             keeper.close()
         self._keep_alives.clear()
-        self.revoke()
+        try:
+            self.revoke()
+        except RequestError as exc:
+            if exc.error != "lease_not_found":
+                raise  # else it expired already: gone, as leaving the block asks
 
     def __repr__(self) -> str:
         return f"Lease(id={self.id}, ttl={self.ttl})"
@@ -745,7 +749,8 @@ class Watch:
     + 1, so no event is lost or repeated. If no node answers within the
     Client's timeout it raises Unavailable, and watching again from
     `revision + 1` picks up where it stopped. A start revision that
-    compaction removed raises `Compacted` (at the first read).
+    compaction removed raises `Compacted` (at the first read). One thread
+    reads a Watch at a time.
     """
 
     def __init__(
@@ -959,6 +964,9 @@ class Watch:
                 failures.pop(base, None)
                 failures[base] = exc.description
                 refused_only = refused_only and exc.refused
+            except KvClusterError:  # refused as wrong (or compacted): no node would take it
+                self.close()
+                raise
             else:
                 with self._lock:
                     closed = self._closed

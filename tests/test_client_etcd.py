@@ -189,8 +189,8 @@ def test_a_cas_whose_answer_is_lost_raises_outcome_unknown_and_is_not_sent_again
 def test_lease_keep_alive_holds_keys_until_it_stops(connect: Connect) -> None:
     c = connect()
     key = unique("lease")
-    lease = c.lease_grant(2)
-    assert lease.id > 0 and lease.ttl >= 2
+    lease = c.lease_grant(3)  # short, with room for a slow keep-alive on a busy machine
+    assert lease.id > 0 and lease.ttl >= 3
     c.put(key, "here", lease=lease.id)
     status = lease.time_to_live(keys=True)
     assert status is not None and status.keys == (key,) and 0 < status.ttl <= lease.ttl
