@@ -45,7 +45,7 @@ from tqdm import tqdm
 from .check import HistoryRecorder, Operation, check, save
 from .check.linearizability import Result
 from .check.watch import Change, WatcherLog, WatchResult, check_watches, prefix_end
-from .client import Client, Watch
+from .client import Client, Put, Watch
 from .client_etcd import WatchEvent
 from .cluster import Cluster, ClusterError
 from .errors import Compacted, KvClusterError, Unavailable
@@ -156,10 +156,11 @@ class NemesisResult:
 class _Worker(threading.Thread):
     """One client issuing random puts, compare-and-swaps, gets and deletes on a few keys.
 
-    Puts, gets and deletes go through /v1, compare-and-swaps through etcd's
-    /v3/kv/txn: both write the same store, so the checker sees them mixed on
-    the same keys. A cas expects the value this client last saw or wrote for
-    the key (half the time it reads the key first), so that many swap.
+    Puts, gets and deletes go through /v1; compare-and-swaps, and a few puts
+    of two keys at once, through etcd's /v3/kv/txn: both write the same
+    store, so the checker sees them mixed on the same keys. A cas expects the
+    value this client last saw or wrote for the key (half the time it reads
+    the key first), so that many swap.
     """
 
     def __init__(
@@ -208,7 +209,9 @@ class _Worker(threading.Thread):
             self.client.endpoints = endpoints  # between two operations, in this thread
         key = f"{PREFIX}{self.rng.randrange(self.keys)}"
         roll = self.rng.random()
-        if roll < 0.3:
+        if roll < 0.05:
+            self._put_two(key)
+        elif roll < 0.3:
             value = self._value()
             token = self.history.invoke(self.client_name, "put", key, value)
             ok, revision = self._write(token, lambda: self.client.put(key, value))
@@ -226,6 +229,26 @@ class _Worker(threading.Thread):
                 self.known[key] = None
                 if deleted:
                     self.deleted.add(token)
+
+    def _put_two(self, key: str) -> None:
+        """Two keys put by one txn, so at one revision: a revision of two events
+        for the watchers. Each is recorded as a put of its own key (the checker
+        judges keys one by one; the watch check sees them together)."""
+        other = f"{PREFIX}{(int(key[len(PREFIX) :]) + 1) % self.keys}"
+        if other == key:
+            return
+        puts = [(k, self._value()) for k in (key, other)]
+        tokens = [self.history.invoke(self.client_name, "put", k, v) for k, v in puts]
+        try:
+            result = self.client.txn(success=[Put(k, v) for k, v in puts])
+        except KvClusterError as exc:
+            for token in tokens:
+                self.history.complete(token, "fail" if exc.known_outcome else "unknown")
+            return
+        for token, (k, v) in zip(tokens, puts, strict=True):
+            self.history.complete(token, "ok")
+            self.revisions[token] = result.revision
+            self.known[k] = v
 
     def _value(self) -> str:
         self.seq += 1

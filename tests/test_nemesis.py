@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import replace
 
 import pytest
 
+from kvcluster.check import check
 from kvcluster.check.watch import check_watches, check_writes
 from kvcluster.nemesis import NemesisConfig, NemesisResult, run
 
@@ -39,13 +41,17 @@ def test_a_five_node_cluster_stays_linearizable_under_random_faults() -> None:
     assert watch is not None and watch.ok is True, result.summary()
     assert len(watch.watchers) == 4 and len(watch.members) >= 3
     assert watch.checked > 1000 and watch.reconnects >= 1, result.summary()
-    assert all(c.revision <= result.final_revision for c in result.committed["n0"])
-    _corrupted_deliveries_fail(result)
+    history = next(iter(result.committed.values()))
+    assert all(c.revision <= result.final_revision for c in history)
+    assert any(
+        a.revision == b.revision for a, b in itertools.pairwise(history)
+    )  # two keys put by one txn
+    _corrupted_records_fail(result)
 
 
-def _corrupted_deliveries_fail(result: NemesisResult) -> None:
-    """The run's own records, broken on purpose, must fail the watch check: a
-    clean verdict above is then worth something."""
+def _corrupted_records_fail(result: NemesisResult) -> None:
+    """The run's own records, broken on purpose, must fail the checks: the
+    clean verdicts above are then worth something."""
     log = max(result.watchers, key=lambda w: len(w.changes))
     assert len(log.changes) > 100
     middle = len(log.changes) // 2
@@ -57,10 +63,15 @@ def _corrupted_deliveries_fail(result: NemesisResult) -> None:
     twice = check_watches(result.committed, result.final_revision, [replace(log, changes=again)])
     assert twice.ok is False and "a duplicate" in twice.explain()
     # An acknowledged write the history does not hold is a lost write.
-    put = next(op for op in reversed(result.operations) if op.op == "cas" and op.status == "ok")
-    committed = [c for c in result.committed["n0"] if c.value != put.value]
+    swap = next(op for op in reversed(result.operations) if op.op == "cas" and op.status == "ok")
+    history = next(iter(result.committed.values()))
+    committed = [c for c in history if c.value != swap.value]
     problems = check_writes(committed, result.operations)
-    assert len(problems) == 1 and f"lost write: op #{put.id}" in problems[0]
+    assert len(problems) == 1 and f"lost write: op #{swap.id}" in problems[0]
+    # And a cas that swapped a value nobody wrote is not linearizable.
+    ops = [replace(op, expected="never written") if op is swap else op for op in result.operations]
+    verdict = check([op for op in ops if op.key == swap.key], timeout=60.0, shrink_steps=0)
+    assert verdict.ok is False and "never written" in verdict.explain()
 
 
 def test_the_nemesis_catches_stale_reads() -> None:
