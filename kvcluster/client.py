@@ -697,10 +697,10 @@ class Client:
 
             failures.pop(target, None)
             failures[target] = description  # the latest failure last
-            if write and maybe_applied and not resend:
-                self._not_sent_again(op, attempts, time.monotonic() - start, failures)
             if target == self.leader and self.leader == leader_before:
                 self.leader = self._leader_hint = None  # it failed, naming no other: forget it
+            if write and maybe_applied and not resend:
+                self._not_sent_again(op, attempts, time.monotonic() - start, failures)
             chase = leader_first and self.leader is not None and self.leader != target
             target = self._next_target(target, leader_first)
             now = time.monotonic()
