@@ -44,7 +44,15 @@ from tqdm import tqdm
 
 from .check import HistoryRecorder, Operation, check, save
 from .check.linearizability import Result
-from .check.watch import Change, WatcherLog, WatchResult, check_watches, prefix_end
+from .check.watch import (
+    Change,
+    WatcherLog,
+    WatchRecord,
+    WatchResult,
+    check_watches,
+    prefix_end,
+    save_record,
+)
 from .client import Client, Put, Watch
 from .client_etcd import WatchEvent
 from .cluster import Cluster, ClusterError
@@ -148,7 +156,8 @@ class NemesisResult:
         lines.extend(self.notes)
         if self.work_dir is not None:
             lines.append(
-                f"kept: {self.work_dir} (history.jsonl, watches.json, *.events.jsonl, *.log)"
+                f"kept: {self.work_dir} (history.jsonl, watches.json, *.events.jsonl, *.log;"
+                " kvcluster check history.jsonl --watches watches.json checks them again)"
             )
         return "\n".join(lines)
 
@@ -660,13 +669,13 @@ def run(config: NemesisConfig | None = None, *, progress: bool = True) -> Nemesi
     operations = history.operations()
     result = check(operations, timeout=120.0)
     logs = [w.log for w in watchers]
+    revisions: dict[int, int] = {}
+    deleted: set[int] = set()
+    for w in workers:
+        revisions.update(w.revisions)
+        deleted |= w.deleted
     watch: WatchResult | None = None
     if watchers and committed:
-        revisions: dict[int, int] = {}
-        deleted: set[int] = set()
-        for w in workers:
-            revisions.update(w.revisions)
-            deleted |= w.deleted
         watch = check_watches(
             committed, final, logs, operations, revisions=revisions, deleted=deleted
         )
@@ -677,15 +686,9 @@ def run(config: NemesisConfig | None = None, *, progress: bool = True) -> Nemesi
         counts[op.status] = counts.get(op.status, 0) + 1
     save(operations, work_dir / "history.jsonl")
     (work_dir / "faults.json").write_text(json.dumps(nemesis.log, indent=1))
-    (work_dir / "watches.json").write_text(
-        json.dumps(
-            {
-                "final_revision": final,
-                "committed": {n: [c.to_list() for c in h] for n, h in committed.items()},
-                "watchers": [log.to_dict() for log in logs],
-            }
-        )
-    )
+    if watchers:
+        record = WatchRecord(committed, final, logs, revisions, deleted)
+        save_record(record, work_dir / "watches.json")
     outcome = NemesisResult(
         ok=result.ok,
         ops=len(operations),

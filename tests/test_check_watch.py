@@ -7,18 +7,23 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from kvcluster.check import Operation
+from kvcluster.check import Operation, save
+from kvcluster.check.cli import main
 from kvcluster.check.watch import (
     Change,
     WatcherLog,
+    WatchRecord,
     WatchResult,
     check_watches,
     check_writes,
     in_range,
+    load_record,
     prefix_end,
+    save_record,
 )
 
 
@@ -397,3 +402,42 @@ def test_a_lost_delete_is_caught() -> None:
     assert check_writes(committed, deletes, deleted={4}) == []
     problems = check_writes(committed, deletes[:1], revisions={4: 3}, deleted={4})
     assert len(problems) == 1 and "at revision 3" in problems[0]
+
+
+# ---- records on disk and `kvcluster check --watches` -----------------------------------
+
+
+def test_a_saved_record_checks_again_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    committed = [
+        Change(1, "PUT", "k1", "a"),
+        Change(2, "PUT", "k1", "b"),
+        Change(2, "PUT", "k2", "c"),
+        Change(3, "DELETE", "k1"),
+    ]
+    ops = [
+        op(1, "put", "k1", "a"),
+        op(2, "cas", "k1", "b", expected="a"),
+        op(3, "get", "k1", "b"),
+        op(4, "delete", "k1", None),
+    ]
+    save(ops, tmp_path / "history.jsonl")
+    good = WatchRecord({"n0": committed, "n1": committed}, 3, [watcher(committed)], {1: 1}, {4})
+    save_record(good, tmp_path / "watches.json")
+    again = load_record(tmp_path / "watches.json")
+    assert again == good
+    args = [str(tmp_path / "history.jsonl"), "--watches", str(tmp_path / "watches.json")]
+    assert main(args) == 0
+    assert "watch: ok; 1 watchers, 4 events checked" in capsys.readouterr().out
+
+    bad = watcher(committed)
+    del bad.changes[1], bad.batches[1]  # r2 split: one of its two events missing
+    save_record(replace(good, watchers=[bad]), tmp_path / "watches.json")
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "result:     linearizable" in out and "a gap: r2 PUT 'k1' = 'b'" in out
+
+    (tmp_path / "watches.json").write_text('{"committed": 1}')
+    assert main(args) == 2
+    assert "not a watch record" in capsys.readouterr().err

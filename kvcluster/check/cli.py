@@ -8,6 +8,7 @@ from collections import Counter
 
 from .history import HistoryError, load
 from .linearizability import check
+from .watch import load_record
 
 EXIT_OK, EXIT_VIOLATION, EXIT_UNDECIDED = 0, 1, 2
 
@@ -27,6 +28,12 @@ def build_parser(prog: str = "kvcluster check") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-steps", type=int, default=None, help="give up after this many search steps"
+    )
+    parser.add_argument(
+        "--watches",
+        metavar="FILE",
+        help="also check a nemesis run's watchers against its committed history "
+        "(its watches.json), and the history's acknowledged writes against it",
     )
     parser.add_argument(
         "--no-shrink",
@@ -67,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     if result.ok is not True:
         print()
         print(result.explain())
-    if result.ok is None:
+    ok = result.ok
+    if args.watches:
+        try:
+            record = load_record(args.watches)
+            watched = record.check(ops)
+        except (OSError, ValueError) as exc:
+            print(f"kvcluster check: {exc}", file=sys.stderr)
+            return EXIT_UNDECIDED
+        print()
+        print(watched.explain())
+        if watched.ok is False or ok is False:
+            ok = False
+        elif watched.ok is None:
+            ok = None
+    if ok is None:
         return EXIT_UNDECIDED
-    return EXIT_OK if result.ok else EXIT_VIOLATION
+    return EXIT_OK if ok else EXIT_VIOLATION

@@ -21,22 +21,27 @@ and so the checks can be tested on histories made up to break them.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from .history import Operation
 
 __all__ = [
     "Change",
+    "WatchRecord",
     "WatchResult",
     "WatcherLog",
     "WatcherVerdict",
     "check_watches",
     "check_writes",
     "in_range",
+    "load_record",
     "prefix_end",
+    "save_record",
 ]
 
 ChangeType: TypeAlias = Literal["PUT", "DELETE"]
@@ -469,3 +474,55 @@ def check_watches(
         disagreement=disagreement,
         write_problems=problems,
     )
+
+
+# ---- records on disk ------------------------------------------------------------------
+
+
+@dataclass
+class WatchRecord:
+    """Everything `check_watches` judges but the clients' history: what a run
+    saves beside its history.jsonl, so a failure can be checked again."""
+
+    copies: dict[str, list[Change]]
+    last_revision: int
+    watchers: list[WatcherLog]
+    revisions: dict[int, int] = field(default_factory=dict)
+    deleted: set[int] = field(default_factory=set)
+
+    def check(self, operations: Iterable[Operation] = ()) -> WatchResult:
+        return check_watches(
+            self.copies,
+            self.last_revision,
+            self.watchers,
+            operations,
+            revisions=self.revisions,
+            deleted=self.deleted,
+        )
+
+
+def save_record(record: WatchRecord, path: str | Path) -> None:
+    """Write a record as one JSON object (see `load_record`)."""
+    data = {
+        "last_revision": record.last_revision,
+        "committed": {n: [c.to_list() for c in h] for n, h in record.copies.items()},
+        "watchers": [w.to_dict() for w in record.watchers],
+        "revisions": {str(k): v for k, v in sorted(record.revisions.items())},
+        "deleted": sorted(record.deleted),
+    }
+    Path(path).write_text(json.dumps(data), encoding="utf-8")
+
+
+def load_record(path: str | Path) -> WatchRecord:
+    """Read a record `save_record` wrote; ValueError if it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return WatchRecord(
+            copies={str(n): [Change.from_list(c) for c in h] for n, h in data["committed"].items()},
+            last_revision=int(data["last_revision"]),
+            watchers=[WatcherLog.from_dict(w) for w in data["watchers"]],
+            revisions={int(k): int(v) for k, v in data.get("revisions", {}).items()},
+            deleted={int(i) for i in data.get("deleted", [])},
+        )
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a watch record ({type(exc).__name__}: {exc})") from None
