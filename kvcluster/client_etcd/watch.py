@@ -1,27 +1,8 @@
-"""etcd's v3 API for `kvcluster.Client`: transactions, leases and watches.
-
-These speak etcd's JSON gateway (`/v3/...`), not kvcluster's `/v1`, so the
-same calls work against a kvcluster node and against etcd 3.4 itself. Keys
-and values are text here: they travel base64-encoded, and bytes that are not
-UTF-8 (written by some other etcd client) come back with surrogate escapes
-rather than failing.
-
-What `/v1` has and `/v3` lacks is client sessions: a write sent twice is
-applied twice. So a /v3 write is sent again only when no earlier attempt can
-have reached the cluster (connection refused, "no leader"); otherwise the
-client gives up with `OutcomeUnknown` (a CAS sent twice could answer False
-about its own success).
-
-Client.py holds the methods; this module holds the shapes they return and
-the two things that outlive one call: a `Watch` stream and a lease's
-background keep-alive. Neither shares anything mutable with its Client, so a
-Watch can be read, and a KeepAlive runs, in another thread.
-"""
+"""Watches: one POST /v3/watch stream at a time, resumed at another node by
+revision when it breaks."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import socket
@@ -29,35 +10,17 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 import requests
 
-from .errors import Compacted, KvClusterError, RequestError, Unavailable
-
-if TYPE_CHECKING:
-    from .client import Client
-
-__all__ = [
-    "Compare",
-    "Delete",
-    "Get",
-    "KeepAlive",
-    "KeyValue",
-    "Lease",
-    "LeaseStatus",
-    "OpResponse",
-    "Put",
-    "Txn",
-    "TxnResult",
-    "Watch",
-    "WatchEvent",
-]
+from ..errors import Compacted, KvClusterError, RequestError, Unavailable
+from .wire import KeyValue, decode, etcd_error, header_revision, key_value, malformed, number
 
 MAX_WATCH_MESSAGE = 64 << 20  # bytes in one watch message (one revision's events, base64)
 MAX_RESPONSE_HEAD = 64 << 10
@@ -65,496 +28,6 @@ IDLE_PROBE = 10.0  # seconds of silence after which a watch checks that its node
 _RECV = 64 << 10
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    """A key's value and revisions, as read; `revision` is the store revision of
-    the answer it came in; `lease` the lease it is attached to (0: none)."""
-
-    key: str
-    value: str
-    create_revision: int
-    mod_revision: int
-    version: int
-    revision: int
-    lease: int = 0
-
-
-# ---------------------------------------------------------------------- the wire
-
-
-def encode(text: str) -> str:
-    """Text as the gateway's base64 (standard alphabet, padded)."""
-    if not isinstance(text, str):
-        raise TypeError(f"keys and values are str, got {type(text).__name__}")
-    return base64.b64encode(text.encode("utf-8", "surrogateescape")).decode("ascii")
-
-
-def decode(data: Any) -> str:
-    if not data:
-        return ""
-    try:
-        return base64.b64decode(str(data), validate=True).decode("utf-8", "surrogateescape")
-    except (binascii.Error, ValueError) as exc:
-        raise _malformed(f"{data!r} is not base64 ({exc})") from None
-
-
-def number(data: Any) -> int:
-    """A 64-bit integer from the gateway: a string, a number, or absent (0)."""
-    if data is None or data == "":
-        return 0
-    if isinstance(data, bool):
-        raise _malformed(f"expected an integer, got {data!r}")
-    try:
-        return int(data)
-    except (TypeError, ValueError):
-        raise _malformed(f"expected an integer, got {data!r}") from None
-
-
-def _malformed(what: str) -> KvClusterError:
-    return KvClusterError(
-        f"unexpected answer from the cluster: {what}; is it kvcluster or etcd 3.4 serving /v3?",
-        known_outcome=False,
-    )
-
-
-def header_revision(data: dict[str, Any]) -> int:
-    header = data.get("header")
-    return number(header.get("revision")) if isinstance(header, dict) else 0
-
-
-def key_value(data: Any, revision: int) -> KeyValue:
-    if not isinstance(data, dict):
-        raise _malformed(f"a key-value must be an object, got {data!r}")
-    return KeyValue(
-        key=decode(data.get("key")),
-        value=decode(data.get("value")),
-        create_revision=number(data.get("create_revision")),
-        mod_revision=number(data.get("mod_revision")),
-        version=number(data.get("version")),
-        revision=revision,
-        lease=number(data.get("lease")),
-    )
-
-
-def prefix_end(prefix: str) -> str:
-    """The range_end that makes [prefix, end) every key starting with `prefix`.
-
-    Computed on characters, not bytes (UTF-8 orders as code points do), so
-    the end is text too; "" (and a prefix of only U+10FFFF) means every key.
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            last += 1
-            if 0xD800 <= last <= 0xDFFF:  # surrogates are no characters: skip them
-                last = 0xE000
-            return "".join(chars) + chr(last)
-    return "\x00"
-
-
-def key_range(key: str, prefix: bool, range_end: str | None) -> dict[str, str]:
-    """The key and range_end fields of a request."""
-    if prefix and range_end is not None:
-        raise ValueError("give prefix=True or a range_end, not both")
-    if prefix:
-        return {"key": encode(key or "\x00"), "range_end": encode(prefix_end(key))}
-    if not key:
-        raise ValueError("a key must not be empty (use prefix=True for every key)")
-    out = {"key": encode(key)}
-    if range_end is not None:
-        out["range_end"] = encode(range_end)
-    return out
-
-
-ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
-# The gateway's error messages that say what happened, as the codes the client
-# retries on (see Client._call); anything else is named after its gRPC code.
-_ETCD_MESSAGES = {
-    "etcdserver: no leader": "no_leader",
-    "etcdserver: not leader": "not_leader",
-    "etcdserver: leader changed": "not_leader",
-    ERR_LEASE_NOT_FOUND: "lease_not_found",
-    "etcdserver: mvcc: required revision has been compacted": "compacted",
-}
-_NOT_APPLIED = frozenset({"no_leader", "not_leader", "unavailable", "shutting_down"})
-_GRPC_CODES = (
-    "ok",
-    "cancelled",
-    "unknown",
-    "invalid_argument",
-    "deadline_exceeded",
-    "not_found",
-    "already_exists",
-    "permission_denied",
-    "resource_exhausted",
-    "failed_precondition",
-    "aborted",
-    "out_of_range",
-    "unimplemented",
-    "internal",
-    "unavailable",
-    "data_loss",
-    "unauthenticated",
-)
-
-
-def etcd_error(status: int, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """An etcd gateway error {"error": msg, "message": msg, "code": n} as the
-    client's {"error": code, "message": msg}; a status of 503 marks what was
-    certainly not applied (the client retries it elsewhere)."""
-    message = str(data.get("message") or data.get("error") or f"HTTP {status}")
-    code = _ETCD_MESSAGES.get(message)
-    if code is None and message.startswith("cannot reach the leader"):
-        code = "unavailable"  # a kvcluster follower could not relay it
-    if code is None and message.startswith("this node was removed from the cluster"):
-        code = "shutting_down"
-    if code is None and message.startswith("etcdserver: request timed out"):
-        code = "timeout"
-    if code is None:
-        grpc = data.get("code")
-        if isinstance(grpc, int) and 0 <= grpc < len(_GRPC_CODES):
-            code = _GRPC_CODES[grpc]
-        else:
-            code = f"http_{status}"
-    if code in _NOT_APPLIED:
-        status = 503
-    return status, {"error": code, "message": message}
-
-
-# ---------------------------------------------------------------------- transactions
-
-CompareTarget = Literal["value", "version", "create", "mod", "lease"]
-CompareOp = Literal["==", "!=", "<", ">"]
-_TARGETS = {
-    "value": ("VALUE", "value"),
-    "version": ("VERSION", "version"),
-    "create": ("CREATE", "create_revision"),
-    "mod": ("MOD", "mod_revision"),
-    "lease": ("LEASE", "lease"),
-}
-_RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
-
-
-@dataclass(frozen=True)
-class Compare:
-    """One condition of a txn, e.g. `Compare("k", "value", "==", "x")`, or
-    `Compare("k", "version", "==", 0)` for "k does not exist".
-
-    `target`: value, version, create (revision), mod (revision) or lease;
-    `op`: ==, !=, < or >. A value compare on a missing key is false, as in
-    etcd. With `prefix` or `range_end` every key in the range must match.
-    """
-
-    key: str
-    target: CompareTarget
-    op: CompareOp
-    operand: str | int
-    range_end: str | None = None
-    prefix: bool = False
-
-    def wire(self) -> dict[str, Any]:
-        if self.target not in _TARGETS:
-            raise ValueError(
-                f"compare target must be one of {sorted(_TARGETS)}, not {self.target!r}"
-            )
-        if self.op not in _RESULTS:
-            raise ValueError(f"compare op must be one of {sorted(_RESULTS)}, not {self.op!r}")
-        target, field = _TARGETS[self.target]
-        out: dict[str, Any] = key_range(self.key, self.prefix, self.range_end)
-        out["target"], out["result"] = target, _RESULTS[self.op]
-        if self.target == "value":
-            if not isinstance(self.operand, str):
-                raise TypeError(f"a value compare takes a str, got {self.operand!r}")
-            out[field] = encode(self.operand)
-        else:
-            if isinstance(self.operand, bool) or not isinstance(self.operand, int):
-                raise TypeError(f"a {self.target} compare takes an int, got {self.operand!r}")
-            out[field] = self.operand
-        return out
-
-
-@dataclass(frozen=True)
-class Get:
-    """Read a key (or a prefix, or [key, range_end)) inside a txn."""
-
-    key: str
-    range_end: str | None = None
-    prefix: bool = False
-
-    def wire(self) -> dict[str, Any]:
-        return {"request_range": key_range(self.key, self.prefix, self.range_end)}
-
-
-@dataclass(frozen=True)
-class Put:
-    """Set a key inside a txn (attached to `lease` if not 0)."""
-
-    key: str
-    value: str
-    lease: int = 0
-    prev_kv: bool = False
-
-    def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = key_range(self.key, False, None)
-        out["value"] = encode(self.value)
-        if self.lease:
-            out["lease"] = self.lease
-        if self.prev_kv:
-            out["prev_kv"] = True
-        return {"request_put": out}
-
-
-@dataclass(frozen=True)
-class Delete:
-    """Delete a key (or a prefix, or [key, range_end)) inside a txn."""
-
-    key: str
-    range_end: str | None = None
-    prefix: bool = False
-    prev_kv: bool = False
-
-    def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = key_range(self.key, self.prefix, self.range_end)
-        if self.prev_kv:
-            out["prev_kv"] = True
-        return {"request_delete_range": out}
-
-
-@dataclass(frozen=True)
-class Txn:
-    """A nested txn: its own compares and branches, inside a branch."""
-
-    compare: Sequence[Compare] = ()
-    success: Sequence[Op] = ()
-    failure: Sequence[Op] = ()
-
-    def wire(self) -> dict[str, Any]:
-        return {"request_txn": txn_body(self.compare, self.success, self.failure)}
-
-
-Op = Get | Put | Delete | Txn
-
-
-def txn_body(
-    compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    for name, items in (("compare", compare), ("success", success), ("failure", failure)):
-        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-            raise TypeError(f"{name} must be a list, got {type(items).__name__}")
-        wired = []
-        for item in items:
-            if name == "compare" and not isinstance(item, Compare):
-                raise TypeError(f"compare takes Compare(...) items, got {item!r}")
-            if name != "compare" and not isinstance(item, (Get, Put, Delete, Txn)):
-                raise TypeError(f"{name} takes Get, Put, Delete or Txn items, got {item!r}")
-            wired.append(item.wire())
-        if wired:
-            body[name] = wired
-    return body
-
-
-def read_only(ops: Sequence[Op]) -> bool:
-    """True when no op (nested ones included) writes: such a txn may be sent again."""
-    for op in ops:
-        if isinstance(op, Txn):
-            if not (read_only(op.success) and read_only(op.failure)):
-                return False
-        elif not isinstance(op, Get):
-            return False
-    return True
-
-
-@dataclass(frozen=True)
-class OpResponse:
-    """One op's answer in a txn. `kind`: "range", "put", "delete_range" or "txn".
-    `kvs`: the keys a range read, or the previous values a put or delete_range
-    replaced (when it asked for prev_kv). `count`: keys in the range (range),
-    keys deleted (delete_range). `txn`: a nested txn's result."""
-
-    kind: str
-    kvs: tuple[KeyValue, ...] = ()
-    count: int = 0
-    txn: TxnResult | None = None
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    """`succeeded`: the compares held (the success branch ran); `revision`: the
-    store revision after the txn; `responses`: one per op of the branch that ran."""
-
-    succeeded: bool
-    revision: int
-    responses: tuple[OpResponse, ...] = ()
-
-
-def parse_txn(data: dict[str, Any], revision: int | None = None) -> TxnResult:
-    if revision is None:
-        revision = header_revision(data)
-    responses = []
-    for item in data.get("responses") or ():
-        if not isinstance(item, dict) or len(item) != 1:
-            raise _malformed(f"a txn response holds one result, got {item!r}")
-        [(name, body)] = item.items()
-        if not isinstance(body, dict):
-            raise _malformed(f"a txn response is an object, got {body!r}")
-        at = header_revision(body) or revision
-        if name == "response_range":
-            kvs = tuple(key_value(kv, at) for kv in body.get("kvs") or ())
-            responses.append(OpResponse("range", kvs, number(body.get("count"))))
-        elif name == "response_put":
-            prev = body.get("prev_kv")
-            responses.append(OpResponse("put", (key_value(prev, at),) if prev else ()))
-        elif name == "response_delete_range":
-            kvs = tuple(key_value(kv, at) for kv in body.get("prev_kvs") or ())
-            responses.append(OpResponse("delete_range", kvs, number(body.get("deleted"))))
-        elif name == "response_txn":
-            responses.append(OpResponse("txn", txn=parse_txn(body, revision)))
-        else:
-            raise _malformed(f"unknown txn response {name!r}")
-    return TxnResult(bool(data.get("succeeded")), revision, tuple(responses))
-
-
-# ---------------------------------------------------------------------- leases
-
-
-@dataclass(frozen=True)
-class LeaseStatus:
-    """A lease's time to live: `ttl` seconds left, `granted_ttl` as granted (or
-    last renewed with), `keys` attached (when asked for)."""
-
-    id: int
-    ttl: int
-    granted_ttl: int
-    keys: tuple[str, ...] = ()
-
-
-class Lease:
-    """A granted lease. Attach keys with `client.put(key, value, lease=lease.id)`;
-    they are deleted with it when it expires (no keep-alive for `ttl` seconds)
-    or is revoked. As a context manager it stops its keep-alives and revokes
-    itself on exit. Its methods use the Client it came from (same thread)."""
-
-    def __init__(self, client: Client, lease_id: int, ttl: int) -> None:
-        self.id = lease_id
-        self.ttl = ttl  # as granted
-        self._client = client
-        self._keep_alives: list[KeepAlive] = []
-
-    def revoke(self) -> None:
-        """Revoke it now: its keys are deleted (at one revision)."""
-        self._client.lease_revoke(self.id)
-
-    def time_to_live(self, keys: bool = False) -> LeaseStatus | None:
-        """Seconds left, and the attached keys if `keys`; None once it is gone."""
-        return self._client.lease_time_to_live(self.id, keys=keys)
-
-    def keep_alive(self) -> int:
-        """Renew it once; return its TTL. Raises RequestError (lease_not_found) if it is gone."""
-        return self._client.lease_keep_alive(self.id)
-
-    def keep_alive_forever(self) -> KeepAlive:
-        """Renew it every ttl/3 seconds in a background thread until the
-        KeepAlive is closed (or this Lease's `with` block ends)."""
-        keeper = KeepAlive(self._client._clone(), self.id, self.ttl)
-        self._keep_alives.append(keeper)
-        return keeper
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for keeper in self._keep_alives:
-            keeper.close()
-        self._keep_alives.clear()
-        try:
-            self.revoke()
-        except RequestError as exc:
-            if exc.error != "lease_not_found":
-                raise  # else it expired already: gone, as leaving the block asks
-
-    def __repr__(self) -> str:
-        return f"Lease(id={self.id}, ttl={self.ttl})"
-
-
-class KeepAlive:
-    """A lease's keep-alives, sent every ttl/3 seconds by a daemon thread with a
-    Client of its own, until `close()`.
-
-    A keep-alive that fails (no leader for a while) is tried again every
-    second until the lease would have expired since the last renewal; then,
-    or when the cluster says the lease is gone, the thread stops and `error`
-    says why (`alive` turns False): the keys attached to it are gone or about
-    to be, and whoever relied on them should know.
-    """
-
-    def __init__(self, client: Client, lease_id: int, ttl: int) -> None:
-        self.lease_id = lease_id
-        self.ttl = max(1, ttl)
-        self.renewals = 0
-        self.error: KvClusterError | None = None
-        self._client = client
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"kvcluster-keepalive-{lease_id}", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self.error is None
-
-    def _run(self) -> None:
-        try:
-            expires = time.monotonic() + self.ttl
-            wait = 0.0  # the first renewal at once: the lease may have been granted long ago
-            while not self._stop.wait(wait):
-                sent = time.monotonic()
-                try:
-                    ttl = self._client.lease_keep_alive(self.lease_id)
-                except RequestError as exc:
-                    self.error = exc  # the lease is gone (or the request is wrong): stop
-                    return
-                except KvClusterError as exc:
-                    if time.monotonic() >= expires:
-                        self.error = exc
-                        return
-                    wait = min(1.0, self.ttl / 3)
-                    continue
-                self.ttl = max(1, ttl)
-                self.renewals += 1
-                expires = sent + self.ttl
-                wait = self.ttl / 3
-        finally:
-            self._client.close()
-
-    def close(self) -> None:
-        """Stop sending keep-alives (the lease then expires after its TTL)."""
-        self._stop.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-
-    def __enter__(self) -> KeepAlive:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------------- watches
 
 
 @dataclass(frozen=True, slots=True)
@@ -852,15 +325,15 @@ class Watch:
         try:
             message = json.loads(line)
         except ValueError:
-            raise _malformed(f"watch message {line[:200]!r} is not JSON") from None
+            raise malformed(f"watch message {line[:200]!r} is not JSON") from None
         if not isinstance(message, dict):
-            raise _malformed(f"watch message {line[:200]!r} is not an object")
+            raise malformed(f"watch message {line[:200]!r} is not an object")
         if "error" in message:
             error = message["error"]
             raise _Broken(f"the node ended the stream with an error: {error}")
         result = message.get("result")
         if not isinstance(result, dict):
-            raise _malformed(f"watch message {line[:200]!r} has no result")
+            raise malformed(f"watch message {line[:200]!r} has no result")
         revision = header_revision(result)
         if result.get("canceled"):
             self._canceled(result, base)
@@ -881,10 +354,10 @@ class Watch:
     @staticmethod
     def _event(raw: Any, revision: int) -> WatchEvent:
         if not isinstance(raw, dict):
-            raise _malformed(f"a watch event is an object, got {raw!r}")
+            raise malformed(f"a watch event is an object, got {raw!r}")
         kind = str(raw.get("type") or "PUT").upper()
         if kind not in ("PUT", "DELETE"):
-            raise _malformed(f"unknown watch event type {kind!r}")
+            raise malformed(f"unknown watch event type {kind!r}")
         kv = key_value(raw.get("kv") or {}, revision)
         prev = raw.get("prev_kv")
         return WatchEvent(
