@@ -468,15 +468,22 @@ class Watch:
                 break
         self.close()
         answers = "; ".join(f"{url}: {what}" for url, what in failures.items())
-        if why is None:
+        if why is None and refused_only:
             message = (
-                f"watch {self.key!r} failed: no node could start it within {config.timeout:g}s"
+                f"watch {self.key!r} failed: no node answered at {list(config.endpoints)}: "
+                "is the cluster running?"
+            )
+        elif why is None:
+            message = (
+                f"watch {self.key!r} failed: no node started it within {config.timeout:g}s "
+                "(each node's last answer follows)"
             )
         else:
             message = (
                 f"watch {self.key!r} lost its stream and no node took it up within "
                 f"{config.timeout:g}s; every event up to revision {self._received} was "
-                f"received: watch again with start_revision={self._received + 1}"
+                f"received: watch again with start_revision={self._received + 1} "
+                f"(kvcluster watch --rev {self._received + 1})"
             )
         raise Unavailable(
             f"{message} ({answers})", op="watch", attempts=attempts, failures=failures
