@@ -65,6 +65,7 @@ FLAGS = {
     "snapshot_every": "--snapshot-every",
     "session_ttl": "--session-ttl",
     "history_keep": "--history-keep",
+    "quota_bytes": "--quota-bytes",
     "event_loop": "--event-loop",
     "n": "-n",
     "first_port": "--port",
@@ -206,6 +207,13 @@ def _add_raft_options(p: argparse.ArgumentParser) -> None:
         default=10_000,
         help="revisions of history (reads at a past revision, watches) kept when the "
         "leader compacts automatically (0: never)",
+    )
+    p.add_argument(
+        "--quota-bytes",
+        type=int,
+        default=1 << 30,
+        help="bytes of keys, values and history a store may hold; beyond it the leader "
+        "refuses writes that add data until deletes or compaction free some",
     )
     p.add_argument(
         "--session-ttl",
@@ -572,6 +580,7 @@ def _serve(args: argparse.Namespace, ps: Parsers) -> int:
         snapshot_every=args.snapshot_every,
         session_ttl=args.session_ttl,
         history_keep=args.history_keep,
+        quota_bytes=args.quota_bytes,
         event_loop=args.event_loop,
     )
     path = None
@@ -608,6 +617,7 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         read_mode=args.read_mode,
         session_ttl=args.session_ttl,
         history_keep=args.history_keep,
+        quota_bytes=args.quota_bytes,
         start=False,
         **_raft_options(args),
     )

@@ -88,6 +88,7 @@ SERVE = ["serve", "--name", "a", "--initial-cluster", "a=http://127.0.0.1:2379"]
         (["--initial-cluster", "a=http://127.0.0.1"], "--initial-cluster", "port from 1"),
         (["--name", ""], "--name", "1-64 characters"),
         (["--snapshot-every", "-5"], "--snapshot-every", "at least 0"),
+        (["--quota-bytes", "1000"], "--quota-bytes", "64 KiB (65536) to 1 TiB"),
     ],
 )
 def test_serve_refuses_nonsense_configuration_with_a_usage_error(
@@ -107,6 +108,7 @@ def test_serve_refuses_a_join_url_that_is_not_one() -> None:
         (["-n", "0"], "-n", "from 1 to 64"),
         (["-n", "3", "--port", "65534"], "--port", "from 1 to 65533"),
         (["--election-timeout", "inf,inf"], "--election-timeout", "<= 60"),
+        (["--quota-bytes", "0"], "--quota-bytes", "64 KiB (65536) to 1 TiB"),
     ],
 )
 def test_up_refuses_nonsense_configuration_with_a_usage_error(
