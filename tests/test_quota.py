@@ -43,6 +43,9 @@ def test_a_full_store_refuses_writes_and_takes_them_again_once_emptied(node: str
     )
     assert v3.status_code == 429
     assert v3.json()["message"] == "etcdserver: mvcc: database space exceeded"
+    with pytest.raises(KvClusterError, match="database space exceeded") as by_cas:
+        client.cas("another", None, "x")  # through /v3/kv/txn: refused, not retried
+    assert by_cas.value.known_outcome
     # Deleting frees the rows, compacting the history: then writes go through again.
     gone = requests.post(
         f"{node}/v3/kv/deleterange",

@@ -119,6 +119,7 @@ _ETCD_MESSAGES = {
     "etcdserver: leader changed": "not_leader",
     ERR_LEASE_NOT_FOUND: "lease_not_found",
     "etcdserver: mvcc: required revision has been compacted": "compacted",
+    "etcdserver: mvcc: database space exceeded": "no_space",
 }
 _NOT_APPLIED = frozenset({"no_leader", "not_leader", "unavailable", "shutting_down"})
 _GRPC_CODES = (
@@ -162,4 +163,6 @@ def etcd_error(status: int, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             code = f"http_{status}"
     if code in _NOT_APPLIED:
         status = 503
+    elif code == "no_space":
+        status = 409  # a refusal to report, not a 429 to retry: the store is full
     return status, {"error": code, "message": message}
