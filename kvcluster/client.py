@@ -327,25 +327,39 @@ class Client:
     def list(
         self, prefix: str = "", *, limit: int | None = None, consistency: str = "linearizable"
     ) -> dict[str, str]:
-        """The keys starting with `prefix` (at most `limit`) and their values, ordered by key."""
+        """The keys starting with `prefix` (at most `limit`) and their values, ordered by key.
+
+        A node answers at most a page (10,000 keys or about 4 MiB); this reads
+        page after page. Each page is linearizable on its own, not the whole
+        list: keys written meanwhile may or may not be in it (for one revision
+        throughout, use `txn` with a `Get` range, or /v3/kv/range at a revision).
+        """
         if not isinstance(prefix, str):
             raise TypeError(f"a prefix must be a str, got {type(prefix).__name__}")
         query: dict[str, str] = {"consistency": _check_consistency(consistency)}
         if prefix:
             query["prefix"] = prefix
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-            query["limit"] = str(limit)
-        path = "/v1/kv?" + urlencode(query, quote_via=quote)
-        data = self._call(
-            "GET", path, None, f"list {prefix!r}", local=consistency == "serializable"
-        )
-        try:
-            items = sorted((kv["key"], kv["value"]) for kv in data["kvs"])
-        except (KeyError, TypeError) as exc:
-            raise self._malformed(data, exc) from None
-        return dict(items)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        items: dict[str, str] = {}
+        while True:
+            if limit is not None:
+                query["limit"] = str(limit - len(items))
+            path = "/v1/kv?" + urlencode(query, quote_via=quote)
+            data = self._call(
+                "GET", path, None, f"list {prefix!r}", local=consistency == "serializable"
+            )
+            try:
+                page = [(kv["key"], kv["value"]) for kv in data["kvs"]]
+                more = bool(data.get("more")) and bool(page)
+            except (KeyError, TypeError) as exc:
+                raise self._malformed(data, exc) from None
+            items.update(page)
+            if not more or (limit is not None and len(items) >= limit):
+                return dict(sorted(items.items()))
+            query["after"] = max(key for key, _ in page)
 
     def status(self, endpoint: str | None = None) -> dict[str, Any]:
         """A node's status: `endpoint`'s (one attempt), or any node's (with retries)."""

@@ -27,6 +27,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from kvcluster import Client
 from kvcluster.cluster import Cluster
 from kvcluster.raft import Message, MessageType
 from kvcluster.server.codec import message_to_wire
@@ -679,11 +680,36 @@ def test_the_largest_seq_is_accepted_and_reaches_every_node(cluster: Cluster) ->
 
 
 @pytest.mark.parametrize("target", ["leader", "follower"])
-def test_a_huge_list_limit_means_no_limit(cluster: Cluster, target: str) -> None:
+def test_a_huge_list_limit_means_a_page(cluster: Cluster, target: str) -> None:
     base = endpoint(cluster, target)
     resp = send("GET", f"{base}/v1/kv?prefix=seed/&limit={'9' * 5000}")
     assert resp.status_code == 200, resp.text[:300]
     assert {kv["key"] for kv in resp.json()["kvs"]} == set(SEED)
+    assert resp.json()["more"] is False
+
+
+def test_a_list_of_large_values_comes_in_pages_and_the_client_reads_them_all(
+    cluster: Cluster,
+) -> None:
+    """12 values of 512 KiB are 6 MiB: over a page's 4 MiB, so one answer holds
+    part of them and says `more`; `after` the last key gives the rest, and
+    Client.list reads every page."""
+    big = {f"page/{i:02d}": chr(ord("a") + i) * (512 << 10) for i in range(12)}
+    for key, value in big.items():
+        body = json.dumps({"value": value}).encode()
+        assert send("PUT", endpoint(cluster, "leader") + kv_path(key), body).status_code == 200
+    base = endpoint(cluster, "follower")
+    first = send("GET", f"{base}/v1/kv?prefix=page/").json()
+    assert first["more"] is True and 1 <= first["count"] < 12
+    last = first["kvs"][-1]["key"]
+    rest = send("GET", f"{base}/v1/kv?prefix=page/&after={quote(last)}").json()
+    assert rest["more"] is False
+    assert [kv["key"] for kv in first["kvs"] + rest["kvs"]] == sorted(big)
+    client = Client(cluster.endpoints, timeout=DEADLINE)
+    assert client.list("page/") == big
+    assert list(client.list("page/", limit=3)) == sorted(big)[:3]
+    assert list(client.list("page/", limit=11)) == sorted(big)[:11]
+    client.close()
 
 
 def test_a_key_too_long_even_for_the_request_line_gets_a_json_414(cluster: Cluster) -> None:

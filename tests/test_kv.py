@@ -161,6 +161,21 @@ def test_list_limit() -> None:
         s.list(limit=-1)
 
 
+def test_list_pages_after_a_key_and_within_a_byte_budget() -> None:
+    f = Feeder()
+    for i in range(10):
+        f(put(f"k/{i:02d}", "v" * 100))
+    f(put("l", "x"))
+    s = f.store
+    assert [kv.key for kv in s.list("k/", after="k/03")] == [f"k/{i:02d}" for i in range(4, 10)]
+    assert [kv.key for kv in s.list("k/", 2, after="k/03")] == ["k/04", "k/05"]
+    assert [kv.key for kv in s.list("k/", after="a")] == [kv.key for kv in s.list("k/")]
+    assert s.list("k/", after="k/09") == []
+    # Stops once the keys and values passed the budget; never less than one key.
+    assert len(s.list("k/", max_bytes=250)) == 3  # 104 + 104 = 208 < 250, then 312
+    assert len(s.list("k/", max_bytes=1)) == 1
+
+
 def test_list_reflects_deletes_and_recreates() -> None:
     f = Feeder()
     for k in "dcba":

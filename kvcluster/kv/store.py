@@ -39,7 +39,7 @@ are bounded in number and bytes (`kv/sessions.py`).
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -482,8 +482,17 @@ class KVStore:
         row = self._find(key)
         return None if row is None else KeyValue(*row)
 
-    def list(self, prefix: str = "", limit: int | None = None) -> list[KeyValue]:
-        """Keys starting with `prefix`, sorted by key; at most `limit` (None = all).
+    def list(
+        self,
+        prefix: str = "",
+        limit: int | None = None,
+        *,
+        after: str | None = None,
+        max_bytes: int | None = None,
+    ) -> list[KeyValue]:
+        """Keys starting with `prefix` (and after `after`, if given), sorted by
+        key; at most `limit` (None = all), and no more keys once their keys and
+        values pass `max_bytes` (at least one).
 
         Keys with a prefix are contiguous in sorted order, so this costs one
         bisect plus the keys returned, whatever the store's size.
@@ -492,11 +501,20 @@ class KVStore:
             raise ValueError("limit must be non-negative or None")
         keys, rows = self._keys, self._rows
         out: list[KeyValue] = []
-        i = bisect_left(keys, prefix)
+        i = (
+            bisect_left(keys, prefix)
+            if after is None or after < prefix
+            else bisect_right(keys, after)
+        )
+        size = 0
         while i < len(keys) and keys[i].startswith(prefix):
             if limit is not None and len(out) >= limit:
                 break
-            out.append(KeyValue(*rows[i]))
+            if max_bytes is not None and out and size >= max_bytes:
+                break
+            row = rows[i]
+            out.append(KeyValue(*row))
+            size += len(row[0]) + len(row[1])
             i += 1
         return out
 

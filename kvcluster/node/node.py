@@ -69,6 +69,8 @@ from .requests import (
     DELETE,
     GET,
     LEASE_READ,
+    LIST_MAX_BYTES,
+    LIST_MAX_KEYS,
     MEMBERSHIP_BUSY,
     NO_LEADER,
     NOT_APPLIED,
@@ -768,8 +770,11 @@ class Node:
         elif req.op == LEASE_READ:
             body = lease_read(kv, req.payload or {}, self._clock_ms())
         else:
-            items = kv.list(req.key, req.limit)
-            body = {"kvs": [i.to_dict() for i in items], "count": len(items)}
+            after = (req.payload or {}).get("after")
+            limit = min(req.limit or LIST_MAX_KEYS, LIST_MAX_KEYS)
+            items = kv.list(req.key, limit, after=after, max_bytes=LIST_MAX_BYTES)
+            more = bool(items) and bool(kv.list(req.key, 1, after=items[-1].key))
+            body = {"kvs": [i.to_dict() for i in items], "count": len(items), "more": more}
             body["revision"] = kv.revision
         return Answer(req.id, 200, body, leader=self.leader_address())
 

@@ -23,6 +23,10 @@ PUT = "put"
 DELETE = "delete"
 GET = "get"
 LIST = "list"
+# One page of a list: a store of a million keys, or of large values, is read in
+# pages (`more`, then the next from `after` the last key), never in one answer.
+LIST_MAX_KEYS = 10_000
+LIST_MAX_BYTES = 4 << 20
 ADD_MEMBER = "add_member"
 REMOVE_MEMBER = "remove_member"
 OPEN_SESSION = "open_session"  # a client session for at-most-once writes (kv/sessions.py)

@@ -7,7 +7,7 @@ written: the JSON body (or a leader's relayed body, untouched), the error
 envelope, the `X-Kvcluster-Leader` header. Which node serves a request, and
 how, is the node layer's decision: no route looks at roles.
 
-    GET|PUT|DELETE /v1/kv/<key>   GET /v1/kv?prefix=&limit=   GET /v1/status
+    GET|PUT|DELETE /v1/kv/<key>   GET /v1/kv?prefix=&after=&limit=   GET /v1/status
     GET /v1/members   DELETE /v1/members/<id> (token)   POST /register (token)
     POST /raft/stream, POST /raft/messages (token)   GET|POST /admin/fault (token)
 """
@@ -202,11 +202,21 @@ class Routes:
             prefix = args.get("prefix", "")
             if len(prefix.encode("utf-8", "surrogatepass")) > self.max_key:
                 raise ApiError(414, "key_too_long", f"the prefix is over {self.max_key} bytes")
+            after = args.get("after")
+            if after is not None and len(after.encode("utf-8", "surrogatepass")) > self.max_key:
+                raise ApiError(414, "key_too_long", f"after is over {self.max_key} bytes")
             limit = positive_int(args, "limit")
             consistency = choice(args, "consistency", CONSISTENCY)
         except ApiError as exc:
             return self.fail(reply, exc)
-        req = Request(0, LIST, prefix, limit=limit, serializable=consistency == "serializable")
+        req = Request(
+            0,
+            LIST,
+            prefix,
+            limit=limit,
+            payload=None if after is None else {"after": after},
+            serializable=consistency == "serializable",
+        )
         self.submit(http, reply, req)
 
     # ------------------------------------------------------------------ cluster
