@@ -20,14 +20,17 @@ test: $(STAMP) test-tools
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
-# System programs the tests run: curl (the README's examples, as a user runs them) and
+# System programs the tests run: curl (the README's examples, as a user runs them),
 # etcd 3.4 (etcd3gw's suite runs against etcd itself too, as against kvcluster; the
-# tests start their own etcd, so the service Debian's package starts is turned off).
+# tests start their own etcd, so the service Debian's package starts is turned off),
+# and Debian's chromium with its chromedriver (the live view is tested in a real
+# headless browser; Debian's own build, so nothing downloads a browser of its own).
 test-tools:
-	@command -v curl >/dev/null && command -v etcd >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq curl etcd-server && \
+	@command -v curl >/dev/null && command -v etcd >/dev/null && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq curl etcd-server chromium chromium-driver && \
 	    { systemctl disable --now etcd 2>/dev/null || true; }; } || \
-	  { echo "the tests need curl and etcd (on Debian: sudo apt-get install curl etcd-server)"; exit 1; }
+	  { echo "the tests need curl, etcd and chromium (on Debian: sudo apt-get install curl etcd-server chromium chromium-driver)"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
