@@ -60,14 +60,18 @@ function connect() {
   page.socket = ws;
   ws.onopen = () => {
     page.retryMs = RECONNECT_MIN_MS;
+    page.everOpened = true;
     setConnection("open", "live");
   };
   ws.onmessage = (e) => onMessage(e.data);
   ws.onclose = (e) => {
     page.socket = null;
     failPending("the connection to the dashboard closed before an answer came");
-    // 4403 or a refused upgrade: a wrong token will not get better by retrying fast.
-    const hint = e.code === 4403 || e.code === 1008 ? " (check the token in the address)" : "";
+    // A refused upgrade (a wrong token) looks like any failed connection to the page,
+    // so after a few failures without ever connecting, say what to check.
+    page.failures = page.everOpened ? 0 : (page.failures || 0) + 1;
+    const refused = e.code === 4403 || e.code === 1008 || page.failures >= 3;
+    const hint = refused ? " (is the harness running, and the token in the address right?)" : "";
     setConnection("closed", `reconnecting in ${(page.retryMs / 1000).toFixed(1)} s${hint}`);
     setTimeout(connect, page.retryMs);
     page.retryMs = Math.min(RECONNECT_MAX_MS, page.retryMs * 2);

@@ -2,7 +2,7 @@
 // Each node is one <g data-node=...> whose data attributes mirror what the feed
 // says (role, term, process), so a browser test can read the view as a person does.
 
-import { roleColour, setAttrs, setText, svg } from "./util.js";
+import { currentLeader, roleColour, setAttrs, setText, svg } from "./util.js";
 
 const CENTRE = { x: 320, y: 285 };
 const RING = 8; // the election-timer ring sits this far outside the node's body
@@ -87,7 +87,7 @@ export class ClusterView {
   /** Apply one feed frame (nodes and faulted links). */
   update(frame, arrivedAt) {
     this.ensure(frame.nodes);
-    const leader = frame.nodes.find((n) => n.role === "leader" && n.process === "alive" && n.answering);
+    const leader = currentLeader(frame.nodes);
     const scale = indexScale(frame.nodes);
     for (const node of frame.nodes) {
       const glyph = this.glyphs.get(node.name);

@@ -2,7 +2,7 @@
 // server's answer next to it (and in the activity list), so a person always sees
 // whether the fault was applied.
 
-import { fmt, roleColour, setAttrs, setText } from "./util.js";
+import { currentLeader, fmt, roleColour, setAttrs, setText } from "./util.js";
 
 const NODE_ACTIONS = ["kill", "restart", "pause", "resume"];
 
@@ -77,7 +77,7 @@ export class Controls {
 
   splitLeader() {
     const nodes = this.frame ? this.frame.nodes : [];
-    const leader = nodes.find((n) => n.role === "leader" && n.process === "alive" && n.answering);
+    const leader = currentLeader(nodes);
     if (!leader) {
       this.local("network", "there is no leader to split off right now; wait for one");
       return;
@@ -219,7 +219,8 @@ export class Controls {
   }
 
   drawProgress(nodes) {
-    const leader = nodes.find((n) => n.role === "leader" && n.process === "alive" && n.answering && n.progress);
+    const found = currentLeader(nodes);
+    const leader = found && found.progress ? found : null;
     const box = this.$("#progress-box");
     box.hidden = !leader;
     if (!leader) return;

@@ -71,3 +71,14 @@ export function formatClock(t) {
 export function fmt(value, fallback = "–") {
   return value === null || value === undefined ? fallback : String(value);
 }
+
+/** The leader that counts: of the nodes answering as leader, the one with the highest
+ * term (a deposed leader cut off from the rest may not know yet that it is one). */
+export function currentLeader(nodes) {
+  let best = null;
+  for (const n of nodes) {
+    if (n.role !== "leader" || n.process !== "alive" || !n.answering) continue;
+    if (!best || (n.term ?? 0) > (best.term ?? 0)) best = n;
+  }
+  return best;
+}
