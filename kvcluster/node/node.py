@@ -310,10 +310,11 @@ class Node:
     def pending_requests(self) -> int:
         return len(self._pending)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """`now`: the caller's clock, so the election timer's age is current."""
         core = self.raft
         return {
-            **core.status(),
+            **core.status(now),
             "applied_index": self.kv.applied_index,
             "revision": self.kv.revision,
             "keys": len(self.kv),

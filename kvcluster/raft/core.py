@@ -269,6 +269,7 @@ class RaftNode:
         self._heartbeat_deadline = 0.0
         self._check_quorum_deadline = 0.0
         self._election_deadline = 0.0
+        self._election_timeout = 0.0
         self._reset_election_timer()
 
     # ------------------------------------------------------------------ queries
@@ -309,7 +310,17 @@ class RaftNode:
             and (self.now < self._lease_until or self.membership.voters <= {self.id})
         )
 
-    def status(self) -> dict[str, Any]:
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """What this node knows, for people and tools (the live view draws it).
+
+        `now` (the caller's clock) makes the election timer's age current even
+        when no input has reached the core for a while (a cut-off follower); by
+        default it is the time of the last input. The timer and the progress are
+        only meaningful on one side: a leader has no election timer, and only a
+        leader tracks its followers' logs, so each is None on the other side.
+        """
+        timer = self.role is not Role.LEADER and not self.removed
+        reset_at = self._election_deadline - self._election_timeout
         return {
             "id": self.id,
             "role": "removed" if self.removed else self.role.value,
@@ -320,6 +331,18 @@ class RaftNode:
             "last_index": self.log.last_index(),
             "voter": self.is_voter(),
             "removed": self.removed,
+            "election_elapsed": (
+                max(0.0, (self.now if now is None else now) - reset_at) if timer else None
+            ),
+            "election_timeout": self._election_timeout if timer else None,
+            "progress": (
+                {
+                    peer: {"match": pr.match, "next": pr.next, "state": pr.state.value}
+                    for peer, pr in self.progress.items()
+                }
+                if self.role is Role.LEADER
+                else None
+            ),
         }
 
     # ------------------------------------------------------------------ inputs
@@ -496,7 +519,8 @@ class RaftNode:
 
     def _reset_election_timer(self) -> None:
         lo, hi = self.options.election_timeout
-        self._election_deadline = self.now + self.rng.uniform(lo, hi)
+        self._election_timeout = self.rng.uniform(lo, hi)  # kept for status()
+        self._election_deadline = self.now + self._election_timeout
 
     def _in_lease(self) -> bool:
         """With check-quorum, refuse to help depose a leader we heard from within

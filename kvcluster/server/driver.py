@@ -487,7 +487,7 @@ class NodeDriver:
 
     def status(self) -> dict[str, Any]:
         return {
-            **self.node.status(),
+            **self.node.status(time.monotonic()),
             "name": self.config.name,
             "address": self.address,
             "incarnation": self.incarnation,
@@ -495,6 +495,7 @@ class NodeDriver:
             "gc_frozen": gc.get_freeze_count(),
             "gc_collected_full": self.gc_collected_full,
             **self.peers.stats(),
+            "messages_sent": self.peers.messages_sent(),
         }
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..raft import Message
+from ..raft import Message, MessageType
 from .codec import encode_batch
 from .http import ConnectionFailed, RequestStream, open_stream
 
@@ -59,8 +59,9 @@ class LinkFaults:
 
 
 class _Link:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, sent: dict[MessageType, int]) -> None:
         self.address = address
+        self.sent = sent  # messages written to this peer by type (PeerLinks keeps them)
         parts = urlsplit(address)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 0
         self.stream: RequestStream | None = None
@@ -104,6 +105,9 @@ class PeerLinks:
         self.sent_messages = 0
         self.sent_bytes = 0
         self.cut_slow = 0  # links cut because the peer stopped reading
+        # Messages written to each peer's stream, by type: what the live view
+        # draws along each link. Kept across reconnects (cumulative).
+        self._sent_by_peer: dict[str, dict[MessageType, int]] = {}
 
     # ------------------------------------------------------------------ membership
 
@@ -123,7 +127,7 @@ class PeerLinks:
             self._open_link(peer, address)
 
     def _open_link(self, peer: str, address: str) -> None:
-        link = _Link(address)
+        link = _Link(address, self._sent_by_peer.setdefault(peer, {}))
         link.task = asyncio.ensure_future(self._run(link))
         self._links[peer] = link
 
@@ -180,6 +184,9 @@ class PeerLinks:
             link.wake.set()
             return
         self.sent_messages += len(batch)
+        sent = link.sent
+        for m in batch:
+            sent[m.type] = sent.get(m.type, 0) + 1
         if stream.unsent > self._max_unsent:
             # The peer does not read (paused, or gone without a reset): cut the
             # link rather than let its backlog grow, and start it again.
@@ -222,6 +229,13 @@ class PeerLinks:
             link.stream = None
             if link.outbox:
                 link.wake.set()
+
+    def messages_sent(self) -> dict[str, dict[str, int]]:
+        """{peer: {type: count}}, type as MessageType's name in lower case."""
+        return {
+            peer: {t.name.lower(): n for t, n in sorted(counts.items())}
+            for peer, counts in sorted(self._sent_by_peer.items())
+        }
 
     def stats(self) -> dict[str, int]:
         return {
