@@ -10,6 +10,7 @@ const TRIP_MS = 400;
 const DOTS_PER_LINK = 20;
 const MAX_DOTS = 800; // beyond this, new dots are not drawn (the rates still are)
 const RATE_FADE_MS = 1500;
+const BUSY_DOTS = 2; // dots still drawn per busy link and frame, so the flow shows
 
 export class MessageView {
   constructor(root, cluster) {
@@ -25,25 +26,32 @@ export class MessageView {
   /** Schedule the dots of one frame, spread over the frame's interval. */
   add(messages, links, interval, now) {
     const faults = new Map((links || []).map((l) => [`${l.src}>${l.dst}`, l]));
-    const perLink = new Map();
+    const perLink = new Map(); // "src>dst" -> [{type, count}]
     for (const m of messages || []) {
+      if (m.count <= 0) continue;
       const key = `${m.src}>${m.dst}`;
-      perLink.set(key, (perLink.get(key) || 0) + m.count);
+      if (!perLink.has(key)) perLink.set(key, []);
+      perLink.get(key).push(m);
       this.counts.total += m.count;
       this.counts.byType[m.type] = (this.counts.byType[m.type] || 0) + m.count;
     }
-    for (const m of messages || []) {
-      const a = this.cluster.position(m.src);
-      const b = this.cluster.position(m.dst);
-      if (!a || !b || m.count <= 0) continue;
-      const fault = faults.get(`${m.src}>${m.dst}`);
-      const busy = perLink.get(`${m.src}>${m.dst}`) > DOTS_PER_LINK;
-      if (busy) this.showRate(m, a, b, interval, now);
-      const shown = busy ? Math.min(3, m.count) : m.count;
-      for (let k = 0; k < shown; k++) {
-        const start = now + (interval * 1000 * k) / shown;
-        this.spawn(m.type, a, b, start, stopFraction(fault));
+    for (const [key, list] of perLink) {
+      const [src, dst] = key.split(">");
+      const a = this.cluster.position(src);
+      const b = this.cluster.position(dst);
+      if (!a || !b) continue;
+      const total = list.reduce((s, m) => s + m.count, 0);
+      let dots = list.flatMap((m) => Array(m.count).fill(m.type));
+      if (total > DOTS_PER_LINK) {
+        // Too many to follow: a rate, and a few dots of the busiest types to show the flow.
+        list.sort((x, y) => y.count - x.count);
+        this.showRate(src, dst, list, total, a, b, interval, now);
+        dots = list.slice(0, BUSY_DOTS).map((m) => m.type);
       }
+      const fault = faults.get(key);
+      dots.forEach((type, k) => {
+        this.spawn(type, a, b, now + (interval * 1000 * k) / dots.length, stopFraction(fault));
+      });
     }
   }
 
@@ -67,25 +75,28 @@ export class MessageView {
     });
   }
 
-  /** A rate label at the link's middle: "append 480/s". */
-  showRate(m, a, b, interval, now) {
-    const key = `${m.src}>${m.dst}:${m.type}`;
+  /** A rate label near the receiving end of a busy link: "append 480/s", or the
+   * total when no type dominates. */
+  showRate(src, dst, list, total, a, b, interval, now) {
+    const key = `${src}>${dst}`;
     let entry = this.rates.get(key);
     if (!entry) {
       entry = { el: svg("text", { class: "rate" }, this.ratesLayer), until: 0 };
       this.rates.set(key, entry);
     }
+    const top = list[0];
+    const dominant = top.count >= 0.8 * total;
     const side = offset(a, b, 12);
-    const { colour } = messageStyle(m.type);
     const t = 0.62; // nearer the receiver: the two directions label different spots
     setAttrs(entry.el, {
       x: (a.x + (b.x - a.x) * t + side.x).toFixed(1),
       y: (a.y + (b.y - a.y) * t + side.y).toFixed(1),
-      fill: colour,
-      "data-link": `${m.src}>${m.dst}`,
-      "data-type": m.type,
+      fill: dominant ? messageStyle(top.type).colour : "#d0d6dc",
+      "data-link": key,
+      "data-type": dominant ? top.type : "mixed",
     });
-    entry.el.textContent = `${m.type} ${Math.round(m.count / Math.max(interval, 0.01))}/s`;
+    const rate = Math.round(total / Math.max(interval, 0.01));
+    entry.el.textContent = dominant ? `${top.type} ${rate}/s` : `${rate}/s`;
     entry.until = now + RATE_FADE_MS;
   }
 
