@@ -40,13 +40,14 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from .raft import RaftOptions
+from .raft import ConfigError, RaftOptions
 from .server.config import NodeConfig, check_cluster
 from .server.forkserver import OWNER_FILE, WORK_DIR_PREFIX
 from .server.main import run_node
 
 if TYPE_CHECKING:
     from .client import Client
+    from .dashboard import Dashboard
 
 _ctx = multiprocess.get_context("forkserver")
 # forkserver first: importing it in the forkserver arms the clean-up after a dead owner.
@@ -55,6 +56,14 @@ _ctx.set_forkserver_preload(["kvcluster.server.forkserver", "kvcluster.server.ma
 T = TypeVar("T")
 
 HARNESS_EVENTS = "harness.events.jsonl"  # what the harness did to the nodes (Cluster.mark)
+
+# Timer settings by name. "slow" is for watching Raft by eye in the live view
+# (cluster.dashboard()): a heartbeat a second and elections that take seconds,
+# so each vote and each message of an election can be followed as it happens.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"heartbeat_interval": 0.1, "election_timeout": (0.5, 1.0)},
+    "slow": {"heartbeat_interval": 1.0, "election_timeout": (4.0, 8.0)},
+}
 
 
 def remove_abandoned_work_dirs(tmp: Path) -> None:
@@ -113,14 +122,17 @@ class Cluster:
     Nodes are addressed by index 0..n-1 (`add_node()` appends). Times are seconds.
     They listen on ports the OS picks, or on first_port, first_port + 1, ... A
     setting no node could work with raises ConfigError (a ValueError) naming it.
+    `preset` ("default" or "slow", see PRESETS) gives the heartbeat and election
+    timeout that are not given explicitly.
     """
 
     def __init__(
         self,
         n: int = 3,
         *,
-        heartbeat_interval: float = 0.1,
-        election_timeout: tuple[float, float] = (0.5, 1.0),
+        heartbeat_interval: float | None = None,
+        election_timeout: tuple[float, float] | None = None,
+        preset: str = "default",
         read_mode: str = "read_index",
         pre_vote: bool = True,
         check_quorum: bool = True,
@@ -142,6 +154,13 @@ class Cluster:
         start: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
+        if preset not in PRESETS:
+            raise ConfigError("preset", f"must be one of {sorted(PRESETS)}, got {preset!r}")
+        self.preset = preset
+        if heartbeat_interval is None:
+            heartbeat_interval = PRESETS[preset]["heartbeat_interval"]
+        if election_timeout is None:
+            election_timeout = PRESETS[preset]["election_timeout"]
         self.raft_options = RaftOptions(
             election_timeout=_seconds_pair(election_timeout),
             heartbeat_interval=_seconds(heartbeat_interval),
@@ -199,6 +218,7 @@ class Cluster:
         )
         self.nodes = [NodeHandle(i, f"n{i}") for i in range(n)]
         self._session = _harness_session()
+        self._dashboard: Dashboard | None = None
         self._started = False
         self._finalizer = weakref.finalize(self, _stop_processes, self.nodes)
         atexit.register(self._finalizer)
@@ -231,6 +251,7 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL for stragglers). Idempotent."""
+        self._close_dashboard()
         _stop_processes(self.nodes)
         self._session.close()
         if self._own_dir and os.environ.get("KVCLUSTER_KEEP_WORKDIR") is None:
@@ -243,6 +264,30 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # ------------------------------------------------------------------ live view
+
+    def dashboard(self, port: int = 0) -> Dashboard:
+        """Serve the live view of this cluster on 127.0.0.1 and return it.
+
+        Its `url` (with a token) opens the page in a browser; in JupyterLab the
+        returned object shows the page inline. It runs on a thread of this
+        process until `close()` or until the Cluster stops. Called again, it
+        returns the same view (unless another port is asked for).
+        """
+        from .dashboard import Dashboard
+
+        current = self._dashboard
+        if current is not None and current.running and port in (0, current.port):
+            return current
+        self._close_dashboard()
+        self._dashboard = Dashboard(self, port)
+        return self._dashboard
+
+    def _close_dashboard(self) -> None:
+        dashboard, self._dashboard = getattr(self, "_dashboard", None), None
+        if dashboard is not None:
+            dashboard.close()
 
     def _first_port_of(self, h: NodeHandle) -> int:
         """Where node h listens when the cluster starts: first_port + its index, or
