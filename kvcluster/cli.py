@@ -30,6 +30,7 @@ from .server.config import EVENT_LOOPS, FSYNC_POLICIES, READ_MODES
 
 if TYPE_CHECKING:
     from .client import Client
+    from .cluster import Cluster
 
 T = TypeVar("T")
 
@@ -143,6 +144,16 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def _dashboard_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535 (0: any), got {text!r}")
+    return port
 
 
 def _lease_id(text: str) -> int:
@@ -367,6 +378,21 @@ def build_parsers() -> Parsers:
         "(readable only by you). Default: a file in the cluster's work directory",
     )
     _add_raft_options(up)
+    # the live view (issue 14)
+    up.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=0,
+        type=_dashboard_port,
+        metavar="PORT",
+        help="serve the live view on 127.0.0.1 (on PORT, or a free port) and print its URL",
+    )
+    up.add_argument(
+        "--slow",
+        action="store_true",
+        help="heartbeat 1 s and election timeout 4-8 s, to follow an election by eye "
+        "(--heartbeat and --election-timeout still apply when given)",
+    )
 
     demo = ps.add("demo", "the quick-start experiment on a local cluster")
     demo.add_argument("-n", type=int, default=5, help="number of nodes")
@@ -619,7 +645,7 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         history_keep=args.history_keep,
         quota_bytes=args.quota_bytes,
         start=False,
-        **_raft_options(args),
+        **_up_timers(args, ps),
     )
     with cluster:
         if token_file is None:
@@ -645,6 +671,8 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         )
         print(f"export {ENDPOINTS_ENV}={','.join(cluster.endpoints)}")
         print(f"export {TOKEN_ENV}=$(cat {token_file})")
+        if args.dashboard is not None:
+            _start_dashboard(cluster, args.dashboard)
         print("Ctrl-C stops the cluster.", flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too when started in the background
             signal.signal(sig, signal.default_int_handler)
@@ -654,6 +682,31 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         except KeyboardInterrupt:
             print("stopping...", flush=True)
     return 0
+
+
+def _up_timers(args: argparse.Namespace, ps: Parsers) -> dict[str, Any]:
+    """The Raft options of `up`; with --slow, the slow preset's timers for those
+    not given on the command line."""
+    options = _raft_options(args)
+    if args.slow:
+        options["preset"] = "slow"
+        up = ps.by_name["up"]
+        if args.heartbeat == up.get_default("heartbeat"):
+            del options["heartbeat_interval"]
+        if args.election_timeout == _timeout_range(up.get_default("election_timeout")):
+            del options["election_timeout"]
+    return options
+
+
+def _start_dashboard(cluster: Cluster, port: int) -> None:
+    try:
+        dashboard = cluster.dashboard(port)
+    except OSError as exc:
+        raise SystemExit(
+            f"error: the live view cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; "
+            f"choose another port, or give --dashboard without one."
+        ) from None
+    print(f"Live view (open in a browser on this machine): {dashboard.url}")
 
 
 def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
