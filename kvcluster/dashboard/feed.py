@@ -184,10 +184,11 @@ class Feed:
     # ------------------------------------------------------------------ pages
 
     def subscribe(self, sub: Subscriber) -> None:
-        """A page connected: it gets the latest picture and the history at once
-        (or with the next frame, if there has been none yet)."""
+        """A page connected: it gets the latest picture and the history at once,
+        or with the next frame if the last one is not current (nobody was
+        watching, so the nodes were not asked)."""
         self.subscribers.add(sub)
-        if self._last is not None:
+        if self._last is not None and self._watched:
             first = {**self._last, "events": [], "faults": [], "messages": []}
             first["history"] = self._history()
             sub.needs_history = False

@@ -98,6 +98,7 @@ class FeedSocket(tornado.websocket.WebSocketHandler):
         self.needs_history = True
         self._unsent = 0
         self._pending = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def prepare(self) -> None:
         _refused(self, self.dashboard.token)  # before the upgrade: a plain 403
@@ -135,13 +136,20 @@ class FeedSocket(tornado.websocket.WebSocketHandler):
             self._answer(controls.result(rid, False, "too many controls waiting; try again"))
             return
         self._pending += 1
-        task = asyncio.ensure_future(self.dashboard.control(message))
-        task.add_done_callback(self._done)
+        task = asyncio.ensure_future(self._handle(message))
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
 
-    def _done(self, task: asyncio.Future[dict[str, Any]]) -> None:
-        self._pending -= 1
-        if not task.cancelled() and task.exception() is None:
-            self._answer(task.result())
+    async def _handle(self, message: str | bytes) -> None:
+        try:
+            answer = await self.dashboard.control(message)
+        except Exception as exc:  # a bug here must not leave the page waiting
+            log.exception("a control failed")
+            rid = controls.request_id(_loads(message))
+            answer = controls.result(rid, False, f"the dashboard failed to run it: {exc}")
+        finally:
+            self._pending -= 1
+        self._answer(answer)
 
     def _answer(self, answer: dict[str, Any]) -> None:
         if self.ws_connection is not None and not self.ws_connection.is_closing():
