@@ -6,6 +6,7 @@ import { LoadCharts } from "./charts.js";
 import { ClusterView } from "./cluster.js";
 import { Controls } from "./controls.js";
 import { MessageView } from "./messages.js";
+import { Replay } from "./replay.js";
 import { Timeline } from "./timeline.js";
 import { formatClock, MESSAGE_COLOURS, ROLE_COLOURS, setAttrs, setText } from "./util.js";
 
@@ -26,8 +27,9 @@ const page = {
 };
 
 const stage = document.getElementById("cluster");
-const cluster = new ClusterView(stage, { onNodeClick: (i) => controls.toggleGroup(i) });
-const messages = new MessageView(stage, cluster);
+const replay = new Replay();
+const cluster = new ClusterView(stage, { onNodeClick: (i) => controls.toggleGroup(i), replay });
+const messages = new MessageView(stage, cluster, replay);
 const timeline = new Timeline(document.getElementById("timeline"));
 const charts = new LoadCharts(
   document.getElementById("chart-ops"),
@@ -35,6 +37,7 @@ const charts = new LoadCharts(
   document.getElementById("load-summary"),
 );
 const controls = new Controls(document, {
+  drawn: (name) => cluster.drawn(name),
   request: sendControl,
   log: activity,
   onGroupsChanged: (groupB) => {
@@ -135,6 +138,7 @@ function onFrame(frame) {
   }
   page.lastFrame = frame;
   page.lastFrameAt = now;
+  if (!frame.history) replay.add(frame, now, (name) => cluster.drawn(name));
   cluster.update(frame, now);
   messages.add(frame.messages, frame.links, interval, now);
   timeline.addFrame(frame);
@@ -145,10 +149,21 @@ function onFrame(frame) {
   for (const e of frame.events || []) if (isNotable(e)) activity(describeEvent(e), "event");
 }
 
-/** The facts at the top: how many leaders (more than one alive is worth seeing:
- * a deposed leader that has not heard yet), which one, the highest term. */
+/** The facts at the top: how many leaders the picture shows (more than one is worth
+ * seeing: a deposed leader that has not heard yet), which one, the highest term. */
 function drawHeader(frame) {
-  const seen = frame.nodes.filter((n) => n.process === "alive" && n.answering);
+  drawLeaders();
+  const preset = document.getElementById("preset");
+  const et = frame.election_timeout || [];
+  setText(preset, `${frame.preset || "default"} · heartbeat ${ms(frame.heartbeat_interval)} · election ${ms(et[0])}–${ms(et[1])}`);
+  setAttrs(preset, { "data-preset": frame.preset || "" });
+  setText(document.getElementById("clock"), `t = ${formatClock(frame.t)}`);
+  document.body.dataset.frameT = frame.t.toFixed(2);
+}
+
+/** Leader and term from what the picture shows (so they agree while a campaign replays). */
+function drawLeaders() {
+  const seen = cluster.shown().filter((n) => n.process === "alive" && n.answering && n.role);
   const leaders = seen.filter((n) => n.role === "leader");
   const top = seen.reduce((m, n) => Math.max(m, n.term ?? 0), 0);
   const count = document.getElementById("leader-count");
@@ -161,12 +176,6 @@ function drawHeader(frame) {
   const term = document.getElementById("term-max");
   setText(term, top || "–");
   setAttrs(term, { "data-term": top || "" });
-  const preset = document.getElementById("preset");
-  const et = frame.election_timeout || [];
-  setText(preset, `${frame.preset || "default"} · heartbeat ${ms(frame.heartbeat_interval)} · election ${ms(et[0])}–${ms(et[1])}`);
-  setAttrs(preset, { "data-preset": frame.preset || "" });
-  setText(document.getElementById("clock"), `t = ${formatClock(frame.t)}`);
-  document.body.dataset.frameT = frame.t.toFixed(2);
 }
 
 function ms(seconds) {
@@ -211,6 +220,7 @@ function activity(text, kind) {
 
 function tick(now) {
   cluster.animate(now);
+  if (replay.active(now - 100)) drawLeaders();
   messages.animate(now);
   if (now - page.lastSlowRedraw > SLOW_REDRAW_MS && page.lastFrame) {
     page.lastSlowRedraw = now;

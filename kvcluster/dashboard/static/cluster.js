@@ -18,7 +18,8 @@ export function layout(count) {
 }
 
 export class ClusterView {
-  constructor(root, { onNodeClick }) {
+  constructor(root, { onNodeClick, replay }) {
+    this.replay = replay; // role changes between two polls, shown step by step
     this.links = root.querySelector("#links");
     this.nodesLayer = root.querySelector("#nodes");
     this.onNodeClick = onNodeClick;
@@ -87,23 +88,38 @@ export class ClusterView {
   /** Apply one feed frame (nodes and faulted links). */
   update(frame, arrivedAt) {
     this.ensure(frame.nodes);
-    const leader = currentLeader(frame.nodes);
-    const scale = indexScale(frame.nodes);
+    this.leader = currentLeader(frame.nodes);
+    this.scale = indexScale(frame.nodes);
     for (const node of frame.nodes) {
       const glyph = this.glyphs.get(node.name);
       glyph.node = node;
       glyph.arrived = arrivedAt;
-      this.drawNode(glyph, node, scale, leader);
+      this.drawNode(glyph, node, arrivedAt);
     }
     this.drawFaults(frame.links || []);
   }
 
-  drawNode(glyph, node, scale, leader) {
+  /** The role and term drawn for a node right now (the replay's, or its status). */
+  drawn(name) {
+    const g = this.glyphs.get(name);
+    if (!g) return { role: null, term: null, leader: null, vote: null };
+    return { role: g.role ?? null, term: g.term ?? null, leader: g.leaderName ?? null, vote: g.vote ?? null };
+  }
+
+  drawNode(glyph, node, now) {
     const { g, parts } = glyph;
-    const role = node.process === "alive" && node.answering ? node.role : null;
+    const { scale, leader } = this;
+    const step = this.replay.stateOf(node.name, now);
+    const answering = node.process === "alive" && node.answering;
+    const role = step ? step.role : answering ? node.role : null;
+    const term = step ? step.term : node.term;
+    const leaderName = step ? step.leader : node.leader;
+    const vote = step ? step.vote : node.vote;
+    Object.assign(glyph, { role, term, leaderName, vote });
     setAttrs(g, {
       "data-role": role ?? "none",
-      "data-term": node.term ?? "",
+      "data-term": term ?? "",
+      "data-replay": step ? "true" : "false",
       "data-process": node.process,
       "data-answering": node.answering,
       "data-isolated": node.isolated,
@@ -112,17 +128,19 @@ export class ClusterView {
     });
     setAttrs(parts.body, { fill: roleColour(role ?? (node.process === "removed" ? "removed" : "unknown")) });
     setText(parts.name, node.name);
-    setText(parts.term, node.term == null ? "" : `term ${node.term}`);
+    setText(parts.term, term == null ? "" : `term ${term}`);
     setText(parts.badge, badgeText(node));
     setText(parts.group, this.groupB.has(node.index) ? "B" : "");
-    setText(parts.role, roleLine(node, role));
+    setText(parts.role, roleLine(node.process, role, leaderName, vote));
     const w = (v) => (v == null ? 0 : Math.max(1, 84 * scale(v)));
     setAttrs(parts.barLast, { width: w(node.last_index) });
     setAttrs(parts.barCommit, { width: w(node.commit_index) });
     setAttrs(parts.barApplied, { width: w(node.applied_index) });
     setText(parts.indexes, node.last_index == null
       ? "" : `${node.last_index} · ${node.commit_index} · ${node.applied_index}`);
-    const pr = leader && leader.progress && leader.progress[node.name];
+    // The leader's view of this follower, once that leader is drawn as leader.
+    const shownLeader = leader && this.glyphs.get(leader.name)?.role === "leader";
+    const pr = shownLeader && leader.progress && leader.progress[node.name];
     setText(parts.progress, pr ? `match ${pr.match} · next ${pr.next}` : "");
   }
 
@@ -149,12 +167,20 @@ export class ClusterView {
 
   /** Called every animation frame: timer rings move smoothly between feed frames. */
   animate(now) {
+    // While a campaign replays (and one frame after), roles change between frames.
+    const replaying = this.replay.active(now - 100);
     for (const glyph of this.glyphs.values()) {
       const n = glyph.node;
+      if (replaying) this.drawNode(glyph, n, now);
       const ring = glyph.r + RING;
+      if (glyph.role === "candidate" || glyph.role === "pre-candidate") {
+        // Its timer fired: the whole ring, in the campaign's colour.
+        setAttrs(glyph.parts.timer, { d: arc(ring, 0.9999), class: `timer-arc campaign ${glyph.role}` });
+        continue;
+      }
       const running = n.process === "alive" && n.answering && n.election_timeout && n.election_elapsed != null;
       if (!running) {
-        const full = n.role === "leader" && n.process === "alive" && n.answering;
+        const full = glyph.role === "leader" && n.process === "alive" && n.answering;
         setAttrs(glyph.parts.timer, { d: full ? arc(ring, 0.9999) : "", class: full ? "timer-arc leader" : "timer-arc" });
         continue;
       }
@@ -166,6 +192,13 @@ export class ClusterView {
         "data-fraction": f.toFixed(2),
       });
     }
+  }
+
+  /** What the picture shows now, node by node: the header counts leaders from it. */
+  shown() {
+    return [...this.glyphs.values()].map((g) => ({
+      name: g.node.name, role: g.role, term: g.term, process: g.node.process, answering: g.node.answering,
+    }));
   }
 
   position(name) {
@@ -196,13 +229,11 @@ function badgeText(node) {
   return "";
 }
 
-function roleLine(node, role) {
-  if (!role) return node.process === "alive" ? "?" : "";
+function roleLine(process, role, leader, vote) {
+  if (!role) return process === "alive" ? "?" : "";
   if (role === "leader") return "leader";
-  const parts = [role];
-  if (role === "follower" && node.leader) parts[0] = `follows ${node.leader}`;
-  if (node.vote && role !== "follower") parts.push(`voted ${node.vote}`);
-  else if (node.vote && !node.leader) parts.push(`voted ${node.vote}`);
+  const parts = [role === "follower" && leader ? `follows ${leader}` : role];
+  if (vote && (role !== "follower" || !leader)) parts.push(`voted ${vote}`);
   return parts.join(" · ");
 }
 

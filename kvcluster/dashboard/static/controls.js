@@ -7,7 +7,8 @@ import { currentLeader, fmt, roleColour, setAttrs, setText } from "./util.js";
 const NODE_ACTIONS = ["kill", "restart", "pause", "resume"];
 
 export class Controls {
-  constructor(doc, { request, log, onGroupsChanged }) {
+  constructor(doc, { request, log, onGroupsChanged, drawn }) {
+    this.drawn = drawn; // (name) -> the role, term, vote and leader the picture shows
     this.doc = doc;
     this.request = request; // (payload) -> Promise<result>
     this.log = log;
@@ -165,13 +166,15 @@ export class Controls {
   drawRow(n) {
     const tr = this.$(`tr[data-row-node="${n.name}"]`);
     if (!tr) return;
-    const role = n.process === "alive" && n.answering ? n.role : null;
+    // The same as the picture (which may be replaying a campaign), not a step ahead of it.
+    const d = this.drawn(n.name);
+    const role = d.role;
     tr.dataset.process = n.process;
     tr.querySelector(".swatch").style.background = roleColour(role ?? "unknown");
     setText(tr.querySelector(".role"), role ?? (n.process === "alive" ? "not answering" : n.process));
-    setText(tr.querySelector(".term"), fmt(n.term));
-    setText(tr.querySelector(".vote"), fmt(n.vote));
-    setText(tr.querySelector(".leader"), fmt(n.leader));
+    setText(tr.querySelector(".term"), fmt(d.term));
+    setText(tr.querySelector(".vote"), fmt(d.vote));
+    setText(tr.querySelector(".leader"), fmt(d.leader));
     setText(tr.querySelector(".idx"), n.last_index == null ? "–"
       : `${n.last_index} / ${n.commit_index} / ${n.applied_index}`);
     // Only the actions that make sense now are enabled: the Cluster refuses the rest anyway.
@@ -220,7 +223,7 @@ export class Controls {
 
   drawProgress(nodes) {
     const found = currentLeader(nodes);
-    const leader = found && found.progress ? found : null;
+    const leader = found && found.progress && this.drawn(found.name).role === "leader" ? found : null;
     const box = this.$("#progress-box");
     box.hidden = !leader;
     if (!leader) return;

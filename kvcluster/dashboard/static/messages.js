@@ -4,16 +4,17 @@
 // keeps up with a cluster under full load.
 
 import { offset } from "./cluster.js";
+import { TRIP_MS } from "./replay.js";
 import { messageStyle, setAttrs, svg } from "./util.js";
 
-const TRIP_MS = 400;
 const DOTS_PER_LINK = 20;
 const MAX_DOTS = 800; // beyond this, new dots are not drawn (the rates still are)
 const RATE_FADE_MS = 1500;
 const BUSY_DOTS = 2; // dots still drawn per busy link and frame, so the flow shows
 
 export class MessageView {
-  constructor(root, cluster) {
+  constructor(root, cluster, replay) {
+    this.replay = replay; // a campaign's messages depart step by step
     this.dotsLayer = root.querySelector("#dots");
     this.ratesLayer = root.querySelector("#rates");
     this.cluster = cluster;
@@ -50,7 +51,8 @@ export class MessageView {
       }
       const fault = faults.get(key);
       dots.forEach((type, k) => {
-        this.spawn(type, a, b, now + (interval * 1000 * k) / dots.length, stopFraction(fault));
+        const start = this.replay.departure(type, now) + (interval * 1000 * k) / dots.length;
+        this.spawn(type, a, b, start, stopFraction(fault));
       });
     }
   }

@@ -8,7 +8,8 @@ const ROW = 20;
 const GAP = 6;
 const TOP = 34; // room for the fault labels
 const LEFT = 44; // room for the node names
-const KEEP_S = 330; // history kept in memory: the longest window plus a margin
+const KEEP_S = 330;
+const EVENT_TRUST_S = 0.3; // how long a logged role change outranks the polled status // history kept in memory: the longest window plus a margin
 
 export class Timeline {
   constructor(el) {
@@ -30,7 +31,7 @@ export class Timeline {
     for (const n of names) this.row(n); // rows in the cluster's order, not the events'
     const last = new Map();
     for (const e of (history && history.events) || []) {
-      if (e.event !== "role" || !e.node) continue;
+      if ((e.event !== "role" && e.event !== "campaign") || !e.node || !e.role) continue;
       const row = this.row(e.node);
       const prev = last.get(e.node);
       if (prev) prev.t1 = e.t;
@@ -50,12 +51,26 @@ export class Timeline {
   /** Extend each node's current segment, or start one when its state or term changed. */
   addFrame(frame) {
     this.now = frame.t;
+    // Role changes between two polls (a campaign takes milliseconds) at the times
+    // the nodes logged them, so even a short candidacy leaves its mark.
+    for (const e of frame.events || []) {
+      if ((e.event !== "role" && e.event !== "campaign") || !e.node || !e.role) continue;
+      const row = this.row(e.node);
+      const cur = row[row.length - 1];
+      if (cur && e.t < cur.t0) continue;
+      if (cur && cur.state === e.role && cur.term === e.term) continue;
+      if (cur) cur.t1 = e.t;
+      row.push({ t0: e.t, t1: e.t, state: e.role, term: e.term, fromEvent: true });
+    }
     for (const n of frame.nodes) {
       const state = stateOf(n);
       const row = this.row(n.name);
       const cur = row[row.length - 1];
       const term = n.term ?? (cur ? cur.term : null);
-      if (cur && cur.state === state && cur.term === term) {
+      // A status polled just before the node logged a change is older than the
+      // event: keep the event's segment rather than flicker back for one frame.
+      const fresh = cur && cur.fromEvent && frame.t - cur.t0 < EVENT_TRUST_S && state !== "killed";
+      if (cur && ((cur.state === state && cur.term === term) || fresh)) {
         cur.t1 = frame.t;
       } else {
         if (cur) cur.t1 = frame.t;
