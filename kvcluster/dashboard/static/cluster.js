@@ -109,8 +109,9 @@ export class ClusterView {
   drawNode(glyph, node, now) {
     const { g, parts } = glyph;
     const { scale, leader } = this;
-    const step = this.replay.stateOf(node.name, now);
     const answering = node.process === "alive" && node.answering;
+    // A node that stopped answering (killed, paused) is drawn so at once.
+    const step = answering ? this.replay.stateOf(node.name, now) : null;
     const role = step ? step.role : answering ? node.role : null;
     const term = step ? step.term : node.term;
     const leaderName = step ? step.leader : node.leader;

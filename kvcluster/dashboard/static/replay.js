@@ -30,8 +30,10 @@ export class Replay {
    * new term while the campaign is still being shown. */
   add(frame, now, drawn) {
     const changes = (frame.events || []).map(roleChange).filter(Boolean);
-    if (!changes.some((c) => c.campaign)) return false;
-    // A campaign spread over two frames continues the replay already running.
+    const campaign = changes.some((c) => c.campaign);
+    // A frame during a replay still moves every node on (a step behind at most);
+    // a campaign spread over two frames continues the replay already running.
+    if (!campaign && !this.active(now)) return false;
     if (!this.active(now)) {
       this.base = now;
       this.steps.clear();
@@ -57,7 +59,7 @@ export class Replay {
         this.push(n.name, n.role, n.term, n.leader, n.vote, now);
       }
     }
-    return true;
+    return campaign;
   }
 
   push(name, role, term, leader, vote, now) {
