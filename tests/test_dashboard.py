@@ -311,6 +311,8 @@ def test_bad_controls_are_answered_and_the_server_keeps_serving(page: Page) -> N
         assert answer["ok"] is False and says in answer["message"], (message, answer)
     page.send("{not json")
     assert "JSON" in page.answer(None)["message"]
+    page.send({"id": 12, "action": "put", "key": "big", "value": "x" * (100 << 10)})
+    assert "at most 64 KiB" in page.answer(None)["message"]
     assert page.control("heal")["ok"] is True
     page.wait_for(settled, "frames still coming")
 

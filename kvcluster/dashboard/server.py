@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 HOST = "127.0.0.1"
-MAX_MESSAGE = 64 << 10  # a control is a few hundred bytes; bigger frames close the socket
+MAX_MESSAGE = 64 << 10  # a control is a few hundred bytes; a bigger one is refused...
+MAX_FRAME = 1 << 20  # ... and one over this closes the connection (tornado's limit)
 MAX_UNSENT_FRAMES = 50  # a page this far behind (5 s of frames) is dropped
 MAX_PENDING = 16  # controls of one page waiting for their answer
 START_TIMEOUT = 10.0
@@ -131,6 +132,11 @@ class FeedSocket(tornado.websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         """Answer each control when it is done, independently of the others (a
         get need not wait for a restart); at most MAX_PENDING at a time."""
+        raw = message if isinstance(message, bytes) else message.encode("utf-8", "surrogatepass")
+        if len(raw) > MAX_MESSAGE:
+            size = f"{len(raw) / 1024:.0f} KiB"
+            self._answer(controls.result(None, False, f"a control is at most 64 KiB, got {size}"))
+            return
         if self._pending >= MAX_PENDING:
             rid = controls.request_id(_loads(message))
             self._answer(controls.result(rid, False, "too many controls waiting; try again"))
@@ -258,7 +264,7 @@ class Dashboard:
                 (r"/ws", FeedSocket, {"dashboard": self}),
                 (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(STATIC)}),
             ],
-            websocket_max_message_size=MAX_MESSAGE,
+            websocket_max_message_size=MAX_FRAME,
             websocket_ping_interval=20,  # finds pages that went away without a goodbye
             websocket_ping_timeout=20,
             log_function=_log_request,
