@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from kvcluster.cluster import Cluster
 from kvcluster.dashboard import Dashboard
-from kvcluster.raft import ConfigError
+from kvcluster.raft import ConfigError, Member, Membership, RaftNode, RaftOptions
 
 pytestmark = pytest.mark.integration
 
@@ -214,6 +215,38 @@ def page(dashboard: Dashboard, cluster: Cluster) -> Iterator[Page]:
     yield p
     p.close()
     cluster.heal()  # leave the module's cluster whole for the next test
+
+
+def test_the_core_reports_its_election_timer_and_a_leaders_progress() -> None:
+    """Sans-IO: the timer's age on the caller's clock, the timeout drawn, progress."""
+    membership = Membership({i: Member(i) for i in ("a", "b", "c")})
+    options = RaftOptions(election_timeout=(0.5, 1.0), heartbeat_interval=0.1)
+    nodes = {
+        i: RaftNode(i, rng=random.Random(k), membership=membership, options=options, now=10.0)
+        for k, i in enumerate("abc")
+    }
+    before = nodes["b"].status(now=10.25)
+    assert before["election_elapsed"] == pytest.approx(0.25)
+    assert 0.5 <= before["election_timeout"] <= 1.0 and before["progress"] is None
+    assert nodes["b"].status()["election_elapsed"] == 0.0  # the core's own clock: no time passed
+    nodes["a"].campaign()
+    for _ in range(10):
+        for n in nodes.values():
+            rd = n.ready()
+            n.advance(rd)
+            for m in rd.messages:
+                nodes[m.dst].step(m)
+    lead = nodes["a"].status(now=11.0)
+    assert lead["role"] == "leader" and lead["election_elapsed"] is None
+    assert lead["election_timeout"] is None
+    last = nodes["a"].log.last_index()
+    assert lead["progress"] == {
+        p: {"match": last, "next": last + 1, "state": "replicate"} for p in ("b", "c")
+    }
+    follower = nodes["b"].status(now=10.0 + 0.125)
+    assert follower["role"] == "follower" and follower["leader"] == "a"
+    assert follower["election_elapsed"] == pytest.approx(0.125)  # reset by the leader's append
+    assert 0.5 <= follower["election_timeout"] <= 1.0
 
 
 def test_status_shows_the_election_timer_progress_and_messages_sent(cluster: Cluster) -> None:
