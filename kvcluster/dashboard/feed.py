@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -34,6 +35,8 @@ from .topology import faulted_links, process_state
 
 if TYPE_CHECKING:
     from ..cluster import Cluster, NodeHandle
+
+log = logging.getLogger(__name__)
 
 INTERVAL = 0.1  # seconds between frames
 STATUS_TIMEOUT = 1.0  # a status request's deadline
@@ -180,6 +183,7 @@ class Feed:
         self._harness = JsonlTail(cluster.work_dir / HARNESS_EVENTS)
         self._watched = False
         self._last: dict[str, Any] | None = None
+        self._logged: set[str] = set()
 
     # ------------------------------------------------------------------ pages
 
@@ -205,7 +209,12 @@ class Feed:
         next_at = loop.time()
         try:
             while True:
-                await self.tick(deadline=next_at + INTERVAL * 0.8)
+                try:
+                    await self.tick(deadline=next_at + INTERVAL * 0.8)
+                except Exception as exc:  # a bug in one frame must not end the feed
+                    if repr(exc) not in self._logged:  # once, not ten times a second
+                        self._logged.add(repr(exc))
+                        log.exception("the live view could not make a frame")
                 next_at += INTERVAL
                 now = loop.time()
                 if next_at < now:  # fell behind (a busy machine): skip, do not bunch up
