@@ -20,7 +20,11 @@ export class MessageView {
     this.cluster = cluster;
     this.dots = []; // {el, a, b, start, stopAt}
     this.pool = [];
-    this.rates = new Map(); // "src>dst:type" -> {el, until}
+    this.rates = new Map(); // "a|b" -> {band, el, title, label, until}
+    // Busy links' bands go under the dots, their labels above.
+    this.bandsLayer = svg("g", { id: "bands" });
+    this.dotsLayer.before(this.bandsLayer);
+    this.doc = root.ownerDocument;
     this.counts = { total: 0, byType: {} };
   }
 
@@ -36,6 +40,7 @@ export class MessageView {
       this.counts.total += m.count;
       this.counts.byType[m.type] = (this.counts.byType[m.type] || 0) + m.count;
     }
+    const busyPairs = new Map(); // "a|b" (sorted) -> {a, b, lists: {"src>dst": list}}
     for (const [key, list] of perLink) {
       const [src, dst] = key.split(">");
       const a = this.cluster.position(src);
@@ -44,9 +49,11 @@ export class MessageView {
       const total = list.reduce((s, m) => s + m.count, 0);
       let dots = list.flatMap((m) => Array(m.count).fill(m.type));
       if (total > DOTS_PER_LINK) {
-        // Too many to follow: a rate, and a few dots of the busiest types to show the flow.
+        // Too many to follow: the pair gets a rate, and a few dots of the busiest
+        // types still show which way the traffic goes.
         list.sort((x, y) => y.count - x.count);
-        this.showRate(src, dst, list, total, a, b, interval, now);
+        const pair = [src, dst].sort().join("|");
+        if (!busyPairs.has(pair)) busyPairs.set(pair, { names: [src, dst].sort() });
         dots = list.slice(0, BUSY_DOTS).map((m) => m.type);
       }
       const fault = faults.get(key);
@@ -54,6 +61,10 @@ export class MessageView {
         const start = this.replay.departure(type, now) + (interval * 1000 * k) / dots.length;
         this.spawn(type, a, b, start, stopFraction(fault));
       });
+    }
+    for (const [pair, { names }] of busyPairs) {
+      const both = [`${names[0]}>${names[1]}`, `${names[1]}>${names[0]}`];
+      this.showRate(pair, names, both.map((k) => [k, perLink.get(k) || []]), interval, now);
     }
   }
 
@@ -77,28 +88,49 @@ export class MessageView {
     });
   }
 
-  /** A rate label near the receiving end of a busy link: "append 480/s", or the
-   * total when no type dominates. */
-  showRate(src, dst, list, total, a, b, interval, now) {
-    const key = `${src}>${dst}`;
-    let entry = this.rates.get(key);
+  /** A busy pair of nodes: the link drawn as a band in its dominant message
+   * colour, and one short label at its middle with both directions' total rate
+   * (the exact rates by direction and type in its tooltip). One label per pair,
+   * not per direction and type: around a leader of nine nodes they would overlap. */
+  showRate(pair, names, directions, interval, now) {
+    const a = this.cluster.position(names[0]);
+    const b = this.cluster.position(names[1]);
+    let entry = this.rates.get(pair);
     if (!entry) {
-      entry = { el: svg("text", { class: "rate" }, this.ratesLayer), until: 0 };
-      this.rates.set(key, entry);
+      entry = {
+        band: svg("line", { class: "busy-band" }, this.bandsLayer),
+        el: svg("text", { class: "rate" }, this.ratesLayer),
+        until: 0,
+      };
+      entry.title = svg("title", {}, entry.el);
+      entry.label = this.doc.createTextNode("");
+      entry.el.appendChild(entry.label);
+      this.rates.set(pair, entry);
     }
-    const top = list[0];
-    const dominant = top.count >= 0.8 * total;
-    const side = offset(a, b, 12);
-    const t = 0.62; // nearer the receiver: the two directions label different spots
-    setAttrs(entry.el, {
-      x: (a.x + (b.x - a.x) * t + side.x).toFixed(1),
-      y: (a.y + (b.y - a.y) * t + side.y).toFixed(1),
-      fill: dominant ? messageStyle(top.type).colour : "#d0d6dc",
-      "data-link": key,
-      "data-type": dominant ? top.type : "mixed",
+    const per = (count) => Math.round(count / Math.max(interval, 0.01));
+    const byType = new Map();
+    const detail = [];
+    let total = 0;
+    for (const [key, list] of directions) {
+      for (const m of list) {
+        byType.set(m.type, (byType.get(m.type) || 0) + m.count);
+        total += m.count;
+      }
+      if (list.length) detail.push(`${key.replace(">", "→")}: ${list.map((m) => `${m.type} ${per(m.count)}/s`).join(", ")}`);
+    }
+    const [topType] = [...byType.entries()].sort((x, y) => y[1] - x[1])[0];
+    const colour = messageStyle(topType).colour;
+    const rate = per(total);
+    setAttrs(entry.band, {
+      x1: a.x, y1: a.y, x2: b.x, y2: b.y, stroke: colour,
+      "stroke-width": Math.min(8, 1.5 + 1.6 * Math.log10(Math.max(rate, 1))).toFixed(1),
     });
-    const rate = Math.round(total / Math.max(interval, 0.01));
-    entry.el.textContent = dominant ? `${top.type} ${rate}/s` : `${rate}/s`;
+    setAttrs(entry.el, {
+      x: ((a.x + b.x) / 2).toFixed(1), y: ((a.y + b.y) / 2 + 4).toFixed(1), fill: colour,
+      "data-link": pair, "data-type": topType, "data-rate": rate,
+    });
+    entry.label.nodeValue = `${rate}/s`;
+    entry.title.textContent = detail.join("\n");
     entry.until = now + RATE_FADE_MS;
   }
 
@@ -127,6 +159,7 @@ export class MessageView {
     for (const [key, entry] of this.rates) {
       if (now > entry.until) {
         entry.el.remove();
+        entry.band.remove();
         this.rates.delete(key);
       }
     }
@@ -139,6 +172,7 @@ export class MessageView {
     this.pool = [];
     this.dotsLayer.replaceChildren();
     this.ratesLayer.replaceChildren();
+    this.bandsLayer.replaceChildren();
     this.rates.clear();
   }
 }
