@@ -69,7 +69,7 @@ export class Controls {
       result = { ok: false, message: String(err.message || err) };
     }
     setAttrs(out, { "data-state": result.ok ? "ok" : "error" });
-    let text = result.message || (result.ok ? "done" : "failed");
+    let text = result.message || (result.ok ? what : `${what} failed`);
     if (payload.action === "get" && result.ok) text = `${payload.key} = ${JSON.stringify(result.value)}`;
     out.textContent = `${result.ok ? "✓" : "✗"} ${text}`;
     this.log(`${what}: ${text}`, result.ok ? "ok" : "error");
