@@ -72,7 +72,7 @@ export class Controls {
     let text = result.message || (result.ok ? what : `${what} failed`);
     if (payload.action === "get" && result.ok) text = `${payload.key} = ${JSON.stringify(result.value)}`;
     out.textContent = `${result.ok ? "✓" : "✗"} ${text}`;
-    this.log(`${what}: ${text}`, result.ok ? "ok" : "error");
+    this.log(text === what ? what : `${what}: ${text}`, result.ok ? "ok" : "error");
     return result;
   }
 
