@@ -65,12 +65,13 @@ export class ClusterView {
       track: svg("circle", { class: "timer-track", r: p.r + RING }, g),
       timer: svg("path", { class: "timer-arc" }, g),
       body: svg("circle", { class: "body", r: p.r }, g),
-      name: svg("text", { class: "name", y: -4 }, g),
-      term: svg("text", { class: "term", y: 15 }, g),
+      // Under the name, so a killed node still says which one it is.
       cross: svg("path", {
         class: "cross",
         d: `M${-p.r * 0.55},${-p.r * 0.55}L${p.r * 0.55},${p.r * 0.55}M${p.r * 0.55},${-p.r * 0.55}L${-p.r * 0.55},${p.r * 0.55}`,
       }, g),
+      name: svg("text", { class: "name", y: -4 }, g),
+      term: svg("text", { class: "term", y: 15 }, g),
       badge: svg("text", { class: "badge", y: -p.r - RING - 8 }, g),
       group: svg("text", { class: "group-tag", x: p.r * 0.9, y: -p.r * 0.8 }, g),
       role: svg("text", { class: "role-line", y: p.r + RING + 17 }, g),
