@@ -64,6 +64,7 @@ experiments: $(STAMP)
 	$(BIN)/kvcluster bench commit
 	$(BIN)/kvcluster bench reads
 	$(BIN)/kvcluster bench timeline
+	$(BIN)/kvcluster bench watch
 
 # Re-run the notebooks with their default parameters and keep the outputs.
 notebooks: $(STAMP)

@@ -45,7 +45,7 @@ DELEGATED = {
     "check": "check a recorded history (JSON lines) for linearizability",
     "nemesis": "random faults against a real cluster; the history is checked",
     "sim": "many seeds of the deterministic simulator (Raft safety + linearizability)",
-    "bench": "measure a local cluster: election | commit | reads | timeline",
+    "bench": "measure a local cluster: election | commit | reads | timeline | watch",
 }
 
 # The flag that sets each configuration setting, to name it in a usage error.

@@ -15,7 +15,9 @@ very loop iteration a request is written can still be missed; that request
 fails with `sent=True`, as any request whose connection breaks does.)
 
 Responses may have a Content-Length, a chunked body, or a body that ends with
-the connection; the head (64 KiB) and the body (`max_body`) are bounded.
+the connection; the head (64 KiB) and the body (`max_body`) are bounded. A
+response that never ends (a watch) is read as it arrives with `read_stream`:
+each piece of its body goes to a callback, stamped with its arrival time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -32,6 +35,7 @@ import httptools
 
 MAX_RESPONSE_HEAD: Final = 64 << 10
 MAX_RESPONSE_BODY: Final = 64 << 20
+MAX_ERROR_BODY: Final = 64 << 10  # what a streamed request keeps of a refusal's body
 _SLICE: Final = 16 << 10  # bytes fed to the parser at once (bounds the head estimate)
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
@@ -75,6 +79,12 @@ class _Protocol(asyncio.Protocol):
         self._deadline = 0.0  # loop time by which the request in flight must be answered
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when `_timer` fires
+        # A streamed response (`read_stream`): a 2xx body goes to `sink` as it
+        # arrives, stamped with `arrival` (time.monotonic() when the bytes came,
+        # before any parsing); `head` is done once the head is parsed.
+        self.sink: Callable[[bytes, float], None] | None = None
+        self.head: asyncio.Future[None] | None = None
+        self.arrival = 0.0
 
     # -- asyncio
 
@@ -83,6 +93,8 @@ class _Protocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.arrival = time.monotonic()
         waiter = self.waiter
         if waiter is None or waiter.done():
             self._close()  # nothing was asked: the connection is not in a state we know
@@ -118,6 +130,10 @@ class _Protocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(
+                ConnectionFailed(f"connection lost: {exc or 'closed by the server'}", sent=True)
+            )
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             if self._until_close and not self._in_head and self._status:
@@ -162,8 +178,13 @@ class _Protocol(asyncio.Protocol):
         if length is not None and length.isdigit() and int(length) > self.max_body:
             self._failed = f"the response body is over {self.max_body} bytes"
             raise ValueError(self._failed)
+        if self.head is not None and not self.head.done() and status >= 200:
+            self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None and 200 <= self._status < 300:
+            self.sink(body, self.arrival)  # a stream: nothing kept here
+            return
         self._body_size += len(body)
         if self._body_size > self.max_body:
             self._failed = f"the response body is over {self.max_body} bytes"
@@ -222,6 +243,8 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(response)
 
     def _fail(self, message: str) -> None:
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(ConnectionFailed(message, sent=True))
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             if self.stream:
@@ -474,3 +497,66 @@ async def open_stream(
     assert protocol.transport is not None
     protocol.transport.write(head)
     return RequestStream(protocol, waiter)
+
+
+class ResponseStream:
+    """A response being read as it arrives (`read_stream`): `status` and
+    `headers` from its head; its body went to the sink. `ended` is done when the
+    response or its connection ended: with the Response (its body empty for a
+    2xx, else the start of the refusal's body), or None if the connection broke."""
+
+    def __init__(self, protocol: _Protocol, waiter: asyncio.Future[Response | None]) -> None:
+        self._protocol = protocol
+        self.status = protocol._status
+        self.headers = protocol._headers
+        self.ended: asyncio.Future[Response | None] = waiter
+        waiter.add_done_callback(lambda _: protocol.abort())
+
+    def close(self) -> None:
+        """End it now (the server sees the connection close)."""
+        self._protocol.abort()
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+async def read_stream(
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    body: bytes,
+    sink: Callable[[bytes, float], None],
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> ResponseStream:
+    """Send one request on a connection of its own and return once its answer's
+    head arrived; a 2xx body then goes to `sink(piece, arrival)` piece by piece
+    as it comes, never kept here (the sink bounds what it keeps). A refusal's
+    body (up to MAX_ERROR_BODY) is in `ended`'s Response. ConnectionFailed if
+    no head came within `timeout`."""
+    framing = f"Content-Length: {len(body)}\r\n"
+    data = _head(method, target, _host_header(host, port), headers, framing) + body
+    protocol: _Protocol | None = None
+    written = False
+    try:
+        async with asyncio.timeout(timeout):
+            protocol = await _connect(host, port, MAX_ERROR_BODY)
+            protocol.stream = True  # its end without a complete answer is None, not an error
+            protocol.sink = sink
+            protocol.head = asyncio.get_running_loop().create_future()
+            waiter = protocol.expect()
+            assert protocol.transport is not None
+            protocol.transport.write(data)
+            written = True
+            await protocol.head
+    except TimeoutError as exc:
+        if protocol is not None:
+            protocol.abort()
+        raise ConnectionFailed(
+            f"{method} {target[:100]}: no answer within {timeout:g} s", sent=written
+        ) from exc
+    except BaseException:
+        if protocol is not None:
+            protocol.abort()
+        raise
+    return ResponseStream(protocol, waiter)
