@@ -103,6 +103,8 @@ def _response(
     elif http10:
         extra += b"Connection: keep-alive\r\n"
     prefix = _PREFIXES.get(status) or _prefix(status)
+    if headers and headers[0][0] == "Content-Type":  # a route's own type (/metrics: text)
+        prefix = prefix.replace(b"Content-Type: application/json\r\n", b"", 1)
     if status in _BODYLESS:
         if body:
             raise ValueError(f"a {status} answer has no body")

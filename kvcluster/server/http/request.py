@@ -51,7 +51,8 @@ def new_request(
 
 Reply: TypeAlias = Callable[[int, bytes, Sequence[tuple[str, str]]], None]
 """`reply(status, json_body, extra_headers)`: answers its request, exactly once,
-at once or later. The stack adds Content-Type: application/json, Content-Length
+at once or later. The stack adds Content-Type: application/json (unless the
+first extra header is a Content-Type of the route's own), Content-Length
 and Connection; a second call is ignored (and logged), a call after the
 connection is gone does nothing. `streaming.start_stream(reply, ...)` answers
 with a stream instead (chunk by chunk, for as long as the route likes)."""
