@@ -49,6 +49,7 @@ from ..storage.faulty import FailingStorage
 from .config import NodeConfig
 from .events import EventLog
 from .http import ConnectionFailed, ConnectionPool
+from .metrics import NodeMetrics
 from .peers import LinkFaults, PeerLinks
 
 log = logging.getLogger("kvcluster.node")
@@ -145,6 +146,10 @@ class NodeDriver:
             bootstrap=bootstrap if bootstrap.members else None,
         )
         self.peers = PeerLinks(config.name, self.address, config.token, config.peer_timeout)
+        # Prometheus metrics (GET /metrics): WAL fsyncs are timed where they happen.
+        self.metrics = NodeMetrics(self)
+        if isinstance(self.storage, DiskStorage):
+            self.storage.on_wal_fsync = self.metrics.wal_fsync.observe
         self._waiting: dict[int, Responder] = {}
         self._ids = itertools.count(1)
         self._pools: dict[str, ConnectionPool] = {}
@@ -362,6 +367,7 @@ class NodeDriver:
             self._start(self._load_snapshot(rd.load))
         if rd.events:
             self.events.emit_raft(rd.events)
+            self.metrics.raft_events(rd.events)
         if rd.removed:
             self._removed()
         self.node.advance(rd)
@@ -457,12 +463,14 @@ class NodeDriver:
             return
         self.node.snapshot_saved(source)
         self._freeze_long_lived()
+        took = time.monotonic() - started
+        self.metrics.snapshot_save.observe(took)
         self.events.emit(
             "snapshot_saved",
             index=capture.meta.index,
             keys=capture.keys,
             bytes=source.size,
-            seconds=round(time.monotonic() - started, 4),
+            seconds=round(took, 4),
         )
         self._schedule()
 

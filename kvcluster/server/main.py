@@ -141,6 +141,7 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
             f"{config.name} with --join URL, or with the same --initial-cluster as before"
         )
     server = HttpServer(Routes(driver), token=config.token, limits=limits_for_descriptors())
+    driver.metrics.http = server  # open connections, for /metrics
     await server.listen(sockets)
     stop = asyncio.Event()
     driver.on_removed = stop.set  # a removed member shuts down, as etcd's does

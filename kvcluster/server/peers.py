@@ -61,6 +61,7 @@ class LinkFaults:
 class _Link:
     def __init__(self, address: str, sent: dict[MessageType, int]) -> None:
         self.address = address
+        self.peer = ""  # its id, set by PeerLinks (bytes sent are counted by peer)
         self.sent = sent  # messages written to this peer by type (PeerLinks keeps them)
         parts = urlsplit(address)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 0
@@ -108,6 +109,7 @@ class PeerLinks:
         # Messages written to each peer's stream, by type: what the live view
         # draws along each link. Kept across reconnects (cumulative).
         self._sent_by_peer: dict[str, dict[MessageType, int]] = {}
+        self.bytes_by_peer: dict[str, int] = {}  # bytes written to each peer (metrics)
 
     # ------------------------------------------------------------------ membership
 
@@ -128,6 +130,7 @@ class PeerLinks:
 
     def _open_link(self, peer: str, address: str) -> None:
         link = _Link(address, self._sent_by_peer.setdefault(peer, {}))
+        link.peer = peer
         link.task = asyncio.ensure_future(self._run(link))
         self._links[peer] = link
 
@@ -175,10 +178,12 @@ class PeerLinks:
             return
         batch, link.outbox = link.outbox, []
         try:
+            by_peer = self.bytes_by_peer
             for body in _bodies(batch):
                 stream.send(body + b"\n")
                 self.sent_batches += 1
                 self.sent_bytes += len(body) + 1
+                by_peer[link.peer] = by_peer.get(link.peer, 0) + len(body) + 1
         except ConnectionFailed:
             link.cut()  # dropped: Raft resends what matters
             link.wake.set()

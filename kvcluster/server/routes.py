@@ -10,6 +10,7 @@ how, is the node layer's decision: no route looks at roles.
     GET|PUT|DELETE /v1/kv/<key>   GET /v1/kv?prefix=&after=&limit=   GET /v1/status
     GET /v1/members   DELETE /v1/members/<id> (token)   POST /register (token)
     POST /raft/stream, POST /raft/messages (token)   GET|POST /admin/fault (token)
+    GET /metrics (Prometheus text)   GET /health (etcd's)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..node import (
     Answer,
     Request,
 )
+from ..node.requests import READS, WRITES
 from ..raft import Member
 from .codec import decode_batch
 from .driver import FORWARDED_HEADER, LEADER_HEADER, NodeDriver
@@ -94,8 +96,24 @@ class Routes:
             },
         }
         self._member = {"DELETE": Route(self.remove_member, token=True)}
+        self._read_mode = config.read_mode
         # etcd's v3 JSON gateway API, beside /v1 on the same store.
         self._exact.update(EtcdRoutes(self, max_body=value_body).table)
+        self._instrument()
+
+    def _instrument(self) -> None:
+        """Metrics: /metrics and /health, and every client route counted and timed
+        (the peer routes are not: a stream lasts as long as its link)."""
+        metrics = self.metrics = self.driver.metrics
+        self._exact.update(metrics.table())
+        for path, table in self._exact.items():
+            if not path.startswith("/raft/"):
+                for method, route in table.items():
+                    table[method] = metrics.instrument(method, path, route)
+        for method, route in self._kv.items():
+            self._kv[method] = metrics.instrument(method, KV_PREFIX + "{key}", route)
+        for method, route in self._member.items():
+            self._member[method] = metrics.instrument(method, MEMBERS_PREFIX + "{id}", route)
 
     def __call__(self, method: str, path: str) -> Route | int | None:
         if path.startswith(KV_PREFIX):
@@ -147,10 +165,22 @@ class Routes:
         (after `convert`, which renders it in another API's format)."""
         req.forwarded = FORWARDED_HEADER.lower() in http.headers
         req.wire = (http.method, http.target, http.body, http.headers.get("authorization"))
+        if req.op in READS:  # metrics: reads by the mode they are served in
+            self.metrics.read("serializable" if req.serializable else self._read_mode)
+        elif req.op in WRITES:  # metrics: a write that fails is a failed proposal
+            self.driver.submit(req, lambda a: self._write_answered(reply, a, convert))
+            return
         if convert is None:
             self.driver.submit(req, lambda a: self.answer(reply, a))
         else:
             self.driver.submit(req, lambda a: self.answer(reply, convert(a)))
+
+    def _write_answered(
+        self, reply: Reply, answer: Answer, convert: Callable[[Answer], Answer] | None
+    ) -> None:
+        if answer.status >= 500:
+            self.metrics.proposals_failed += 1
+        self.answer(reply, answer if convert is None else convert(answer))
 
     # ------------------------------------------------------------------ keys
 
@@ -262,6 +292,8 @@ class Routes:
             # A peer speaking nonsense: drop the batch (Raft resends what matters).
             log.warning("bad message batch from %s: %s", http.remote, exc)
             return
+        if messages:  # metrics: bytes received by peer (the newline included)
+            self.metrics.received(messages[0].src, len(line) + 1)
         self.driver.step(messages, http.headers.get(SENDER_HEADER.lower()))
 
     def stream_end(self, http: HttpRequest, reply: Reply) -> None:
