@@ -73,6 +73,11 @@ def test_metrics_parse_and_carry_etcds_names(cluster: Cluster) -> None:
         assert m['kvcluster_http_connections{kind="peer"}'] >= 1
     m = scrape(cluster, leader)
     assert m['kvcluster_http_requests_total{method="GET",route="/metrics",status="200"}'] >= 1
+    # The leader times its heartbeats' round trips to each follower.
+    for h in cluster.nodes:
+        if h.index != leader:
+            rtt = f'etcd_network_peer_round_trip_time_seconds_count{{To="{h.name}"}}'
+            cluster.wait_until(lambda rtt=rtt: scrape(cluster, leader).get(rtt, 0) > 0, DEADLINE)
 
 
 def test_puts_move_proposals_committed_and_fsyncs(cluster: Cluster) -> None:

@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..node import GET, Answer, Request
+from ..raft import Message, MessageType
 from .http import Reply, Route
 from .http import Request as HttpRequest
 
@@ -43,11 +44,14 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text format
 # etcd's buckets: fsync and snapshot save from 1 ms to 8 s, doubling (14 buckets).
 ETCD_DISK_BUCKETS = tuple(0.001 * 2**i for i in range(14))
+# etcd's round-trip buckets: 0.1 ms to ~3.3 s, doubling.
+RTT_BUCKETS = tuple(0.0001 * 2**i for i in range(16))
 # Requests from 0.1 ms (a serializable read) to ~3 s (a write behind an election).
 REQUEST_BUCKETS = tuple(0.0001 * 2**i for i in range(16))
 HEALTH_TIMEOUT = 1.0  # seconds: etcd's /health gives its read this long
 HEALTH_KEY = "health"  # any key does: only whether the read is answered matters
 KV_PATH = "/v1/kv/"
+HEARTBEAT_RESP = MessageType.HEARTBEAT_RESP
 
 
 class NodeMetrics:
@@ -78,6 +82,13 @@ class NodeMetrics:
             buckets=ETCD_DISK_BUCKETS,
             registry=self.registry,
         )
+        self.peer_rtt = Histogram(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-trip time of a leader's heartbeat to each peer and its answer.",
+            ["To"],
+            buckets=RTT_BUCKETS,
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "kvcluster_http_request_duration_seconds",
             "Time from a request's dispatch to its answer, by method and route.",
@@ -98,8 +109,16 @@ class NodeMetrics:
     def read(self, mode: str) -> None:
         self.reads[mode] = self.reads.get(mode, 0) + 1
 
-    def received(self, peer: str, size: int) -> None:
+    def received(self, messages: Sequence[Message], size: int) -> None:
+        """A peer's batch (`size` bytes): count them, and time the heartbeats it answers."""
+        peer = messages[0].src
         self.peer_received[peer] = self.peer_received.get(peer, 0) + size
+        for m in messages:
+            if m.type is HEARTBEAT_RESP:
+                rtt = self.driver.peers.heartbeat_answered(peer)
+                if rtt is not None:
+                    self.peer_rtt.labels(peer).observe(rtt)
+                break
 
     def instrument(self, method: str, route: str, handler: Route) -> Route:
         """The same route, its answers counted by status and timed."""

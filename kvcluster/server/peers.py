@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -30,6 +31,9 @@ from urllib.parse import urlsplit
 from ..raft import Message, MessageType
 from .codec import encode_batch
 from .http import ConnectionFailed, RequestStream, open_stream
+
+HEARTBEAT = MessageType.HEARTBEAT
+RTT_GIVE_UP = 1.0  # seconds: a heartbeat unanswered this long was lost (not an RTT)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,9 @@ class PeerLinks:
         # draws along each link. Kept across reconnects (cumulative).
         self._sent_by_peer: dict[str, dict[MessageType, int]] = {}
         self.bytes_by_peer: dict[str, int] = {}  # bytes written to each peer (metrics)
+        # When the oldest unanswered heartbeat to each peer was written: its answer
+        # gives the link's round-trip time (metrics; see `heartbeat_answered`).
+        self.heartbeat_sent: dict[str, float] = {}
 
     # ------------------------------------------------------------------ membership
 
@@ -192,12 +199,26 @@ class PeerLinks:
         sent = link.sent
         for m in batch:
             sent[m.type] = sent.get(m.type, 0) + 1
+            if m.type is HEARTBEAT:
+                self._heartbeat_written(link.peer)
         if stream.unsent > self._max_unsent:
             # The peer does not read (paused, or gone without a reset): cut the
             # link rather than let its backlog grow, and start it again.
             self.cut_slow += 1
             link.cut()
             link.wake.set()
+
+    def _heartbeat_written(self, peer: str) -> None:
+        now = time.perf_counter()
+        pending = self.heartbeat_sent.get(peer)
+        if pending is None or now - pending > RTT_GIVE_UP:  # lost: measure from this one
+            self.heartbeat_sent[peer] = now
+
+    def heartbeat_answered(self, peer: str) -> float | None:
+        """Seconds since the oldest unanswered heartbeat to `peer` was written,
+        now that an answer came (None if none was waiting)."""
+        sent = self.heartbeat_sent.pop(peer, None)
+        return None if sent is None else time.perf_counter() - sent
 
     async def _run(self, link: _Link) -> None:
         # Connect before there is anything to say: two followers exchange their

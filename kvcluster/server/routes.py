@@ -292,8 +292,8 @@ class Routes:
             # A peer speaking nonsense: drop the batch (Raft resends what matters).
             log.warning("bad message batch from %s: %s", http.remote, exc)
             return
-        if messages:  # metrics: bytes received by peer (the newline included)
-            self.metrics.received(messages[0].src, len(line) + 1)
+        if messages:  # metrics: bytes received by peer; heartbeat round trips
+            self.metrics.received(messages, len(line) + 1)
         self.driver.step(messages, http.headers.get(SENDER_HEADER.lower()))
 
     def stream_end(self, http: HttpRequest, reply: Reply) -> None:
