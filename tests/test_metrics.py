@@ -18,12 +18,14 @@ from kvcluster.cluster import Cluster
 pytestmark = pytest.mark.integration
 
 DEADLINE = 60.0  # generous for a busy 2-core machine; the tests wait for conditions
+SAVES = "etcd_debugging_snap_save_total_duration_seconds_count"
+SNAPSHOT_EVERY = 25  # entries: the puts below make every node save snapshots
 NO_LEADER = {"health": "false", "reason": "RAFT NO LEADER"}  # etcd's words
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with Cluster(3, storage="disk") as c:
+    with Cluster(3, storage="disk", snapshot_every=SNAPSHOT_EVERY) as c:
         c.wait_for_leader(DEADLINE)
         yield c
 
@@ -80,22 +82,23 @@ def test_metrics_parse_and_carry_etcds_names(cluster: Cluster) -> None:
             cluster.wait_until(lambda rtt=rtt: scrape(cluster, leader).get(rtt, 0) > 0, DEADLINE)
 
 
-def test_puts_move_proposals_committed_and_fsyncs(cluster: Cluster) -> None:
+def test_puts_move_proposals_committed_fsyncs_and_snapshot_saves(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
-    before = scrape(cluster, leader)
+    before_all = [scrape(cluster, i) for i in range(3)]
+    before = before_all[leader]
     with cluster.client() as client:
-        for n in range(20):
+        for n in range(2 * SNAPSHOT_EVERY):
             client.put(f"metrics/p{n}", str(n))
     after = scrape(cluster, leader)
     committed = "etcd_server_proposals_committed_total"
-    assert after[committed] >= before[committed] + 20
+    assert after[committed] >= before[committed] + 2 * SNAPSHOT_EVERY
     fsyncs = "etcd_disk_wal_fsync_duration_seconds_count"
     assert after[fsyncs] > before[fsyncs]
     assert after["etcd_disk_wal_fsync_duration_seconds_sum"] > 0
     put = 'kvcluster_http_requests_total{method="PUT",route="/v1/kv/{key}",status="200"}'
     assert after.get(put, 0) >= before.get(put, 0)  # puts may go to any node
     total = sum(scrape(cluster, i).get(put, 0) for i in range(3))
-    assert total >= 20
+    assert total >= 2 * SNAPSHOT_EVERY
     # Every node applies what is committed (followers learn the commit index later).
     for i in range(3):
         cluster.wait_until(
@@ -104,6 +107,12 @@ def test_puts_move_proposals_committed_and_fsyncs(cluster: Cluster) -> None:
             ),
             DEADLINE,
             f"node {i} never applied index {after[committed]}",
+        )
+        # ...and saves a snapshot every SNAPSHOT_EVERY entries (in a worker thread).
+        cluster.wait_until(
+            lambda i=i: scrape(cluster, i)[SAVES] > before_all[i][SAVES],
+            DEADLINE,
+            f"node {i} saved no snapshot",
         )
 
 
