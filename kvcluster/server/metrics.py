@@ -267,7 +267,7 @@ class _StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "etcd_server_proposals_failed",
-            "The number of writes answered with a failure (no leader, leader change, timeout).",
+            "Client writes that reached this node first and failed (5xx: no leader, timeout...).",
             value=m.proposals_failed,
         )
         yield _gauge("kvcluster_raft_term", "The current Raft term.", core.term)

@@ -167,7 +167,9 @@ class Routes:
         req.wire = (http.method, http.target, http.body, http.headers.get("authorization"))
         if req.op in READS:  # metrics: reads by the mode they are served in
             self.metrics.read("serializable" if req.serializable else self._read_mode)
-        elif req.op in WRITES:  # metrics: a write that fails is a failed proposal
+        elif req.op in WRITES and not req.forwarded:
+            # Metrics: a client's write that fails is a failed proposal (counted
+            # where the client sent it, so a relayed one is counted once).
             self.driver.submit(req, lambda a: self._write_answered(reply, a, convert))
             return
         if convert is None:
