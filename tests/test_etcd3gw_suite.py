@@ -31,34 +31,40 @@ DEADLINE = 60.0
 SUITE_TIMEOUT = 600.0
 
 
-def run_suite(port: int, cwd: Path) -> str:
+def start_suite(port: int, cwd: Path) -> subprocess.Popen[str]:
+    """Start the suite against `port` in the background: its runs mostly wait
+    (for leases to expire, for watches), so the three run side by side."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KVCLUSTER_", "ETCD"))}
     env["TOOZ_TEST_HTTP_URL"] = f"http://localhost:{port}"
     env["TOOZ_TEST_ETCD_PORT"] = str(port)
     suite = ["--pyargs", "etcd3gw.tests", "-rs", "-q", "-p", "no:cacheprovider"]
-    done = subprocess.run(
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
         [sys.executable, "-m", "pytest", *suite],
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=SUITE_TIMEOUT,
     )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
+
+
+def suite_result(proc: subprocess.Popen[str]) -> str:
+    """Wait for a suite started by start_suite; its summary line, if it passed
+    with no failure and no skip."""
+    try:
+        out, _ = proc.communicate(timeout=SUITE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(
+            f"etcd3gw's suite did not finish in {SUITE_TIMEOUT:g} s: {out[-4000:]}"
+        ) from None
+    assert proc.returncode == 0, out[-4000:]
     summary = out.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary), summary
     assert "skipped" not in summary and "failed" not in summary and "error" not in summary
     return summary
-
-
-@pytest.mark.parametrize("where", ["follower", "leader"])
-def test_etcd3gw_suite_passes_against_kvcluster(where: str, tmp_path: Path) -> None:
-    with Cluster(3) as c:
-        leader = c.wait_for_leader(DEADLINE)
-        chosen = leader if where == "leader" else (leader + 1) % 3
-        port = int(c.endpoints[chosen].rsplit(":", 1)[1])
-        run_suite(port, tmp_path)
 
 
 def free_port() -> int:
@@ -117,12 +123,52 @@ class PortRace(Exception):
     """Another process took a port between our finding it free and etcd binding it."""
 
 
-def test_etcd3gw_suite_passes_against_etcd_itself(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def etcd_on_free_ports(data: Path) -> Iterator[int]:
+    """etcd_server, tried again if a free port was taken before etcd bound it."""
+    data.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
         try:
-            with etcd_server(tmp_path / f"etcd-{attempt}") as port:
-                run_suite(port, tmp_path)
+            with etcd_server(data / f"etcd-{attempt}") as port:
+                yield port
             return
         except PortRace:
             continue
     raise AssertionError("five free ports in a row were taken before etcd could bind them")
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """The three runs, side by side: through a follower of one 3-node cluster,
+    through the leader of another, and against a one-member etcd. Each test
+    then waits for its own run."""
+    root = tmp_path_factory.mktemp("etcd3gw")
+    with Cluster(3) as a, Cluster(3) as b, etcd_on_free_ports(root / "etcd") as etcd_port:
+        follower = (a.wait_for_leader(DEADLINE) + 1) % 3
+        leader = b.wait_for_leader(DEADLINE)
+        ports = {
+            "follower": int(a.endpoints[follower].rsplit(":", 1)[1]),
+            "leader": int(b.endpoints[leader].rsplit(":", 1)[1]),
+            "etcd": etcd_port,
+        }
+        runs = {where: start_suite(port, root / where) for where, port in ports.items()}
+        try:
+            yield runs
+        finally:
+            for proc in runs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate()
+
+
+@pytest.mark.parametrize("where", ["follower", "leader"])
+def test_etcd3gw_suite_passes_against_kvcluster(
+    where: str, suites: dict[str, subprocess.Popen[str]]
+) -> None:
+    suite_result(suites[where])
+
+
+def test_etcd3gw_suite_passes_against_etcd_itself(
+    suites: dict[str, subprocess.Popen[str]],
+) -> None:
+    suite_result(suites["etcd"])
