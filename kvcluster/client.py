@@ -212,7 +212,12 @@ class Client:
     its first write, and a new one when the cluster has expired it; never share
     one between live clients).
     `token`: sent as `Authorization: Bearer <token>`, needed by membership
-    changes. `prefer_leader`: send requests to the remembered leader (default);
+    changes. For https endpoints, `ca`: the CA file the nodes' certificates
+    must come from (default: the system's CAs); `cert` and `key`: this
+    client's own certificate and key files, for a cluster that asks clients
+    for one (`--client-cert-auth`) or for admin routes of a TLS cluster, which
+    need a certificate from its peer CA (`key` may be omitted if `cert` holds
+    both). `prefer_leader`: send requests to the remembered leader (default);
     False keeps using the endpoints in order, e.g. to measure follower reads.
     `unreachable_timeout`: give up after this many seconds (and one try of
     every endpoint) if no connection could be made at all, every one refused
@@ -234,6 +239,9 @@ class Client:
         token: str | None = None,
         prefer_leader: bool = True,
         unreachable_timeout: float | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
@@ -263,6 +271,12 @@ class Client:
         self._token = token
         self._session = requests.Session()
         self._session.trust_env = False
+        if key is not None and cert is None:
+            raise ValueError("key= was given without cert= (the certificate it belongs to)")
+        self._tls = (ca, cert, key)
+        self._session.verify = ca if ca is not None else True
+        if cert is not None:
+            self._session.cert = (cert, key) if key is not None else cert
         headers = {"User-Agent": f"kvcluster-client/{__version__}", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -541,6 +555,7 @@ class Client:
             request_timeout=self.request_timeout,
             unreachable_timeout=self.unreachable_timeout,
             headers={k: v for k, v in self._headers.items() if k != "Accept"},
+            tls=self._tls,
         )
         return Watch(
             config,
@@ -853,7 +868,9 @@ class Client:
                 # The session's adapter (its keep-alive pool) directly: Session.send adds
                 # only hooks and cookies, which the nodes do not use.
                 adapter = self._session.get_adapter(url)
-                resp = adapter.send(prepared, timeout=wait)
+                resp = adapter.send(
+                    prepared, timeout=wait, verify=self._session.verify, cert=self._session.cert
+                )
                 content = resp.content
             except requests.RequestException as exc:
                 raise self._classify(exc) from None

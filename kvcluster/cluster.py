@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -43,7 +44,9 @@ from urllib3.util.retry import Retry
 from .raft import ConfigError, RaftOptions
 from .server.config import NodeConfig, check_cluster
 from .server.forkserver import OWNER_FILE, WORK_DIR_PREFIX
+from .server.http import use_tls
 from .server.main import run_node
+from .tls import CertificateAuthority, client_context, write_key_pair
 
 if TYPE_CHECKING:
     from .client import Client
@@ -98,6 +101,7 @@ class NodeHandle:
     index: int
     name: str
     port: int = 0
+    host: str = "127.0.0.1"  # the address it binds (its own, in a network namespace)
     process: Any = None
     incarnation: str = ""
     paused: bool = False
@@ -124,6 +128,12 @@ class Cluster:
     setting no node could work with raises ConfigError (a ValueError) naming it.
     `preset` ("default" or "slow", see PRESETS) gives the heartbeat and election
     timeout that are not given explicitly.
+
+    `tls=True` makes a throwaway CA in the work directory and a certificate for
+    every node: clients and peers speak https, peers prove themselves with
+    their certificates, and `ca_file`, `cert_file` and `key_file` are what a
+    client outside the Cluster needs (`client()` passes them itself). With
+    `client_cert_auth` every client must show a certificate from that CA.
     """
 
     def __init__(
@@ -151,6 +161,8 @@ class Cluster:
         history_keep: int = 10_000,
         quota_bytes: int = 1 << 30,
         event_loop: str = "uvloop",
+        tls: bool = False,
+        client_cert_auth: bool = False,
         start: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
@@ -212,12 +224,20 @@ class Cluster:
         self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
+        self.tls = bool(tls)
+        self.client_cert_auth = bool(client_cert_auth)
+        if client_cert_auth and not tls:
+            raise ConfigError("client_cert_auth", "needs tls=True")
+        self._ca: CertificateAuthority | None = None
+        self._harness_tls: ssl.SSLContext | None = None
         self._bootstrap: dict[str, str] = {}
         self._faults: defaultdict[int, dict[str, Any]] = defaultdict(
             lambda: {"block": set(), "block_out": set(), "drop": {}, "delay": {}}
         )
-        self.nodes = [NodeHandle(i, f"n{i}") for i in range(n)]
+        self.nodes = [NodeHandle(i, f"n{i}", host=host) for i in range(n)]
         self._session = _harness_session()
+        if self.tls:
+            self._make_certificates()
         self._dashboard: Dashboard | None = None
         self._started = False
         self._finalizer = weakref.finalize(self, _stop_processes, self.nodes)
@@ -236,10 +256,11 @@ class Cluster:
             ports = [
                 self._recv(h, pipe, "bound") for h, pipe in zip(self.nodes, pipes, strict=True)
             ]
-            members = {h.name: self._url(p) for h, p in zip(self.nodes, ports, strict=True)}
+            for h, port in zip(self.nodes, ports, strict=True):
+                self._bound(h, port)
+            members = {h.name: self._url(h) for h in self.nodes}
             self._bootstrap = members
-            for h, pipe, port in zip(self.nodes, pipes, ports, strict=True):
-                h.port = port
+            for pipe in pipes:
                 pipe.send(("start", members))
             for h, pipe in zip(self.nodes, pipes, strict=True):
                 self._recv(h, pipe, "serving")
@@ -253,6 +274,8 @@ class Cluster:
         """Stop every node (SIGTERM, then SIGKILL for stragglers). Idempotent."""
         self._close_dashboard()
         _stop_processes(self.nodes)
+        for h in self.nodes:
+            use_tls(h.host, h.port, None)
         self._session.close()
         if self._own_dir and os.environ.get("KVCLUSTER_KEEP_WORKDIR") is None:
             # The events files are still needed by events() after stop, so keep
@@ -289,14 +312,65 @@ class Cluster:
         if dashboard is not None:
             dashboard.close()
 
+    # ------------------------------------------------------------------ TLS
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA every node's certificate comes from (None without TLS)."""
+        return str(self._tls_dir / "ca.pem") if self.tls else None
+
+    @property
+    def cert_file(self) -> str | None:
+        """A certificate from that CA for clients and tools (None without TLS)."""
+        return str(self._tls_dir / "client.pem") if self.tls else None
+
+    @property
+    def key_file(self) -> str | None:
+        return str(self._tls_dir / "client.key") if self.tls else None
+
+    @property
+    def _tls_dir(self) -> Path:
+        return self.work_dir / "tls"
+
+    def _make_certificates(self) -> None:
+        """A CA of this Cluster's own, and the harness's certificate (a peer
+        CA certificate: the harness calls admin routes)."""
+        self._tls_dir.mkdir(exist_ok=True)
+        self._ca = CertificateAuthority.create(f"kvcluster Cluster CA ({self.work_dir.name})")
+        self._ca.certificate_file(self._tls_dir / "ca.pem")
+        certificate, key = self._ca.issue("harness", [self.host, "localhost"])
+        assert self.cert_file is not None and self.key_file is not None
+        write_key_pair(certificate, key, self.cert_file, self.key_file)
+        self._harness_tls = client_context(self.ca_file, self.cert_file, self.key_file)
+        self._session.verify = self.ca_file
+        self._session.cert = (self.cert_file, self.key_file)
+
+    def _node_certificate(self, h: NodeHandle) -> tuple[str, str]:
+        """Node h's certificate for the address it has now (issued again when it moves)."""
+        assert self._ca is not None
+        cert_file, key_file = self._tls_dir / f"{h.name}.pem", self._tls_dir / f"{h.name}.key"
+        stamp = self._tls_dir / f"{h.name}.host"
+        if not cert_file.exists() or stamp.read_text(encoding="utf-8") != h.host:
+            certificate, key = self._ca.issue(h.name, [h.host, "localhost"])
+            write_key_pair(certificate, key, cert_file, key_file)
+            stamp.write_text(h.host, encoding="utf-8")
+        return str(cert_file), str(key_file)
+
+    def _bound(self, h: NodeHandle, port: int) -> None:
+        """Node h listens on `port`: calls from this process to it use TLS if the cluster does."""
+        if h.port:
+            use_tls(h.host, h.port, None)
+        h.port = port
+        use_tls(h.host, port, self._harness_tls)
+
     def _first_port_of(self, h: NodeHandle) -> int:
         """Where node h listens when the cluster starts: first_port + its index, or
         0 (any free port) if no first port was given."""
         return self.first_port + h.index if self.first_port else 0
 
-    def _url(self, port: int) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{port}"
+    def _url(self, h: NodeHandle) -> str:
+        host = f"[{h.host}]" if ":" in h.host else h.host
+        return f"{'https' if self.tls else 'http'}://{host}:{h.port}"
 
     def _config(self, h: NodeHandle, port: int, join: list[str]) -> NodeConfig:
         return NodeConfig(
@@ -321,7 +395,20 @@ class Cluster:
             quota_bytes=self.quota_bytes,
             event_loop=self.event_loop,
             seed=None if self.seed is None else self.seed * 1000 + h.index,
+            **self._tls_settings(h),
         )
+
+    def _tls_settings(self, h: NodeHandle) -> dict[str, Any]:
+        if not self.tls:
+            return {}
+        cert_file, key_file = self._node_certificate(h)
+        return {
+            "cert_file": cert_file,
+            "key_file": key_file,
+            "peer_trusted_ca_file": self.ca_file,
+            "trusted_ca_file": self.ca_file if self.client_cert_auth else None,
+            "client_cert_auth": self.client_cert_auth,
+        }
 
     def _spawn(self, h: NodeHandle, port: int, join: Sequence[str] = ()) -> Any:
         parent, child = _ctx.Pipe()
@@ -363,16 +450,20 @@ class Cluster:
     @property
     def endpoints(self) -> list[str]:
         """One base URL per node, by index (a removed node keeps its slot)."""
-        return [self._url(h.port) for h in self.nodes]
+        return [self._url(h) for h in self.nodes]
 
     def _live_endpoints(self) -> list[str]:
-        return [self._url(h.port) for h in self.nodes if h.alive and not h.removed]
+        return [self._url(h) for h in self.nodes if h.alive and not h.removed]
 
     def client(self, **kwargs: Any) -> Client:
         """A client that knows every node; it finds the leader by itself."""
         from .client import Client
 
         kwargs.setdefault("token", self.token)
+        if self.tls:
+            kwargs.setdefault("ca", self.ca_file)
+            kwargs.setdefault("cert", self.cert_file)
+            kwargs.setdefault("key", self.key_file)
         return Client(self._live_endpoints() or self.endpoints, **kwargs)
 
     def node_status(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
@@ -380,7 +471,7 @@ class Cluster:
         if not h.alive or h.paused:
             return None
         try:
-            r = self._session.get(f"{self._url(h.port)}/v1/status", timeout=timeout)
+            r = self._session.get(f"{self._url(h)}/v1/status", timeout=timeout)
             return dict(r.json()) if r.status_code == 200 else None
         except (requests.RequestException, ValueError):
             return None
@@ -482,7 +573,7 @@ class Cluster:
         t = self.mark("restart", i)
         if self.storage == "memory":
             h.incarnation = secrets.token_hex(6)
-        others = [self._url(o.port) for o in self.nodes if o is not h and not o.removed]
+        others = [self._url(o) for o in self.nodes if o is not h and not o.removed]
         # With disk storage the node recovers its log and comes back as itself
         # (it asks to join only if it had never joined, or its address changed).
         bootstrap = self._bootstrap if h.name in self._bootstrap else None
@@ -494,11 +585,13 @@ class Cluster:
         """Start a new node that joins through `/register` on node `via` (or on
         any member); returns its index. It joins as a learner and becomes a
         voter once it has caught up."""
-        h = NodeHandle(len(self.nodes), f"n{len(self.nodes)}", incarnation=secrets.token_hex(6))
+        h = NodeHandle(
+            len(self.nodes), f"n{len(self.nodes)}", host=self.host, incarnation=secrets.token_hex(6)
+        )
         if via is not None:
-            others = [self._url(self.nodes[via].port)]
+            others = [self._url(self.nodes[via])]
         else:
-            others = [self._url(o.port) for o in self.nodes if not o.removed]
+            others = [self._url(o) for o in self.nodes if not o.removed]
         self.nodes.append(h)
         self._start_joining(h, 0, others)
         return h.index
@@ -509,14 +602,14 @@ class Cluster:
         pipe = self._spawn(h, port=port, join=join)
         try:
             try:
-                h.port = self._recv(h, pipe, "bound")
+                self._bound(h, self._recv(h, pipe, "bound"))
             except PortTaken:
                 # Someone took its port while it was down. A node binds exactly
                 # its address or exits, so it comes back on a new port, and asks
                 # to be re-added there (its old address is void).
                 pipe.close()
                 pipe = self._spawn(h, port=0, join=join)
-                h.port = self._recv(h, pipe, "bound")
+                self._bound(h, self._recv(h, pipe, "bound"))
             pipe.send(("start", bootstrap if self.storage == "disk" else None))
             self._recv(h, pipe, "serving")
         finally:
@@ -644,7 +737,7 @@ class Cluster:
             **(extra or {}),
         }
         r = self._session.post(
-            f"{self._url(h.port)}/admin/fault",
+            f"{self._url(h)}/admin/fault",
             json=body,
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=5,
@@ -662,7 +755,7 @@ class Cluster:
                 {
                     "index": h.index,
                     "name": h.name,
-                    "endpoint": self._url(h.port),
+                    "endpoint": self._url(h),
                     "alive": h.alive,
                     "paused": h.paused,
                     "removed": h.removed,
@@ -721,6 +814,7 @@ def _harness_session() -> requests.Session:
     session.trust_env = False  # never route the nodes' loopback traffic through a proxy
     retry = Retry(total=2, connect=2, read=2, status=0, allowed_methods=None, backoff_factor=0)
     session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
     return session
 
 

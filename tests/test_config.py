@@ -112,7 +112,7 @@ def node(**changes: Any) -> NodeConfig:
         ({"initial_members": {"b": "http://127.0.0.1:2380"}}, "initial_members", "include this"),
         ({"initial_members": {"a": "http://127.0.0.1"}}, "initial_members", "port from 1"),
         ({"initial_members": {"a": "http://127.0.0.1:99999"}}, "initial_members", "port from 1"),
-        ({"initial_members": {"a": "https://127.0.0.1:2379"}}, "initial_members", "plain HTTP"),
+        ({"initial_members": {"a": "https://127.0.0.1:2379"}}, "initial_members", "has no TLS"),
         ({"initial_members": {"a": "http://127.0.0.1:2379/x"}}, "initial_members", "only scheme"),
         ({"initial_members": {"": "http://127.0.0.1:2379"}}, "initial_members", "1-64 char"),
         (

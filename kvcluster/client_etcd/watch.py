@@ -20,6 +20,7 @@ import httptools
 import requests
 
 from ..errors import Compacted, KvClusterError, RequestError, Unavailable
+from ..tls import client_context
 from .wire import KeyValue, decode, etcd_error, header_revision, key_value, malformed, number
 
 MAX_WATCH_MESSAGE = 64 << 20  # bytes in one watch message (one revision's events, base64)
@@ -55,6 +56,7 @@ class StreamConfig:
     request_timeout: float
     unreachable_timeout: float | None
     headers: dict[str, str]
+    tls: tuple[str | None, str | None, str | None] = (None, None, None)  # ca, cert, key files
 
 
 class _Broken(Exception):
@@ -72,7 +74,13 @@ class _Stream:
     the head and each line, and never loses bytes on a read timeout."""
 
     def __init__(
-        self, base: str, body: bytes, headers: dict[str, str], timeout: float, max_line: int
+        self,
+        base: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        max_line: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.base = base
         self.max_line = max_line
@@ -99,7 +107,7 @@ class _Stream:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if parts.scheme == "https":
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                sock = (tls or ssl.create_default_context()).wrap_socket(sock, server_hostname=host)
             lines = ["POST /v3/watch HTTP/1.1", f"Host: {parts.netloc}"]
             lines += [f"{name}: {value}" for name, value in headers.items()]
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}", "", ""]
@@ -253,6 +261,13 @@ class Watch:
         self._lock = threading.Lock()
         self._probe_session = requests.Session()
         self._probe_session.trust_env = False
+        ca, cert, key = config.tls
+        self._tls: ssl.SSLContext | None = None
+        if any(url.startswith("https://") for url in config.endpoints):
+            self._tls = client_context(ca, cert, key) if ca or cert else None
+            self._probe_session.verify = ca if ca is not None else True
+            if cert is not None:
+                self._probe_session.cert = (cert, key) if key is not None else cert
         self._heard = time.monotonic()
         self._connect(start_revision, None)
 
@@ -496,7 +511,7 @@ class Watch:
             create["start_revision"] = start
         body = json.dumps({"create_request": create}, separators=(",", ":")).encode()
         wait = max(0.05, min(self._config.request_timeout, deadline - time.monotonic()))
-        stream = _Stream(base, body, self._config.headers, wait, self._max)
+        stream = _Stream(base, body, self._config.headers, wait, self._max, self._tls)
         try:
             line = stream.next_line(time.monotonic() + wait)
             if line is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from ..node.options import READ_MODES, NodeOptions
 from ..raft import ConfigError, RaftOptions
 from ..storage.wal import FsyncPolicy
+from ..tls import TlsError, client_context, server_context
 
 __all__ = [
     "EVENT_LOOPS",
@@ -52,7 +54,7 @@ class NodeConfig:
     token: str
     host: str = "127.0.0.1"
     port: int = 0  # 0: let the OS pick a free port
-    advertise_url: str | None = None  # how peers reach us; default http://host:port
+    advertise_url: str | None = None  # how peers reach us; default http(s)://host:port
     # Bootstrap: the initial members (name -> base URL), or empty to join via `join`.
     initial_members: dict[str, str] = field(default_factory=dict)
     join: list[str] = field(default_factory=list)  # addresses of existing members
@@ -77,6 +79,18 @@ class NodeConfig:
     # uvloop where it is installed (it cuts a 3-node put from ~0.95 to ~0.70 ms);
     # "asyncio" to compare, or where uvloop does not exist (Windows).
     event_loop: str = "uvloop"
+    # TLS, etcd's settings (all None: plain HTTP). The port presents cert_file
+    # to clients and peers; a peer must also show a certificate issued by
+    # peer_trusted_ca_file (it shows peer_cert_file, by default cert_file), and
+    # with client_cert_auth a client one issued by trusted_ca_file. With TLS,
+    # every member URL is https://.
+    cert_file: str | None = None
+    key_file: str | None = None
+    trusted_ca_file: str | None = None
+    client_cert_auth: bool = False
+    peer_cert_file: str | None = None
+    peer_key_file: str | None = None
+    peer_trusted_ca_file: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -114,6 +128,99 @@ class NodeConfig:
         ):
             raise ConfigError("seed", f"must be an integer or None, got {self.seed!r}")
         _check_choice("event_loop", self.event_loop, EVENT_LOOPS)
+        self._check_tls()
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        """The context of this node's port (None: plain HTTP)."""
+        if self.cert_file is None:
+            return None
+        cas = [self.peer_trusted_ca_file or ""]
+        if self.client_cert_auth and self.trusted_ca_file not in cas:
+            cas.append(self.trusted_ca_file or "")
+        return server_context(
+            self.cert_file,
+            self.key_file or "",
+            client_cas=cas,
+            require_client_cert=self.client_cert_auth,
+        )
+
+    def peer_tls(self) -> ssl.SSLContext | None:
+        """The context of this node's calls to its peers (None: plain HTTP)."""
+        if self.cert_file is None:
+            return None
+        return client_context(
+            self.peer_trusted_ca_file,
+            self.peer_cert_file or self.cert_file,
+            self.peer_key_file or self.key_file,
+        )
+
+    def _check_tls(self) -> None:
+        """All or nothing: TLS settings without a certificate are a mistake, and
+        with one, every file must load and every member URL must be https."""
+        settings = {
+            "key_file": self.key_file,
+            "trusted_ca_file": self.trusted_ca_file,
+            "peer_cert_file": self.peer_cert_file,
+            "peer_key_file": self.peer_key_file,
+            "peer_trusted_ca_file": self.peer_trusted_ca_file,
+        }
+        for setting, value in [("cert_file", self.cert_file), *settings.items()]:
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(setting, f"must be a file path, got {value!r}")
+        if not isinstance(self.client_cert_auth, bool):
+            raise ConfigError(
+                "client_cert_auth", f"must be True or False, got {self.client_cert_auth!r}"
+            )
+        if self.cert_file is None:
+            given = [name for name, value in settings.items() if value is not None]
+            if self.client_cert_auth:
+                given.append("client_cert_auth")
+            if given:
+                raise ConfigError(
+                    given[0], "needs cert_file (this node's certificate) to turn TLS on"
+                )
+        else:
+            if self.key_file is None:
+                raise ConfigError("key_file", "is needed with cert_file (the certificate's key)")
+            if self.peer_trusted_ca_file is None:
+                raise ConfigError(
+                    "peer_trusted_ca_file",
+                    "is needed with TLS: peers prove themselves with certificates from this CA",
+                )
+            if self.client_cert_auth and self.trusted_ca_file is None:
+                raise ConfigError(
+                    "trusted_ca_file", "is needed with client_cert_auth (the clients' CA)"
+                )
+            if (self.peer_cert_file is None) != (self.peer_key_file is None):
+                raise ConfigError("peer_key_file", "and peer_cert_file go together")
+            try:
+                self.server_tls()
+            except TlsError as exc:
+                raise ConfigError("cert_file", str(exc)) from None
+            try:
+                self.peer_tls()
+            except TlsError as exc:
+                raise ConfigError("peer_cert_file", str(exc)) from None
+        urls = [("initial_members", u) for u in self.initial_members.values()]
+        urls += [("join", u) for u in self.join]
+        if self.advertise_url is not None:
+            urls.append(("advertise_url", self.advertise_url))
+        for setting, url in urls:
+            if not url.startswith(self.scheme + "://"):
+                why = (
+                    "this node has TLS on (cert_file)"
+                    if self.tls
+                    else "this node has no TLS (no cert_file)"
+                )
+                raise ConfigError(setting, f"must be {self.scheme}:// URLs: {why}, got {url}")
 
     def _check_own_address(self) -> None:
         """The node must be among the initial members, at the address it serves."""
@@ -162,10 +269,10 @@ def check_name(name: object, setting: str) -> str:
 
 
 def parse_peer_url(text: object, setting: str) -> str:
-    """http://HOST:PORT (a trailing '/' dropped): where a node's peers reach it.
+    """http(s)://HOST:PORT (a trailing '/' dropped): where a node's peers reach it.
 
-    The port must be explicit (a missing one would mean 80) and the scheme
-    http: nodes speak plain HTTP to each other.
+    The port must be explicit (a missing one would mean 80 or 443); https when
+    the cluster runs TLS (NodeConfig checks that every URL agrees).
     """
     example = "like http://10.0.0.1:2379"
     if not isinstance(text, str) or not text.isascii() or not text.isprintable():
@@ -180,9 +287,8 @@ def parse_peer_url(text: object, setting: str) -> str:
         raise ConfigError(
             setting, f"must be a URL {example} with a port from 1 to 65535, got {text!r}"
         ) from None
-    if parts.scheme != "http":
-        why = "nodes speak plain HTTP to each other" if parts.scheme == "https" else example
-        raise ConfigError(setting, f"must be an http:// URL ({why}), got {text!r}")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(setting, f"must be an http:// or https:// URL {example}, got {text!r}")
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise ConfigError(setting, f"must name a host, {example}, got {text!r}")
     if not port:

@@ -176,7 +176,9 @@ class NodeDriver:
 
     @property
     def address(self) -> str:
-        return self.config.advertise_url or f"http://{self.config.host}:{self.config.port}"
+        config = self.config
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        return config.advertise_url or f"{config.scheme}://{host}:{config.port}"
 
     def start(self) -> None:
         self.events.emit("start", incarnation=self.incarnation, address=self.address)

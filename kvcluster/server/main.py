@@ -15,10 +15,11 @@ from typing import Any
 
 import orjson
 
+from ..tls import issuer_check
 from .config import NodeConfig
 from .driver import NodeDriver
 from .forkserver import detach_node
-from .http import ConnectionFailed, HttpConnection, HttpServer, Limits
+from .http import ConnectionFailed, HttpConnection, HttpServer, Limits, use_tls_by_default
 from .join import join
 from .routes import Routes
 
@@ -121,6 +122,9 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
     """Serve until SIGTERM or SIGINT, or until the node learns that it was
     removed from the cluster (its log says why); either way the process then
     ends normally, with exit status 0 (a storage failure exits with 3)."""
+    # With TLS every member is https: each call this node makes (peer links,
+    # relays, joining) shows its peer certificate and checks the other's.
+    use_tls_by_default(config.peer_tls())
     has_disk_state = bool(config.data_dir and os.path.isdir(config.data_dir)) and bool(
         os.listdir(config.data_dir or ".")
     )
@@ -140,7 +144,13 @@ async def serve(config: NodeConfig, sockets: list[socket.socket], handshake: Any
             f"log's first entry, or an older kvcluster wrote the directory): start "
             f"{config.name} with --join URL, or with the same --initial-cluster as before"
         )
-    server = HttpServer(Routes(driver), token=config.token, limits=limits_for_descriptors())
+    server = HttpServer(
+        Routes(driver),
+        token=config.token,
+        limits=limits_for_descriptors(),
+        tls=config.server_tls(),
+        peer_certificate=issuer_check(config.peer_trusted_ca_file or "") if config.tls else None,
+    )
     driver.metrics.http = server  # open connections, for /metrics
     await server.listen(sockets)
     stop = asyncio.Event()

@@ -129,7 +129,7 @@ def member_id(value: Any) -> str:
 
 
 def is_base_url(address: Any) -> TypeGuard[str]:
-    """http://host:port and nothing else: what a peer link can connect to.
+    """http(s)://host:port and nothing else: what a peer link can connect to.
 
     A member's address goes into the log and every node opens a link to it, so
     one it cannot parse would break every node.
@@ -144,7 +144,7 @@ def is_base_url(address: Any) -> TypeGuard[str]:
     except ValueError:
         return False
     return (
-        parts.scheme == "http"
+        parts.scheme in ("http", "https")
         and bool(parts.hostname)
         and bool(port)
         and parts.username is None

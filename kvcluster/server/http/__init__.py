@@ -8,7 +8,8 @@
   chunk (a watch), bounded by what the client reads.
 - `errors`: `error_body`, the one JSON error envelope.
 - `client`: `HttpConnection`, `ConnectionPool`, `open_stream`/`RequestStream`,
-  `Response`, `ConnectionFailed`.
+  `Response`, `ConnectionFailed`, and `use_tls`/`use_tls_by_default`: which
+  calls go over TLS.
 
 This package imports nothing from the rest of kvcluster: it is protocol code.
 """
@@ -20,6 +21,8 @@ from .client import (
     RequestStream,
     Response,
     open_stream,
+    use_tls,
+    use_tls_by_default,
 )
 from .errors import error_body
 from .limits import Limits
@@ -43,4 +46,6 @@ __all__ = [
     "error_body",
     "open_stream",
     "start_stream",
+    "use_tls",
+    "use_tls_by_default",
 ]

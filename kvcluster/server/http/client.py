@@ -14,6 +14,11 @@ connection instead of being lost. (A close that reaches this process in the
 very loop iteration a request is written can still be missed; that request
 fails with `sent=True`, as any request whose connection breaks does.)
 
+TLS: a call to a host and port registered with `use_tls` (a Cluster's nodes,
+in the process that runs it) or, failing that, any call of a process that set
+`use_tls_by_default` (a TLS node: every member it calls is https) goes over
+TLS with that context, which checks the server's certificate and host name.
+
 Responses may have a Content-Length, a chunked body, or a body that ends with
 the connection; the head (64 KiB) and the body (`max_body`) are bounded. A
 response that never ends (a watch) is read as it arrives with `read_stream`:
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -269,9 +275,32 @@ def _slices(data: bytes) -> list[memoryview]:
     return [view[offset : offset + _SLICE] for offset in range(0, len(data), _SLICE)]
 
 
+_tls_by_address: dict[tuple[str, int], ssl.SSLContext] = {}
+_tls_default: list[ssl.SSLContext | None] = [None]
+
+
+def use_tls(host: str, port: int, context: ssl.SSLContext | None) -> None:
+    """Calls to host:port go over TLS with `context` (None: plain HTTP again)."""
+    if context is None:
+        _tls_by_address.pop((host, port), None)
+    else:
+        _tls_by_address[(host, port)] = context
+
+
+def use_tls_by_default(context: ssl.SSLContext | None) -> None:
+    """Every call to an address not registered with `use_tls` uses `context`."""
+    _tls_default[0] = context
+
+
+def tls_for(host: str, port: int) -> ssl.SSLContext | None:
+    return _tls_by_address.get((host, port), _tls_default[0])
+
+
 async def _connect(host: str, port: int, max_body: int) -> _Protocol:
-    """A connected protocol; ConnectionFailed(sent=False) if no address answers."""
+    """A connected protocol (after the TLS handshake, for a TLS address);
+    ConnectionFailed(sent=False) if no address answers or the handshake fails."""
     loop = asyncio.get_running_loop()
+    tls = tls_for(host, port)
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
@@ -290,7 +319,12 @@ async def _connect(host: str, port: int, max_body: int) -> _Protocol:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await loop.sock_connect(sock, address)
-            _, protocol = await loop.create_connection(lambda: _Protocol(max_body), sock=sock)
+            if tls is None:
+                _, protocol = await loop.create_connection(lambda: _Protocol(max_body), sock=sock)
+            else:
+                _, protocol = await loop.create_connection(
+                    lambda: _Protocol(max_body), sock=sock, ssl=tls, server_hostname=host
+                )
             return protocol
         except OSError as exc:
             sock.close()
@@ -392,8 +426,10 @@ class ConnectionPool:
 
     def __init__(self, base_url: str, max_idle: int = 64) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
-            raise ValueError(f"expected http://host:port, got {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+            raise ValueError(f"expected http(s)://host:port, got {base_url!r}")
+        if parts.scheme == "https" and tls_for(parts.hostname, parts.port) is None:
+            raise ValueError(f"{base_url} is https, but this process has no TLS context for it")
         self.base_url = base_url
         self.host, self.port = parts.hostname, parts.port
         self._max_idle = max_idle

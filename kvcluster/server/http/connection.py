@@ -185,10 +185,12 @@ class ServerConnection(asyncio.Protocol):
         "_began",
         "_body",
         "_body_size",
+        "_certified",
         "_closed",
         "_continue_owed",
         "_eof",
         "_final",
+        "_handshake",
         "_head",
         "_head_count",
         "_head_size",
@@ -233,6 +235,10 @@ class ServerConnection(asyncio.Protocol):
         self.kind = CLIENT
         self._parser = httptools.HttpRequestParser(self)
         self._remote = ""
+        # With TLS: whether the client showed a certificate from the peer CA
+        # (a token route needs one); without TLS the token alone decides.
+        self._certified = server.tls is None
+        self._handshake: asyncio.Task[None] | None = None
         self._closed = False  # closing or closed: nothing more is written
         self._stopped = False  # no more requests are parsed (refused, Connection: close, ...)
         self._lingering = False
@@ -292,6 +298,43 @@ class ServerConnection(asyncio.Protocol):
             self._remote = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         elif peer:
             self._remote = str(peer)
+        if self.server.tls is not None:
+            # The handshake runs after admission, so connections that are still
+            # shaking hands count against max_connections like any other.
+            transport.pause_reading()  # type: ignore[attr-defined]
+            self._handshake = asyncio.ensure_future(self._start_tls(transport))
+
+    async def _start_tls(self, plain: asyncio.BaseTransport) -> None:
+        server = self.server
+        assert server.tls is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(
+                plain,  # type: ignore[arg-type]  # a Transport, typed as accepted
+                self,
+                server.tls,
+                server_side=True,
+                ssl_handshake_timeout=self.limits.head_timeout,
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            # A client with no certificate we trust, not speaking TLS, or too
+            # slow: nothing it sent was read as HTTP.
+            server.refused["tls_handshake"] += 1
+            log.debug("TLS handshake with %s failed: %s", self._remote, exc)
+            plain.abort()  # type: ignore[attr-defined]
+            self.connection_lost(None)
+            return
+        finally:
+            self._handshake = None
+        if transport is None or self._closed:
+            if transport is not None:
+                transport.abort()
+            return
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.limits.max_unsent)
+        ssl_object = transport.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        self._certified = server.is_peer_certificate(certificate)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._stopped = True
@@ -789,7 +832,8 @@ class ServerConnection(asyncio.Protocol):
         path, _, query = target.partition("?")
         auth = headers.get("authorization")
         server = self.server
-        peer = auth is not None and server.token_matches(auth)
+        token = auth is not None and server.token_matches(auth)
+        peer = token and self._certified
 
         try:
             found = server.router(method, path)
@@ -810,6 +854,12 @@ class ServerConnection(asyncio.Protocol):
         if route.token and not peer:
             # Before the body is read: an unauthenticated client cannot make
             # the node buffer a peer-sized body.
+            if token:
+                message = (
+                    "this route needs a client certificate issued by the cluster's peer CA "
+                    "(--peer-trusted-ca-file), besides the token"
+                )
+                self._refuse(403, "forbidden", message)
             message = "this route needs the cluster token (Authorization: Bearer <token>)"
             self._refuse(401, "unauthorized", message)
         te = headers.get("transfer-encoding")

@@ -22,8 +22,10 @@ import functools
 import hmac
 import logging
 import socket
+import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Final
 
@@ -49,12 +51,25 @@ class HttpServer:
     unread for idle_timeout), and `unsent()`.
     """
 
-    def __init__(self, router: Router, *, token: str, limits: Limits = _DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        token: str,
+        limits: Limits = _DEFAULT_LIMITS,
+        tls: ssl.SSLContext | None = None,
+        peer_certificate: Callable[[bytes | None], bool] | None = None,
+    ) -> None:
+        """`tls`: serve TLS with this context (None: plain HTTP). `peer_certificate`
+        says whether a client's certificate (DER, None if it showed none) makes
+        it a peer; with TLS a token route needs both the token and that."""
         if not token:
             raise ValueError("a cluster token is required")
         if any(c in token for c in "\r\n"):
             raise ValueError("the token must not contain CR or LF")
         self.limits = limits
+        self.tls = tls
+        self._peer_certificate = peer_certificate
         self.clients = 0
         self.peers = 0
         self.pending = 0
@@ -132,6 +147,12 @@ class HttpServer:
         )
 
     # ------------------------------------------------------------ for its connections
+
+    def is_peer_certificate(self, certificate: bytes | None) -> bool:
+        """Whether a TLS client's certificate (verified by the handshake) is a peer's."""
+        if self._peer_certificate is None:
+            return certificate is not None
+        return self._peer_certificate(certificate)
 
     def token_matches(self, authorization: str) -> bool:
         """Whether an Authorization header is `Bearer <token>` (in constant time)."""
