@@ -37,6 +37,9 @@ T = TypeVar("T")
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 TOKEN_ENV = "KVCLUSTER_TOKEN"
 ENDPOINTS_ENV = "KVCLUSTER_ENDPOINTS"
+CACERT_ENV = "KVCLUSTER_CACERT"
+CERT_ENV = "KVCLUSTER_CERT"
+KEY_ENV = "KVCLUSTER_KEY"
 # A client command gives up this soon when no endpoint accepts a connection at all.
 UNREACHABLE_TIMEOUT = 1.0
 
@@ -68,6 +71,13 @@ FLAGS = {
     "history_keep": "--history-keep",
     "quota_bytes": "--quota-bytes",
     "event_loop": "--event-loop",
+    "cert_file": "--cert-file",
+    "key_file": "--key-file",
+    "trusted_ca_file": "--trusted-ca-file",
+    "client_cert_auth": "--client-cert-auth",
+    "peer_cert_file": "--peer-cert-file",
+    "peer_key_file": "--peer-key-file",
+    "peer_trusted_ca_file": "--peer-trusted-ca-file",
     "n": "-n",
     "first_port": "--port",
 }
@@ -269,6 +279,18 @@ def _add_client_options(p: argparse.ArgumentParser, *, top: bool) -> None:
         f"(no node accepting connections fails after about {UNREACHABLE_TIMEOUT:g} s) "
         "(default: 10)",
     )
+    # TLS, with etcdctl's flag names; each also from the environment.
+    for flag, env, what in (
+        ("--cacert", CACERT_ENV, "the CA file the nodes' certificates come from (https)"),
+        ("--cert", CERT_ENV, "this client's certificate file, for clusters that ask for one"),
+        ("--key", KEY_ENV, "the key file of --cert"),
+    ):
+        p.add_argument(
+            flag,
+            default=default(None),
+            metavar="FILE",
+            help=f"{what} (default: ${env})",
+        )
 
 
 class Parsers:
@@ -361,7 +383,58 @@ def build_parsers() -> Parsers:
         action="store_true",
         help="enable the token-protected /admin/fault endpoints",
     )
+    tls = serve.add_argument_group(
+        "TLS (etcd's flags; all off: plain HTTP)",
+        "With --cert-file the port speaks only https, to clients and peers, and every member "
+        "URL is https://. A peer (and the admin routes) must show a certificate issued by "
+        "--peer-trusted-ca-file besides the token. Make a CA and certificates with "
+        "`kvcluster certs`.",
+    )
+    tls.add_argument("--cert-file", metavar="FILE", help="this node's certificate (PEM)")
+    tls.add_argument("--key-file", metavar="FILE", help="its key (PEM, unencrypted)")
+    tls.add_argument(
+        "--peer-trusted-ca-file", metavar="FILE", help="the CA of the peers' certificates"
+    )
+    tls.add_argument(
+        "--peer-cert-file",
+        metavar="FILE",
+        help="the certificate shown when calling peers (default: --cert-file)",
+    )
+    tls.add_argument("--peer-key-file", metavar="FILE", help="its key (default: --key-file)")
+    tls.add_argument(
+        "--client-cert-auth",
+        action="store_true",
+        help="clients must show a certificate from --trusted-ca-file",
+    )
+    tls.add_argument(
+        "--trusted-ca-file", metavar="FILE", help="the CA of the clients' certificates"
+    )
     _add_raft_options(serve)
+
+    certs = ps.add(
+        "certs",
+        "make a CA and node certificates (for TLS: `serve --cert-file`; keys are written 0600)",
+    )
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    ca = certs_sub.add_parser(
+        "ca", help="a new CA: DIR/ca.pem and DIR/ca.key", formatter_class=HelpFormatter
+    )
+    ca.add_argument("--dir", default=".", help="where to write the files")
+    ca.add_argument("--days", type=int, default=365, help="how long it is valid")
+    issue = certs_sub.add_parser(
+        "issue",
+        help="a certificate from DIR's CA: DIR/NAME.pem and DIR/NAME.key",
+        formatter_class=HelpFormatter,
+    )
+    issue.add_argument("name", help="a name for the certificate (its file names too)")
+    issue.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="a host name or IP address it is reached at (repeat for each)",
+    )
+    issue.add_argument("--dir", default=".", help="the CA's directory, and where to write")
+    issue.add_argument("--days", type=int, default=365, help="how long it is valid")
 
     up = ps.add("up", "run a local cluster in the foreground; Ctrl-C stops it")
     up.add_argument("-n", type=int, default=5, help="number of nodes")
@@ -587,7 +660,7 @@ def _serve(args: argparse.Namespace, ps: Parsers) -> int:
     host, port = args.listen
     advertise = args.advertise
     if advertise is None and ":" in host:  # an IPv6 address goes in brackets in a URL
-        advertise = f"http://[{host}]:{port}"
+        advertise = f"{'https' if args.cert_file else 'http'}://[{host}]:{port}"
     config = NodeConfig(
         name=args.name,
         token=token or secrets.token_hex(16),
@@ -608,6 +681,13 @@ def _serve(args: argparse.Namespace, ps: Parsers) -> int:
         history_keep=args.history_keep,
         quota_bytes=args.quota_bytes,
         event_loop=args.event_loop,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        trusted_ca_file=args.trusted_ca_file,
+        client_cert_auth=args.client_cert_auth,
+        peer_cert_file=args.peer_cert_file,
+        peer_key_file=args.peer_key_file,
+        peer_trusted_ca_file=args.peer_trusted_ca_file,
     )
     path = None
     if generated:
@@ -709,6 +789,36 @@ def _start_dashboard(cluster: Cluster, port: int) -> None:
     print(f"Live view (open in a browser on this machine): {dashboard.url}")
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from .tls import CertificateAuthority, TlsError, write_key_pair
+
+    where = Path(args.dir)
+    try:
+        if args.certs_command == "ca":
+            where.mkdir(parents=True, exist_ok=True)
+            if (where / "ca.key").exists():
+                raise TlsError(f"{where / 'ca.key'} exists: remove it first to make a new CA")
+            CertificateAuthority.create(days=args.days).write(where / "ca.pem", where / "ca.key")
+            print(
+                f"wrote {where / 'ca.pem'} (give it to every node and client) and "
+                f"{where / 'ca.key'} (keep it private)"
+            )
+        else:
+            from .server.config import check_name
+
+            name = check_name(args.name, "certificate name")
+            ca = CertificateAuthority.load(where / "ca.pem", where / "ca.key")
+            certificate, key = ca.issue(name, args.host, days=args.days)
+            write_key_pair(certificate, key, where / f"{name}.pem", where / f"{name}.key")
+            print(
+                f"wrote {where / f'{name}.pem'} and {where / f'{name}.key'} "
+                f"for {', '.join(args.host)}"
+            )
+    except TlsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return 0
+
+
 def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
     from .client import Client
 
@@ -719,6 +829,9 @@ def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
         timeout=args.timeout,
         token=token,
         unreachable_timeout=min(args.timeout, UNREACHABLE_TIMEOUT),
+        ca=args.cacert or os.environ.get(CACERT_ENV) or None,
+        cert=args.cert or os.environ.get(CERT_ENV) or None,
+        key=args.key or os.environ.get(KEY_ENV) or None,
     ) as c:
         if args.command == "put":
             revision = c.put(args.key, args.value, lease=args.lease or 0)
@@ -850,6 +963,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, ps)
         if args.command == "up":
             return _up(args, ps)
+        if args.command == "certs":
+            return _certs(args)
         if args.command == "demo":
             from .demo import run_demo
 

@@ -274,7 +274,8 @@ class Client:
         if key is not None and cert is None:
             raise ValueError("key= was given without cert= (the certificate it belongs to)")
         self._tls = (ca, cert, key)
-        self._session.verify = ca if ca is not None else True
+        self._verify: bool | str = ca if ca is not None else True
+        self._session.verify = self._verify
         if cert is not None:
             self._session.cert = (cert, key) if key is not None else cert
         headers = {"User-Agent": f"kvcluster-client/{__version__}", "Accept": "application/json"}
@@ -869,7 +870,7 @@ class Client:
                 # only hooks and cookies, which the nodes do not use.
                 adapter = self._session.get_adapter(url)
                 resp = adapter.send(
-                    prepared, timeout=wait, verify=self._session.verify, cert=self._session.cert
+                    prepared, timeout=wait, verify=self._verify, cert=self._session.cert
                 )
                 content = resp.content
             except requests.RequestException as exc:

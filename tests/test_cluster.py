@@ -1,4 +1,8 @@
-"""Integration tests: real node processes started through `Cluster`."""
+"""Integration tests: real node processes started through `Cluster`.
+
+Every 3-node scenario runs twice: on plain HTTP and with TLS on clients and
+peers (`Cluster(tls=True)`, ids ending in "tls"): TLS must change nothing a
+client or a fault can see."""
 
 from __future__ import annotations
 
@@ -18,16 +22,33 @@ pytestmark = pytest.mark.integration
 DEADLINE = 60.0
 
 
+# The 3-node cluster again, with TLS on clients and peers.
+TLS3 = pytest.param((3, True), id="3-tls")
+
+
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    with Cluster(request.param) as c:
+    n, tls = request.param if isinstance(request.param, tuple) else (request.param, False)
+    with Cluster(n, tls=tls) as c:
         c.wait_for_leader(DEADLINE)
         yield c
 
 
 def only(c: Cluster, i: int, timeout: float = DEADLINE) -> Client:
     """A client that talks to node i and nowhere else (it ignores leader hints)."""
-    return Client([c.endpoints[i]], timeout=timeout, prefer_leader=False)
+    return Client(
+        [c.endpoints[i]],
+        timeout=timeout,
+        prefer_leader=False,
+        ca=c.ca_file,
+        cert=c.cert_file,
+        key=c.key_file,
+    )
+
+
+def https(c: Cluster) -> dict[str, object]:
+    """What `requests` needs to call the cluster's nodes (nothing without TLS)."""
+    return {"verify": c.ca_file} if c.tls else {}
 
 
 def wait_for_value(c: Cluster, i: int, key: str, value: str | None) -> None:
@@ -40,7 +61,7 @@ def wait_for_value(c: Cluster, i: int, key: str, value: str | None) -> None:
         )
 
 
-@pytest.mark.parametrize("cluster", [1, 3, 5], indirect=True)
+@pytest.mark.parametrize("cluster", [1, 3, 5, TLS3], indirect=True)
 def test_a_leader_is_elected_and_everyone_agrees(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
     status = cluster.status()
@@ -50,7 +71,7 @@ def test_a_leader_is_elected_and_everyone_agrees(cluster: Cluster) -> None:
     assert status["term"].nunique() == 1
 
 
-@pytest.mark.parametrize("cluster", [1, 3, 5], indirect=True)
+@pytest.mark.parametrize("cluster", [1, 3, 5, TLS3], indirect=True)
 def test_a_write_through_any_node_is_readable_through_every_node(cluster: Cluster) -> None:
     n = len(cluster.nodes)
     for i in range(n):
@@ -110,7 +131,7 @@ def assert_all_present(c: Cluster, acknowledged: dict[str, str], prefix: str) ->
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
 
 
-@pytest.mark.parametrize("cluster", [3, 5], indirect=True)
+@pytest.mark.parametrize("cluster", [3, 5, TLS3], indirect=True)
 def test_killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(
     cluster: Cluster,
 ) -> None:
@@ -129,25 +150,29 @@ def test_killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write(
     assert_all_present(cluster, acknowledged, "kill")
 
 
-def test_a_follower_holds_a_write_for_the_next_leader_when_the_old_one_dies() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_follower_holds_a_write_for_the_next_leader_when_the_old_one_dies(tls: bool) -> None:
     """Sent to a follower just after the leader dies, a write waits for the
     election rather than failing: no 503 for the client to retry, no 504 from
     a pooled connection to the dead leader that looked alive."""
-    with Cluster(3, election_timeout=(0.5, 1.0)) as c:
+    with Cluster(3, election_timeout=(0.5, 1.0), tls=tls) as c:
         old = c.wait_for_leader(DEADLINE)
         follower = next(i for i in range(3) if i != old)
         url = f"{c.endpoints[follower]}/v1/kv/held"
         # A forwarded write leaves the follower with an idle connection to the leader.
-        assert requests.put(url, json={"value": "before"}, timeout=DEADLINE).status_code == 200
+        assert (
+            requests.put(url, json={"value": "before"}, timeout=DEADLINE, **https(c)).status_code
+            == 200
+        )
         c.kill(old)
-        resp = requests.put(url, json={"value": "after"}, timeout=DEADLINE)
+        resp = requests.put(url, json={"value": "after"}, timeout=DEADLINE, **https(c))
         assert resp.status_code == 200, resp.text
         new = c.wait_for_leader(DEADLINE, exclude=old)
         assert resp.headers["X-Kvcluster-Leader"] == c.endpoints[new]
         wait_for_value(c, new, "held", "after")
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_a_paused_leader_is_replaced_then_steps_down_and_catches_up(cluster: Cluster) -> None:
     old = cluster.wait_for_leader(DEADLINE)
     cluster.pause(old)
@@ -165,7 +190,7 @@ def test_a_paused_leader_is_replaced_then_steps_down_and_catches_up(cluster: Clu
     wait_for_value(cluster, old, "after-pause", "new leader")
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_a_follower_that_was_down_catches_up(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
     follower = (leader + 1) % 3
@@ -192,7 +217,7 @@ def test_a_follower_that_was_down_catches_up(cluster: Cluster) -> None:
         }
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_a_new_node_joins_through_a_follower(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
     follower = (leader + 1) % 3
@@ -220,7 +245,7 @@ def removal_logged(cluster: Cluster, i: int) -> bool:
     return f"node {cluster.nodes[i].name} was removed from the cluster" in log
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_members_are_removed_including_the_leader(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader(DEADLINE)
     follower = (leader + 1) % 3
@@ -269,7 +294,7 @@ def test_a_removed_member_cut_off_learns_of_its_removal_and_exits(cluster: Clust
     assert sorted(members) == sorted(cluster.nodes[i].name for i in rest)
 
 
-@pytest.mark.parametrize("cluster", [3, 5], indirect=True)
+@pytest.mark.parametrize("cluster", [3, 5, TLS3], indirect=True)
 def test_a_minority_cannot_commit_and_does_not_serve_stale_reads(cluster: Cluster) -> None:
     old = cluster.wait_for_leader(DEADLINE)
     with cluster.client(timeout=DEADLINE) as c:
@@ -293,7 +318,7 @@ def test_a_minority_cannot_commit_and_does_not_serve_stale_reads(cluster: Cluste
         assert c.get("x") == "after partition"
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_a_follower_catches_up_on_many_large_values(cluster: Cluster) -> None:
     # More than one peer request can carry: batches must be split by size.
     leader = cluster.wait_for_leader(DEADLINE)
@@ -309,7 +334,7 @@ def test_a_follower_catches_up_on_many_large_values(cluster: Cluster) -> None:
         assert c.list("big/", consistency="serializable") == big
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_a_one_way_cut_does_not_depose_the_leader(cluster: Cluster) -> None:
     # The follower stops hearing the leader, times out, and asks for pre-votes;
     # the others still hear the leader and refuse, so nothing changes.
@@ -332,7 +357,7 @@ def test_a_one_way_cut_does_not_depose_the_leader(cluster: Cluster) -> None:
     wait_for_value(cluster, follower, "during-cut", "yes")
 
 
-@pytest.mark.parametrize("cluster", [3], indirect=True)
+@pytest.mark.parametrize("cluster", [3, TLS3], indirect=True)
 def test_writes_commit_over_lossy_slow_links(cluster: Cluster) -> None:
     for i in range(3):
         for j in range(3):
@@ -348,22 +373,25 @@ def test_writes_commit_over_lossy_slow_links(cluster: Cluster) -> None:
         wait_for_value(cluster, i, "lossy/29", "29")
 
 
-def test_a_retry_of_a_write_still_on_its_way_waits_for_it_instead_of_appending_it_again() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_retry_of_a_write_still_on_its_way_waits_for_it_instead_of_appending_it_again(
+    tls: bool,
+) -> None:
     # Long timeouts: the isolated leader keeps leading (check-quorum gives it 3 s)
     # and the others do not elect another one before the partition heals.
-    with Cluster(3, election_timeout=(3.0, 6.0), heartbeat_interval=0.1) as c:
+    with Cluster(3, election_timeout=(3.0, 6.0), heartbeat_interval=0.1, tls=tls) as c:
         leader = c.wait_for_leader(DEADLINE)
         url = f"{c.endpoints[leader]}/v1/kv/retried"
-        opened = requests.post(f"{c.endpoints[leader]}/v1/sessions", timeout=DEADLINE)
+        opened = requests.post(f"{c.endpoints[leader]}/v1/sessions", timeout=DEADLINE, **https(c))
         body = {"value": "once", "client_id": opened.json()["client_id"], "seq": 1}
         c.isolate(leader)  # it can append but not commit
         before = c.node_status(leader)["last_index"]
         for _attempt in range(3):  # a client that gives up before the commit, and retries
             with pytest.raises(requests.Timeout):
-                requests.put(url, json=body, timeout=0.3)
+                requests.put(url, json=body, timeout=0.3, **https(c))
         assert c.node_status(leader)["last_index"] == before + 1
         c.heal()
-        answer = requests.put(url, json=body, timeout=DEADLINE)
+        answer = requests.put(url, json=body, timeout=DEADLINE, **https(c))
         assert answer.status_code == 200, answer.text
         with c.client(timeout=DEADLINE) as client:
             assert client.get("retried") == "once"

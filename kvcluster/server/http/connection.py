@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ import httptools
 from .errors import INTERNAL_MESSAGE, error_body
 from .request import Request, Route, new_request
 from .streaming import CLIENT_CLOSED, SERVER_CLOSED, UNREAD, OnClose, OnDrain, ResponseStream
+from .tls import TlsTransport
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -190,7 +192,6 @@ class ServerConnection(asyncio.Protocol):
         "_continue_owed",
         "_eof",
         "_final",
-        "_handshake",
         "_head",
         "_head_count",
         "_head_size",
@@ -219,6 +220,7 @@ class ServerConnection(asyncio.Protocol):
         "_stopped",
         "_stream",
         "_stream_request",
+        "_tls",
         "_url",
         "_write_paused",
         "_write_paused_at",
@@ -238,7 +240,7 @@ class ServerConnection(asyncio.Protocol):
         # With TLS: whether the client showed a certificate from the peer CA
         # (a token route needs one); without TLS the token alone decides.
         self._certified = server.tls is None
-        self._handshake: asyncio.Task[None] | None = None
+        self._tls: TlsTransport | None = None
         self._closed = False  # closing or closed: nothing more is written
         self._stopped = False  # no more requests are parsed (refused, Connection: close, ...)
         self._lingering = False
@@ -299,42 +301,9 @@ class ServerConnection(asyncio.Protocol):
         elif peer:
             self._remote = str(peer)
         if self.server.tls is not None:
-            # The handshake runs after admission, so connections that are still
-            # shaking hands count against max_connections like any other.
-            transport.pause_reading()  # type: ignore[attr-defined]
-            self._handshake = asyncio.ensure_future(self._start_tls(transport))
-
-    async def _start_tls(self, plain: asyncio.BaseTransport) -> None:
-        server = self.server
-        assert server.tls is not None
-        loop = asyncio.get_running_loop()
-        try:
-            transport = await loop.start_tls(
-                plain,  # type: ignore[arg-type]  # a Transport, typed as accepted
-                self,
-                server.tls,
-                server_side=True,
-                ssl_handshake_timeout=self.limits.head_timeout,
-            )
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            # A client with no certificate we trust, not speaking TLS, or too
-            # slow: nothing it sent was read as HTTP.
-            server.refused["tls_handshake"] += 1
-            log.debug("TLS handshake with %s failed: %s", self._remote, exc)
-            plain.abort()  # type: ignore[attr-defined]
-            self.connection_lost(None)
-            return
-        finally:
-            self._handshake = None
-        if transport is None or self._closed:
-            if transport is not None:
-                transport.abort()
-            return
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.limits.max_unsent)
-        ssl_object = transport.get_extra_info("ssl_object")
-        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        self._certified = server.is_peer_certificate(certificate)
+            # Admitted and counted already: the handshake happens in data_received.
+            self._tls = TlsTransport(transport, self.server.tls)  # type: ignore[arg-type]
+            self.transport = self._tls  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._stopped = True
@@ -354,6 +323,23 @@ class ServerConnection(asyncio.Protocol):
         if self._stopped:
             return  # refused, lingering or told to close: what follows is dropped
         server = self.server
+        tls = self._tls
+        if tls is not None:
+            shaking = not tls.handshaken
+            try:
+                data = tls.receive(data)
+            except ssl.SSLError as exc:
+                # An untrusted certificate, no TLS at all, a corrupt record:
+                # nothing it sent was read as HTTP.
+                server.refused["tls_handshake" if shaking else "tls_error"] += 1
+                log.debug("TLS with %s failed: %s", self._remote, exc)
+                self.abort()
+                return
+            if shaking and tls.handshaken:
+                self._certified = server.is_peer_certificate(tls.peer_certificate())
+                self._since = time.monotonic()  # the idle clock starts now
+            if not data:
+                return
         if self.kind != PEER and server.buffered + len(data) > self.limits.max_buffered:
             # Authenticated peers are exempt: an attack on the clients' side
             # must not cut the node's peer links.
@@ -433,7 +419,8 @@ class ServerConnection(asyncio.Protocol):
         waited = now - self._since
         phase = self._phase
         if phase == _IDLE:
-            limit = limits.head_timeout if self.kind == PENDING else limits.idle_timeout
+            shaking = self._tls is not None and not self._tls.handshaken
+            limit = limits.head_timeout if self.kind == PENDING or shaking else limits.idle_timeout
             if waited > limit:
                 self.server.refused["idle"] += 1
                 self._close()
