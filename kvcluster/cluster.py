@@ -41,6 +41,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .netns import Network
+from .netns import available as netns_available
 from .raft import ConfigError, RaftOptions
 from .server.config import NodeConfig, check_cluster
 from .server.forkserver import OWNER_FILE, WORK_DIR_PREFIX
@@ -134,6 +136,13 @@ class Cluster:
     their certificates, and `ca_file`, `cert_file` and `key_file` are what a
     client outside the Cluster needs (`client()` passes them itself). With
     `client_cert_auth` every client must show a certificate from that CA.
+
+    `netns=True` (root only, Linux) runs each node in a network namespace of
+    its own, with its own address on a virtual bridge (kvcluster.netns), in
+    place of 127.0.0.1: `partition` and `isolate` then take links down or
+    move them to bridges of their own, so the kernel loses the packets (and
+    this process cannot reach the cut-off nodes either, until `heal`); `cut`,
+    `drop` and `delay` stay the nodes' own fault injection.
     """
 
     def __init__(
@@ -163,6 +172,7 @@ class Cluster:
         event_loop: str = "uvloop",
         tls: bool = False,
         client_cert_auth: bool = False,
+        netns: bool = False,
         start: bool = True,
         start_timeout: float = 30.0,
     ) -> None:
@@ -224,6 +234,12 @@ class Cluster:
         self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
+        self._network: Network | None = None
+        if netns:
+            why = netns_available()
+            if why is not None:
+                raise ConfigError("netns", f"needs network namespaces, and here: {why}")
+            self._network = Network()
         self.tls = bool(tls)
         self.client_cert_auth = bool(client_cert_auth)
         if client_cert_auth and not tls:
@@ -235,12 +251,14 @@ class Cluster:
             lambda: {"block": set(), "block_out": set(), "drop": {}, "delay": {}}
         )
         self.nodes = [NodeHandle(i, f"n{i}", host=host) for i in range(n)]
+        for h in self.nodes:
+            self._give_address(h)
         self._session = _harness_session()
         if self.tls:
             self._make_certificates()
         self._dashboard: Dashboard | None = None
         self._started = False
-        self._finalizer = weakref.finalize(self, _stop_processes, self.nodes)
+        self._finalizer = weakref.finalize(self, _stop_processes, self.nodes, self._network)
         atexit.register(self._finalizer)
         if start:
             self.start()
@@ -273,7 +291,7 @@ class Cluster:
     def stop(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL for stragglers). Idempotent."""
         self._close_dashboard()
-        _stop_processes(self.nodes)
+        _stop_processes(self.nodes, self._network)
         for h in self.nodes:
             use_tls(h.host, h.port, None)
         self._session.close()
@@ -356,6 +374,23 @@ class Cluster:
             stamp.write_text(h.host, encoding="utf-8")
         return str(cert_file), str(key_file)
 
+    # ------------------------------------------------------------------ network namespaces
+
+    def _give_address(self, h: NodeHandle, *, new: bool = False) -> None:
+        """With netns: node h's host in the virtual network (a new address if `new`)."""
+        network = self._network
+        if network is None:
+            return
+        if h.name not in network.hosts:
+            h.host = network.add_host(h.name)
+        elif new:
+            use_tls(h.host, h.port, None)
+            h.host = network.readdress(h.name)
+
+    def _reachable(self, h: NodeHandle) -> bool:
+        """Whether this process can reach node h (always, without netns)."""
+        return self._network is None or self._network.reachable(h.name)
+
     def _bound(self, h: NodeHandle, port: int) -> None:
         """Node h listens on `port`: calls from this process to it use TLS if the cluster does."""
         if h.port:
@@ -376,7 +411,8 @@ class Cluster:
         return NodeConfig(
             name=h.name,
             token=self.token,
-            host=self.host,
+            host=h.host,
+            network_namespace=None if self._network is None else self._network.namespace(h.name),
             port=port,
             join=join,
             incarnation=h.incarnation,
@@ -468,7 +504,7 @@ class Cluster:
 
     def node_status(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
         h = self.nodes[i]
-        if not h.alive or h.paused:
+        if not h.alive or h.paused or not self._reachable(h):
             return None
         try:
             r = self._session.get(f"{self._url(h)}/v1/status", timeout=timeout)
@@ -559,8 +595,12 @@ class Cluster:
             return True
         return False
 
-    def restart(self, i: int) -> float:
+    def restart(self, i: int, *, new_address: bool = False) -> float:
         """Start node i again after a kill (or kill it first).
+
+        `new_address`: it comes back elsewhere, as a machine that moved: a new
+        address in its network namespace (netns=True), else a new port. It
+        then asks the cluster to record its new address, as a joining node does.
 
         With disk storage it recovers its snapshot and log and is itself again.
         With memory storage it remembers nothing, so it rejoins as a new
@@ -573,11 +613,17 @@ class Cluster:
         t = self.mark("restart", i)
         if self.storage == "memory":
             h.incarnation = secrets.token_hex(6)
+        port = h.port
+        if new_address:
+            if self._network is not None:
+                self._give_address(h, new=True)
+            else:
+                port = 0
         others = [self._url(o) for o in self.nodes if o is not h and not o.removed]
         # With disk storage the node recovers its log and comes back as itself
         # (it asks to join only if it had never joined, or its address changed).
         bootstrap = self._bootstrap if h.name in self._bootstrap else None
-        self._start_joining(h, h.port, others, bootstrap)
+        self._start_joining(h, port, others, bootstrap)
         self._push_faults()  # a partition it was in still holds
         return t
 
@@ -593,6 +639,7 @@ class Cluster:
         else:
             others = [self._url(o) for o in self.nodes if not o.removed]
         self.nodes.append(h)
+        self._give_address(h)
         self._start_joining(h, 0, others)
         return h.index
 
@@ -672,6 +719,11 @@ class Cluster:
         return t
 
     def _partition(self, groups: Sequence[Sequence[int]]) -> None:
+        if self._network is not None:
+            named = {i for g in groups for i in g}
+            alone = [[h.name] for h in self.nodes if h.index not in named]
+            self._network.partition(*[[self.nodes[i].name for i in g] for g in groups], *alone)
+            return
         group_of = {i: g for g, members in enumerate(groups) for i in members}
         for h in self.nodes:
             mine = group_of.get(h.index, -1 - h.index)
@@ -682,7 +734,10 @@ class Cluster:
     def isolate(self, i: int) -> float:
         """Cut node i off from every other node."""
         t = self.mark("isolate", i)
-        self._partition([[j for j in range(len(self.nodes)) if j != i], [i]])
+        if self._network is not None:
+            self._network.link_down(self.nodes[i].name)  # a pulled cable
+        else:
+            self._partition([[j for j in range(len(self.nodes)) if j != i], [i]])
         return t
 
     def cut(self, src: int, dst: int) -> float:
@@ -717,13 +772,15 @@ class Cluster:
     def heal(self) -> float:
         """Undo every partition, cut, drop and delay."""
         t = self.mark("heal")
+        if self._network is not None:
+            self._network.heal()
         self._faults.clear()
         self._push_faults()
         return t
 
     def _push_faults(self) -> None:
         for h in self.nodes:
-            if h.alive and not h.paused:
+            if h.alive and not h.paused and self._reachable(h):
                 self._post_faults(h)
 
     def _post_faults(self, h: NodeHandle, extra: dict[str, Any] | None = None) -> None:
@@ -835,7 +892,7 @@ def _main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = real
 
 
-def _stop_processes(nodes: list[NodeHandle]) -> None:
+def _stop_processes(nodes: list[NodeHandle], network: Network | None = None) -> None:
     procs = [h.process for h in nodes if h.process is not None and h.process.is_alive()]
     for p in procs:
         with contextlib.suppress(ProcessLookupError):
@@ -848,3 +905,5 @@ def _stop_processes(nodes: list[NodeHandle]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL)
             p.join(5)
+    if network is not None:
+        network.close()  # after the nodes: none is left inside

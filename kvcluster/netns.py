@@ -352,6 +352,7 @@ class Network:
             raise NetworkError("network namespaces need root: run as root (e.g. with sudo)")
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._down: set[str] = set()  # hosts whose link is down
         self._hosts: dict[str, _Host] = {}
         self._hosts_file: dict[str, str] = {}
         self._next_veth = 1
@@ -563,6 +564,15 @@ class Network:
         with self._lock:
             self._check_open()
             _ip("link", "set", self._host(name).veth, state)
+            if state == "down":
+                self._down.add(name)
+            else:
+                self._down.discard(name)
+
+    def reachable(self, name: str) -> bool:
+        """Whether the harness reaches the host now: its link up, on the main bridge."""
+        with self._lock:
+            return name not in self._down and self._host(name).bridge == self.bridge
 
     def partition(self, *groups: Sequence[str]) -> None:
         """Split hosts into groups that talk only within their group.
@@ -598,6 +608,7 @@ class Network:
             self._arrange({h: self.bridge for h in self._hosts}, [])
             if self._hosts:
                 _ip(batch=[f"link set {h.veth} up" for h in self._hosts.values()])
+            self._down.clear()
 
     def _arrange(self, target: dict[str, str], bridges: list[str]) -> None:
         lines = [line for b in bridges if b not in self._side_bridges for line in _bridge_lines(b)]

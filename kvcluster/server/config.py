@@ -91,6 +91,9 @@ class NodeConfig:
     peer_cert_file: str | None = None
     peer_key_file: str | None = None
     peer_trusted_ca_file: str | None = None
+    # A Cluster with netns=True: the network namespace (an `ip netns` name) the
+    # node process enters before it binds, so that it has a network stack of its own.
+    network_namespace: str | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
@@ -129,6 +132,13 @@ class NodeConfig:
             raise ConfigError("seed", f"must be an integer or None, got {self.seed!r}")
         _check_choice("event_loop", self.event_loop, EVENT_LOOPS)
         self._check_tls()
+        if self.network_namespace is not None and (
+            not isinstance(self.network_namespace, str)
+            or not NAME_CHARS.fullmatch(self.network_namespace)
+        ):
+            raise ConfigError(
+                "network_namespace", f"must be an `ip netns` name, got {self.network_namespace!r}"
+            )
 
     @property
     def tls(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ..netns import enter_namespace
 from ..tls import issuer_check
 from .config import NodeConfig
 from .driver import NodeDriver
@@ -87,6 +88,8 @@ def run_node(config: NodeConfig, handshake: Any = None, log_path: str | None = N
         os.dup2(fd, 2)
         os.close(fd)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if config.network_namespace is not None:
+        enter_namespace(config.network_namespace)  # before anything binds or connects
     try:
         sockets = bind(config)
     except BindError as exc:
