@@ -280,13 +280,14 @@ def _add_client_options(p: argparse.ArgumentParser, *, top: bool) -> None:
         "(default: 10)",
     )
     # TLS, with etcdctl's flag names; each also from the environment.
-    for flag, env, what in (
-        ("--cacert", CACERT_ENV, "the CA file the nodes' certificates come from (https)"),
-        ("--cert", CERT_ENV, "this client's certificate file, for clusters that ask for one"),
-        ("--key", KEY_ENV, "the key file of --cert"),
+    for flag, dest, env, what in (
+        ("--cacert", "tls_ca", CACERT_ENV, "the CA file the nodes' certificates come from"),
+        ("--cert", "tls_cert", CERT_ENV, "this client's certificate, for clusters that ask"),
+        ("--key", "tls_key", KEY_ENV, "the key file of --cert"),
     ):
         p.add_argument(
             flag,
+            dest=dest,  # not "key": that is a command's KEY
             default=default(None),
             metavar="FILE",
             help=f"{what} (default: ${env})",
@@ -829,9 +830,9 @@ def _client_command(args: argparse.Namespace, ps: Parsers) -> int:
         timeout=args.timeout,
         token=token,
         unreachable_timeout=min(args.timeout, UNREACHABLE_TIMEOUT),
-        ca=args.cacert or os.environ.get(CACERT_ENV) or None,
-        cert=args.cert or os.environ.get(CERT_ENV) or None,
-        key=args.key or os.environ.get(KEY_ENV) or None,
+        ca=args.tls_ca or os.environ.get(CACERT_ENV) or None,
+        cert=args.tls_cert or os.environ.get(CERT_ENV) or None,
+        key=args.tls_key or os.environ.get(KEY_ENV) or None,
     ) as c:
         if args.command == "put":
             revision = c.put(args.key, args.value, lease=args.lease or 0)
