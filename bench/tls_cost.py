@@ -5,9 +5,10 @@ with `tls=True` (TLS on clients and peers, ECDSA P-256 certificates), in an
 order that alternates between rounds. On each: a leader, 0.5 s of warm-up,
 then one closed-loop client writing back to back to the leader for `seconds`
 (its p50 latency), then 64 closed-loop clients on the leader for `seconds`
-(puts/s, and the nodes' and the load generator's CPU per put). The load generator is the experiments' own
-(one asyncio loop, the nodes' HTTP client, keep-alive connections: the
-handshake is paid once per connection, as by any pooled client). Printed: each
+(puts/s, and the nodes' and the load generator's CPU per put). The load
+generator is the experiments' own (one asyncio loop, the nodes' HTTP client,
+keep-alive connections: the handshake is paid once per connection, as by any
+pooled client). Printed: each
 round, the medians, and the paired TLS/plain ratios' range.
 
     .venv/bin/python bench/tls_cost.py --rounds 6 --seconds 5
