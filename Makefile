@@ -23,14 +23,16 @@ test: $(STAMP) test-tools
 # System programs the tests run: curl (the README's examples, as a user runs them),
 # etcd 3.4 (etcd3gw's suite runs against etcd itself too, as against kvcluster; the
 # tests start their own etcd, so the service Debian's package starts is turned off),
-# and Debian's chromium with its chromedriver (the live view is tested in a real
-# headless browser; Debian's own build, so nothing downloads a browser of its own).
+# Debian's chromium with its chromedriver (the live view is tested in a real
+# headless browser; Debian's own build, so nothing downloads a browser of its own),
+# and iproute2's `ip` (nodes on network namespaces of their own: the tests run as
+# root, as CI does).
 test-tools:
-	@command -v curl >/dev/null && command -v etcd >/dev/null && \
+	@command -v curl >/dev/null && command -v ip >/dev/null && command -v etcd >/dev/null && \
 	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq curl etcd-server chromium chromium-driver && \
+	  { apt-get update -qq && apt-get install -y -qq curl iproute2 etcd-server chromium chromium-driver && \
 	    { systemctl disable --now etcd 2>/dev/null || true; }; } || \
-	  { echo "the tests need curl, etcd and chromium (on Debian: sudo apt-get install curl etcd-server chromium chromium-driver)"; exit 1; }
+	  { echo "the tests need curl, ip, etcd and chromium (on Debian: sudo apt-get install curl iproute2 etcd-server chromium chromium-driver)"; exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
