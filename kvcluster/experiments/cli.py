@@ -191,7 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--load", type=_list(int), default="0", help="background writers to the leader, e.g. 0,16"
     )
     w.add_argument("--value-size", type=int, default=100, help="bytes")
+    for p in (c, r, w):
+        _add_network(p)
     return parser
+
+
+def _add_network(p: argparse.ArgumentParser) -> None:
+    """How the measured clusters' nodes are connected (see Cluster)."""
+    p.add_argument("--tls", action="store_true", help="TLS on clients and peers")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="each node in a network namespace of its own (root, Linux)",
+    )
+
+
+def _network(args: argparse.Namespace) -> dict[str, bool]:
+    return {"tls": args.tls, "netns": args.netns}
 
 
 def _show(df: pd.DataFrame) -> None:
@@ -221,7 +237,12 @@ def _election(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
 def _commit(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
     from .commit import commit_latency, commit_throughput
 
-    common = {"value_sizes": args.value_sizes, "warmup": args.warmup, "progress": progress}
+    common = {
+        "value_sizes": args.value_sizes,
+        "warmup": args.warmup,
+        "progress": progress,
+        **_network(args),
+    }
     lat_params = {"sizes": args.sizes, "targets": args.targets, "duration": args.duration}
     lat = commit_latency(**lat_params, **common)
     paths = {
@@ -266,6 +287,7 @@ def _reads(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
         "keys": args.keys,
         "duration": args.duration,
         "warmup": args.warmup,
+        **_network(args),
     }
     df = run_reads(progress=progress, **params)
     path = save(df, args.out / "reads.csv", experiment="reads", parameters=params)
@@ -307,6 +329,7 @@ def _watch(args: argparse.Namespace, progress: bool) -> dict[str, Any]:
         "interval": args.interval_ms / 1000,
         "load_clients": args.load,
         "value_size": args.value_size,
+        **_network(args),
     }
     df = watch_latency(progress=progress, **params)
     path = save(df, args.out / "watch.csv", experiment="watch", parameters=params)
