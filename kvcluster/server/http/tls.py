@@ -43,6 +43,9 @@ class TlsTransport:
             except ssl.SSLWantReadError:
                 self._flush()
                 return b""
+            except ssl.SSLError:
+                self._flush()  # the alert: the client learns why (an unknown CA, no common version)
+                raise
             self.handshaken = True
         chunks = []
         while True:
