@@ -14,13 +14,14 @@ import math
 import re
 import ssl
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..node.options import READ_MODES, NodeOptions
 from ..raft import ConfigError, RaftOptions
 from ..storage.wal import FsyncPolicy
-from ..tls import TlsError, client_context, server_context
+from ..tls import TlsError, client_context, issuer_check, server_context
 
 __all__ = [
     "EVENT_LOOPS",
@@ -211,6 +212,22 @@ class NodeConfig:
                 )
             if (self.peer_cert_file is None) != (self.peer_key_file is None):
                 raise ConfigError("peer_key_file", "and peer_cert_file go together")
+            # Each file under its own setting first: a missing CA is not the
+            # certificate's fault.
+            for setting, path in {"cert_file": self.cert_file, **settings}.items():
+                if path is None:
+                    continue
+                try:
+                    if setting.endswith("ca_file"):
+                        issuer_check(path)  # reads and parses the CAs
+                    else:
+                        Path(path).read_bytes()
+                except TlsError as exc:
+                    raise ConfigError(setting, str(exc)) from None
+                except OSError as exc:
+                    raise ConfigError(
+                        setting, f"cannot read {path}: {exc.strerror or exc}"
+                    ) from None
             try:
                 self.server_tls()
             except TlsError as exc:

@@ -333,7 +333,13 @@ class ServerConnection(asyncio.Protocol):
                 # nothing it sent was read as HTTP.
                 server.refused["tls_handshake" if shaking else "tls_error"] += 1
                 log.debug("TLS with %s failed: %s", self._remote, exc)
-                self.abort()
+                if shaking:
+                    # Let the alert (already written) reach the client: with TLS
+                    # 1.3 it may be writing its request by now, and a reset would
+                    # turn "unknown ca" into a bare EOF on its side.
+                    self._linger()
+                else:
+                    self.abort()
                 return
             if shaking and tls.handshaken:
                 self._certified = server.is_peer_certificate(tls.peer_certificate())
