@@ -826,7 +826,14 @@ class Client:
                 attempts=attempts,
                 failures=failures,
             )
-        if all_refused:
+        if all_refused and all("SSLError" in why for why in failures.values()):
+            message = (
+                f"{op} failed: the TLS handshake with {self.endpoints} failed: give the CA "
+                f"the nodes' certificates come from (Client(ca=...), --cacert), and a "
+                f"certificate of your own if the cluster asks for one (cert=, --cert/--key). "
+                f"({summary})"
+            )
+        elif all_refused:
             message = (
                 f"{op} failed: no node answered at {self.endpoints}: is the cluster running? "
                 f"({summary})"
@@ -915,7 +922,12 @@ class Client:
             and bool(exc.args)
             and isinstance(exc.args[0], MaxRetryError)  # the connection was never made
         )
-        refused = not_sent and description in ("connection refused", UNRESOLVED)
+        # A TLS handshake that failed (a CA we do not trust, a certificate the
+        # node wants) fails the same way every time: as good as refused.
+        refused = not_sent and (
+            description in ("connection refused", UNRESOLVED)
+            or isinstance(exc, requests.exceptions.SSLError)
+        )
         return _AttemptFailed(description, maybe_applied=not not_sent, refused=refused)
 
     # ------------------------------------------------------------------ helpers
