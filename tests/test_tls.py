@@ -26,8 +26,6 @@ import json
 import socket
 import ssl
 import stat
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -40,6 +38,8 @@ import pytest
 import requests
 from loops import both_loops, run_loop
 from served import DEADLINE, ServedNode, clean_env, free_port
+from test_cli import kvcluster
+from test_http_server import until
 
 from kvcluster.cluster import Cluster
 from kvcluster.errors import KvClusterError
@@ -168,15 +168,6 @@ def run(pki: Pki, scenario: Callable[[Served], Any], limits: Limits = LIMITS) ->
                 await scenario(served)
 
     run_loop(main())
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = READ_TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 # ---------------------------------------------------------------------- blocking clients
@@ -707,20 +698,6 @@ def test_a_client_without_a_certificate_is_told_it_needs_one(cert_auth_cluster: 
 
 
 # ---------------------------------------------------------------------- 4. the command line
-
-
-def kvcluster(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kvcluster", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env if env is not None else clean_env(),
-        timeout=DEADLINE * 2,
-        check=False,
-    )
 
 
 def certs(where: Path) -> Path:
