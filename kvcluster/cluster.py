@@ -234,16 +234,16 @@ class Cluster:
         self.event_loop = event_loop
         # Disk data lives in data_dir (or the work directory) and survives restarts.
         self.data_dir = Path(data_dir) if data_dir is not None else self.work_dir / "data"
-        self._network: Network | None = None
-        if netns:
-            why = netns_available()
-            if why is not None:
-                raise ConfigError("netns", f"needs network namespaces, and here: {why}")
-            self._network = Network()
         self.tls = bool(tls)
         self.client_cert_auth = bool(client_cert_auth)
         if client_cert_auth and not tls:
             raise ConfigError("client_cert_auth", "needs tls=True")
+        self._network: Network | None = None
+        if netns:  # last of the checks: it is the first thing made outside this process
+            why = netns_available()
+            if why is not None:
+                raise ConfigError("netns", f"needs network namespaces, and here: {why}")
+            self._network = Network()
         self._ca: CertificateAuthority | None = None
         self._harness_tls: ssl.SSLContext | None = None
         self._bootstrap: dict[str, str] = {}

@@ -7,6 +7,7 @@
 - `streaming`: `start_stream`, `ResponseStream`: an answer written chunk by
   chunk (a watch), bounded by what the client reads.
 - `errors`: `error_body`, the one JSON error envelope.
+- `tls`: `TlsTransport`, a connection's server-side TLS on memory buffers.
 - `client`: `HttpConnection`, `ConnectionPool`, `open_stream`/`RequestStream`,
   `Response`, `ConnectionFailed`, and `use_tls`/`use_tls_by_default`: which
   calls go over TLS.
