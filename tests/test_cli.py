@@ -457,8 +457,12 @@ def test_the_readme_curl_examples_run_as_printed(tmp_path: Path) -> None:
     # An HTTP error fails the block instead of printing an envelope.
     prelude = 'curl() { command curl -sS --fail-with-body "$@"; echo; }\n'
     with readme_up(tmp_path, env) as up:
-        out = run_block(on_ports(readme_blocks("HTTP API")[0], up.first), tmp_path, env, prelude)
+        first, metrics = readme_blocks("HTTP API")[:2]
+        out = run_block(on_ports(first, up.first), tmp_path, env, prelude)
         answers = [json.loads(line) for line in out if line]
+        # Metrics and health, with the N the first block set.
+        n = next(line for line in first.splitlines() if line.startswith("N="))
+        scraped = run_block(on_ports(f"{n}\n{metrics}", up.first), tmp_path, env, prelude)
     wait_until_closed(range(up.first, up.first + 3))
     assert answers[0]["key"] == "greeting" and answers[0]["revision"] == 1
     assert answers[1]["value"] == "hello" and answers[2]["value"] == "hello"
@@ -468,6 +472,12 @@ def test_the_readme_curl_examples_run_as_printed(tmp_path: Path) -> None:
     assert answers[7]["role"] in ("leader", "follower")
     assert set(answers[8]["members"]) == {"n0", "n1", "n2"}
     assert set(answers[9]["members"]) == {"n0", "n1"}  # the token was accepted
+    samples = [line for line in scraped if line][:4]
+    assert len(samples) == 4 and all(
+        re.fullmatch(r"[a-z_]+(\{[^}]*\})? [0-9.e+-]+", line) for line in samples
+    ), scraped
+    (health,) = [line for line in scraped if line.startswith("{")]
+    assert json.loads(health) == {"health": "true", "reason": ""}
 
 
 @pytest.mark.integration
