@@ -472,10 +472,11 @@ def test_the_readme_curl_examples_run_as_printed(tmp_path: Path) -> None:
     assert answers[7]["role"] in ("leader", "follower")
     assert set(answers[8]["members"]) == {"n0", "n1", "n2"}
     assert set(answers[9]["members"]) == {"n0", "n1"}  # the token was accepted
-    samples = [line for line in scraped if line][:4]
-    assert len(samples) == 4 and all(
-        re.fullmatch(r"[a-z_]+(\{[^}]*\})? [0-9.e+-]+", line) for line in samples
+    samples = [line for line in scraped if line.startswith("etcd_")]
+    assert samples and all(
+        re.fullmatch(r"etcd_server_[a-z_]+(\{[^}]*\})? [0-9.e+-]+", line) for line in samples
     ), scraped
+    assert "etcd_server_has_leader 1.0" in samples, scraped
     (health,) = [line for line in scraped if line.startswith("{")]
     assert json.loads(health) == {"health": "true", "reason": ""}
 
