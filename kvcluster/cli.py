@@ -462,6 +462,12 @@ def build_parsers() -> Parsers:
         help="serve the live view on 127.0.0.1 (on PORT, or a free port) and print its URL",
     )
     up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on clients and peers, with a throwaway CA in the work directory "
+        f"(its path is printed as ${CACERT_ENV})",
+    )
+    up.add_argument(
         "--slow",
         action="store_true",
         help="heartbeat 1 s and election timeout 4-8 s, to follow an election by eye "
@@ -725,6 +731,7 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         session_ttl=args.session_ttl,
         history_keep=args.history_keep,
         quota_bytes=args.quota_bytes,
+        tls=args.tls,
         start=False,
         **_up_timers(args, ps),
     )
@@ -752,6 +759,8 @@ def _up(args: argparse.Namespace, ps: Parsers) -> int:
         )
         print(f"export {ENDPOINTS_ENV}={','.join(cluster.endpoints)}")
         print(f"export {TOKEN_ENV}=$(cat {token_file})")
+        if cluster.tls:
+            print(f"export {CACERT_ENV}={cluster.ca_file}")
         if args.dashboard is not None:
             _start_dashboard(cluster, args.dashboard)
         print("Ctrl-C stops the cluster.", flush=True)

@@ -26,6 +26,8 @@ import json
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -38,7 +40,7 @@ import pytest
 import requests
 from loops import both_loops, run_loop
 from served import DEADLINE, ServedNode, clean_env, free_port
-from test_cli import kvcluster
+from test_cli import _read_until, _stop_up, kvcluster
 from test_http_server import until
 
 from kvcluster.cluster import Cluster
@@ -812,3 +814,33 @@ def test_serve_with_a_certificate_and_http_members_is_a_usage_error(tmp_path: Pa
     assert "usage: kvcluster" in result.stderr, result.stderr
     assert "argument --initial-cluster: " in result.stderr, result.stderr
     assert "https://" in result.stderr, result.stderr
+
+
+def test_up_with_tls_prints_what_a_client_needs(tmp_path: Path) -> None:
+    """`kvcluster up --tls`: the exports it prints are all a client command needs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvcluster", "up", "-n", "1", "--tls"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _read_until(proc, "Ctrl-C stops the cluster.")
+        assert lines is not None, proc.stderr.read() if proc.stderr else ""
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in lines
+            if line.startswith("export ")
+        )
+        assert exports["KVCLUSTER_ENDPOINTS"].startswith("https://127.0.0.1:"), exports
+        env = clean_env(
+            KVCLUSTER_ENDPOINTS=exports["KVCLUSTER_ENDPOINTS"],
+            KVCLUSTER_CACERT=exports["KVCLUSTER_CACERT"],
+        )
+        put = kvcluster("put", "greeting", "hello", cwd=tmp_path, env=env)
+        assert put.returncode == 0, put.stderr
+        assert kvcluster("get", "greeting", cwd=tmp_path, env=env).stdout.strip() == "hello"
+    finally:
+        _stop_up(proc)
