@@ -26,6 +26,7 @@ exactly its slice of it; every acknowledged write must be in it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import shutil
@@ -86,6 +87,8 @@ class NemesisConfig:
     # committed history read after healing start at revision 1, so a run that
     # compacts gets a watch verdict of undecided (the watchers say Compacted).
     history_keep: int = 0
+    tls: bool = False  # TLS on clients and peers (Cluster(tls=True))
+    netns: bool = False  # each node on a network stack of its own (Cluster(netns=True))
 
 
 @dataclass
@@ -179,6 +182,7 @@ class _Worker(threading.Thread):
         history: HistoryRecorder,
         keys: int,
         seed: int,
+        connect: Connect,
     ) -> None:
         super().__init__(daemon=True, name=f"nemesis-{name}")
         self.client_name = name
@@ -188,7 +192,7 @@ class _Worker(threading.Thread):
         # nemesis removes and adds nodes.
         self.members = members
         self.start_at = seed
-        self.client = Client(
+        self.client = connect(
             self._endpoints(), timeout=3.0, request_timeout=1.0, prefer_leader=False
         )
         self.history = history
@@ -316,10 +320,17 @@ class _Watcher(threading.Thread):
     answers for a while it watches again from there, as a user would."""
 
     def __init__(
-        self, name: str, endpoints: list[str], delay: float, *, idle_timeout: float
+        self,
+        name: str,
+        endpoints: list[str],
+        delay: float,
+        *,
+        idle_timeout: float,
+        connect: Connect,
     ) -> None:
         super().__init__(daemon=True, name=f"nemesis-{name}")
         self.endpoints = endpoints
+        self.connect = connect
         self.delay = delay
         self.idle_timeout = idle_timeout
         self.log = WatcherLog(name, PREFIX, prefix_end(PREFIX), 1, 0)
@@ -338,7 +349,7 @@ class _Watcher(threading.Thread):
 
     def _watch(self) -> None:
         log = self.log
-        with Client(self.endpoints, timeout=10.0, request_timeout=1.0) as client:
+        with self.connect(self.endpoints, timeout=10.0, request_timeout=1.0) as client:
             while not self._finished():
                 try:
                     watch = client.watch(
@@ -384,7 +395,9 @@ def _change(event: WatchEvent) -> Change:
     return Change(event.revision, "DELETE", event.key)
 
 
-def _read_history(endpoint: str, last: int, timeout: float) -> tuple[list[Change], str]:
+def _read_history(
+    endpoint: str, last: int, timeout: float, connect: Connect
+) -> tuple[list[Change], str]:
     """The committed history of the clients' keys up to revision `last`, as
     one node holds it: a watch from revision 1 on that node alone. ('' or why
     it is incomplete; raises Compacted if part of it is gone.)"""
@@ -392,7 +405,7 @@ def _read_history(endpoint: str, last: int, timeout: float) -> tuple[list[Change
     deadline = time.monotonic() + timeout
     try:
         with (
-            Client([endpoint], timeout=timeout, request_timeout=1.0) as client,
+            connect([endpoint], timeout=timeout, request_timeout=1.0) as client,
             client.watch(PREFIX, prefix=True, start_revision=1) as watch,
         ):
             while watch.revision < last:
@@ -598,6 +611,16 @@ class _Nemesis:
         return out
 
 
+Connect = Callable[..., Client]  # Client(endpoints, **options), as this cluster needs
+
+
+def _connect_to(cluster: Cluster) -> Connect:
+    """Clients of this cluster: with its CA and certificate when it runs TLS."""
+    return functools.partial(
+        Client, ca=cluster.ca_file, cert=cluster.cert_file, key=cluster.key_file
+    )
+
+
 def _retry(action: Callable[[], object], attempts: int = 3) -> None:
     """Fault injection posts to every node; one that exits meanwhile (a removed
     member does) fails the post: do it again, it then skips that node."""
@@ -627,15 +650,18 @@ def run(config: NemesisConfig | None = None, *, progress: bool = True) -> Nemesi
         history_keep=config.history_keep,
         work_dir=work_dir,
         seed=seed,
+        tls=config.tls,
+        netns=config.netns,
     ) as cluster:
         cluster.wait_for_leader()
+        connect = _connect_to(cluster)
         seeds = [rng.randrange(1 << 30) for _ in range(config.clients)]
         nemesis = _Nemesis(cluster, config, rng)
         workers = [
-            _Worker(f"c{w}", lambda: nemesis.endpoints, history, config.keys, seed)
+            _Worker(f"c{w}", lambda: nemesis.endpoints, history, config.keys, seed, connect)
             for w, seed in enumerate(seeds)
         ]
-        watchers = _watchers(config, cluster.endpoints)
+        watchers = _watchers(config, cluster.endpoints, connect)
         for t in [*watchers, *workers]:
             t.start()
         end = time.monotonic() + config.duration
@@ -653,7 +679,7 @@ def run(config: NemesisConfig | None = None, *, progress: bool = True) -> Nemesi
             w.stop.set()
         for w in workers:
             w.join(30)
-        final = _write_after_heal(nemesis.endpoints, history)
+        final = _write_after_heal(nemesis.endpoints, history, connect)
         notes: list[str] = []
         committed: dict[str, list[Change]] = {}
         if watchers:
@@ -714,7 +740,7 @@ def run(config: NemesisConfig | None = None, *, progress: bool = True) -> Nemesi
     return outcome
 
 
-def _watchers(config: NemesisConfig, endpoints: list[str]) -> list[_Watcher]:
+def _watchers(config: NemesisConfig, endpoints: list[str], connect: Connect) -> list[_Watcher]:
     """The watchers: each starts at another node, and later than the one
     before (the later ones replay more history when they start)."""
     out = []
@@ -728,6 +754,7 @@ def _watchers(config: NemesisConfig, endpoints: list[str]) -> list[_Watcher]:
                 endpoints[start:] + endpoints[:start],
                 delay,
                 idle_timeout=config.watch_idle,
+                connect=connect,
             )
         )
     return out
@@ -771,7 +798,9 @@ def _read_committed(
         if not h.alive:
             continue
         try:
-            changes, problem = _read_history(cluster.endpoints[i], final, WATCH_WAIT)
+            changes, problem = _read_history(
+                cluster.endpoints[i], final, WATCH_WAIT, _connect_to(cluster)
+            )
         except Compacted as exc:
             notes.append(
                 f"watch: NOT CHECKED: the history before revision {exc.compact_revision} "
@@ -784,10 +813,10 @@ def _read_committed(
     return copies
 
 
-def _write_after_heal(endpoints: list[str], history: HistoryRecorder) -> int:
+def _write_after_heal(endpoints: list[str], history: HistoryRecorder, connect: Connect) -> int:
     """Liveness: once every fault is gone, a write must succeed again. Its
     revision (0 if it failed) is the last the watch check looks at."""
-    with Client(endpoints, timeout=30.0) as client:
+    with connect(endpoints, timeout=30.0) as client:
         token = history.invoke("final", "put", "k0", "final-1")
         try:
             revision = client.put("k0", "final-1")
@@ -823,6 +852,12 @@ def main(argv: list[str] | None = None) -> int:
         help="revisions of history the cluster keeps (default 0: all, so watchers from "
         "revision 1 never meet a compaction)",
     )
+    p.add_argument("--tls", action="store_true", help="TLS on clients and peers")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="each node in a network namespace of its own: partitions take links down (root)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory even if clean")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
@@ -841,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         watchers=args.watchers,
         history_keep=args.history_keep,
+        tls=args.tls,
+        netns=args.netns,
     )
     result = run(config)
     print(result.summary())
