@@ -428,6 +428,8 @@ REGISTER = [
     register("no-address", {"id": "x"}, "address"),
     register("address-number", {"id": "x", "address": 9}, "address"),
     register("address-not-http", {"id": "x", "address": "ftp://127.0.0.1:9"}, "address"),
+    # A plain node's cluster calls its members over plain HTTP: https is refused.
+    register("address-other-scheme", {"id": "x", "address": "https://127.0.0.1:9"}, "http://"),
     register("address-no-scheme", {"id": "x", "address": "127.0.0.1:9"}, "address"),
     register("address-scheme-only", {"id": "x", "address": "http://"}, "address"),
     register("address-no-port", {"id": "x", "address": "http://127.0.0.1"}, "address"),

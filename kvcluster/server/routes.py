@@ -277,6 +277,10 @@ class Routes:
                 raise ApiError(
                     400, "bad_request", '"address" must be a base URL like http://host:port'
                 )
+            scheme = self.driver.config.scheme
+            if not address.startswith(scheme + "://"):
+                # Every member calls every other with this cluster's scheme.
+                raise ApiError(400, "bad_request", f'"address" must be {scheme}:// in this cluster')
             if not isinstance(incarnation, str) or len(incarnation) > 64:
                 raise ApiError(400, "bad_request", '"incarnation" must be a short string')
         except ApiError as exc:
