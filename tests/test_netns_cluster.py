@@ -10,11 +10,15 @@ cluster's own namespace addresses.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
+from tornado.websocket import websocket_connect
 
 from kvcluster.client import Client
 from kvcluster.cluster import Cluster
@@ -137,3 +141,30 @@ def test_a_node_restarted_on_a_new_address_rejoins_there(cluster: Cluster) -> No
         client.put("moved", after)
     wait_everywhere(cluster, "moved", after)
     wait_everywhere(cluster, "before-move", before)  # and what it had before it moved
+
+
+def test_the_live_view_polls_each_node_at_its_own_address(cluster: Cluster) -> None:
+    """The dashboard asks every node for its status where that node lives."""
+    view = cluster.dashboard()
+    base, _, query = view.url.partition("?")
+    url = base.replace("http://", "ws://").rstrip("/") + "/ws?" + query
+
+    async def roles_seen() -> list[str | None]:
+        socket = await websocket_connect(url)
+        try:
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:
+                message = await socket.read_message()
+                assert isinstance(message, str), "the view closed its socket"
+                roles = [n.get("role") for n in json.loads(message).get("nodes") or []]
+                if len(roles) == 3 and roles.count("leader") == 1:
+                    return roles
+            raise AssertionError("the view never showed three nodes and one leader")
+        finally:
+            socket.close()
+
+    try:
+        roles = asyncio.run(roles_seen())
+    finally:
+        view.close()
+    assert sorted(r or "" for r in roles) == ["follower", "follower", "leader"]

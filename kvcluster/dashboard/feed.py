@@ -254,7 +254,7 @@ class Feed:
                 continue
             if poller.task is None or poller.task.done():
                 pid = h.process.pid if h.process is not None else None
-                poller.task = asyncio.ensure_future(poller.poll(self.cluster.host, h.port, pid))
+                poller.task = asyncio.ensure_future(poller.poll(h.host, h.port, pid))
             tasks.append(poller.task)
         return tasks
 
