@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import requests
+from test_cluster import only
 from tornado.websocket import websocket_connect
 
-from kvcluster.client import Client
 from kvcluster.cluster import Cluster
 
 pytestmark = pytest.mark.integration
@@ -33,18 +33,6 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     with Cluster(3, netns=True, tls=request.param) as c:
         c.wait_for_leader(DEADLINE)
         yield c
-
-
-def only(c: Cluster, i: int) -> Client:
-    """A client of node i alone (it ignores leader hints)."""
-    return Client(
-        [c.endpoints[i]],
-        timeout=DEADLINE,
-        prefer_leader=False,
-        ca=c.ca_file,
-        cert=c.cert_file,
-        key=c.key_file,
-    )
 
 
 def local_value(c: Cluster, i: int, key: str) -> str | None:
