@@ -586,6 +586,9 @@ class Client:
             token=self._token,
             prefer_leader=self.prefer_leader,
             unreachable_timeout=self.unreachable_timeout,
+            ca=self._tls[0],
+            cert=self._tls[1],
+            key=self._tls[2],
         )
 
     def open_session(self) -> str:

@@ -650,6 +650,22 @@ def test_a_client_must_trust_the_clusters_ca(cluster: Cluster) -> None:
 
 
 @pytest.mark.integration
+def test_a_lease_kept_alive_in_the_background_and_a_watch_work_over_tls(cluster: Cluster) -> None:
+    """The Client's own threads and sockets (a keep-alive, a watch) carry its CA too."""
+    with cluster.client(cert=None, key=None) as c, c.lease_grant(2) as lease:
+        keeper = lease.keep_alive_forever()
+        c.put("tls/leased", "v", lease=lease.id)
+        until_renewed = time.monotonic() + DEADLINE
+        while keeper.renewals < 2:
+            assert keeper.error is None, keeper.error
+            assert time.monotonic() < until_renewed, "the keep-alive never renewed"
+            time.sleep(0.05)
+        with c.watch("tls/leased", start_revision=1) as watch:
+            event = watch.get(timeout=DEADLINE)
+            assert event is not None and event.value == "v"
+
+
+@pytest.mark.integration
 def test_the_clusters_own_certificate_delivers_the_same_batch(cluster: Cluster) -> None:
     """What the two refusals above kept out does depose a node when a peer sends
     it: the refusals were the certificate check's doing. (Last of this cluster's
