@@ -134,6 +134,24 @@ def test_reads_count_stale_reads_only_where_allowed() -> None:
 
 
 @pytest.mark.integration
+def test_reads_run_on_a_tls_cluster() -> None:
+    """`kvcluster bench reads --tls`: the keys are written and read over TLS."""
+    df = run_reads(
+        (3,),
+        ("read_index",),
+        targets=("leader",),
+        read_fractions=(0.9,),
+        clients=(4,),
+        keys=10,
+        duration=0.5,
+        warmup=0.2,
+        progress=False,
+        tls=True,
+    )
+    assert len(df) == 1 and (df["errors"] == 0).all() and (df["read_ops_s"] > 0).all()
+
+
+@pytest.mark.integration
 def test_scenario_timeline_shows_the_crash_and_the_new_leader() -> None:
     events = run_scenario(3, hold=0.3)
     bands = role_intervals(events)

@@ -55,7 +55,13 @@ def populate(cluster: Cluster, leader: int, keys: int, value_size: int) -> None:
     from ..client import Client
 
     value = "x" * value_size
-    with Client([cluster.endpoints[leader]], timeout=30) as c:
+    with Client(
+        [cluster.endpoints[leader]],
+        timeout=30,
+        ca=cluster.ca_file,
+        cert=cluster.cert_file,
+        key=cluster.key_file,
+    ) as c:
         for k in range(keys):
             c.put(f"k{k}", value)
 
