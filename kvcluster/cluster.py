@@ -245,6 +245,7 @@ class Cluster:
                 raise ConfigError("netns", f"needs network namespaces, and here: {why}")
             self._network = Network()
         self._ca: CertificateAuthority | None = None
+        self._issued_for: dict[str, str] = {}  # node name -> the host its certificate names
         self._harness_tls: ssl.SSLContext | None = None
         self._bootstrap: dict[str, str] = {}
         self._faults: defaultdict[int, dict[str, Any]] = defaultdict(
@@ -367,11 +368,12 @@ class Cluster:
         """Node h's certificate for the address it has now (issued again when it moves)."""
         assert self._ca is not None
         cert_file, key_file = self._tls_dir / f"{h.name}.pem", self._tls_dir / f"{h.name}.key"
-        stamp = self._tls_dir / f"{h.name}.host"
-        if not cert_file.exists() or stamp.read_text(encoding="utf-8") != h.host:
+        # Remembered here, not on disk: a work directory reused by a later
+        # Cluster holds certificates from that Cluster's CA, not this one's.
+        if self._issued_for.get(h.name) != h.host:
             certificate, key = self._ca.issue(h.name, [h.host, "localhost"])
             write_key_pair(certificate, key, cert_file, key_file)
-            stamp.write_text(h.host, encoding="utf-8")
+            self._issued_for[h.name] = h.host
         return str(cert_file), str(key_file)
 
     # ------------------------------------------------------------------ network namespaces

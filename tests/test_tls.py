@@ -860,3 +860,17 @@ def test_up_with_tls_prints_what_a_client_needs(tmp_path: Path) -> None:
         assert kvcluster("get", "greeting", cwd=tmp_path, env=env).stdout.strip() == "hello"
     finally:
         _stop_up(proc)
+
+
+@pytest.mark.integration
+def test_a_work_directory_reused_by_a_new_tls_cluster_gets_certificates_from_its_ca(
+    tmp_path: Path,
+) -> None:
+    """A second Cluster in the same work directory makes its own CA: every node
+    certificate must be issued again by it, not kept from the first."""
+    for value in ("first", "second"):
+        with Cluster(3, tls=True, work_dir=tmp_path) as c:
+            c.wait_for_leader(DEADLINE)
+            with c.client(timeout=DEADLINE) as client:
+                client.put("reused", value)
+                assert client.get("reused") == value
